@@ -1,0 +1,117 @@
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis is a redis-server process owned by one test.
+type Redis struct {
+	t    testing.TB
+	Port int
+	cmd  *exec.Cmd
+	exit chan struct{}
+}
+
+// StartRedis starts redis-server on a free loopback port, without
+// persistence, and stops it when the test ends.
+func StartRedis(t testing.TB, extraArgs ...string) *Redis {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatalf("redis-server not found (run `make test`, which installs it): %v", err)
+	}
+	r := &Redis{t: t, Port: FreePort(t)}
+	r.start(extraArgs...)
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Addr is host:port of the server.
+func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.Port) }
+
+// URL is the go-redis URL of the server.
+func (r *Redis) URL() string { return "redis://" + r.Addr() }
+
+// Client returns a go-redis client for the test's own commands.
+func (r *Redis) Client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	r.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func (r *Redis) start(extraArgs ...string) {
+	r.t.Helper()
+	args := append([]string{
+		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--protected-mode", "no",
+		"--maxclients", "20000", "--loglevel", "warning",
+	}, extraArgs...)
+	r.cmd = exec.Command("redis-server", args...)
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("starting redis-server: %v", err)
+	}
+	r.exit = make(chan struct{})
+	go func(cmd *exec.Cmd, exit chan struct{}) { _ = cmd.Wait(); close(exit) }(r.cmd, r.exit)
+	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+	defer c.Close()
+	Eventually(r.t, 10*time.Second, func() error {
+		select {
+		case <-r.exit:
+			return fmt.Errorf("redis-server exited early")
+		default:
+		}
+		return c.Ping(context.Background()).Err()
+	})
+}
+
+// Stop kills the server and waits for it to exit.
+func (r *Redis) Stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.exit
+	r.cmd = nil
+}
+
+// Restart stops the server and starts a new, empty one on the same port.
+func (r *Redis) Restart() {
+	r.Stop()
+	r.start()
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Eventually polls cond until it returns nil or timeout passes, then fails
+// the test with cond's last error. Use it to await a state that no event
+// announces (a process being ready, a counter reaching a value).
+func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %v: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

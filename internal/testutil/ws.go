@@ -1,0 +1,114 @@
+package testutil
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// Client is a WebSocket client over a real TCP connection.
+type Client struct {
+	t    testing.TB
+	Conn net.Conn
+}
+
+// Dial connects to the gateway at addr as user and fails the test if the
+// upgrade does not succeed.
+func Dial(t testing.TB, addr, user string) *Client {
+	t.Helper()
+	c, err := TryDial(addr, "/?user_id="+url.QueryEscape(user))
+	if err != nil {
+		t.Fatalf("dial %s as %q: %v", addr, user, err)
+	}
+	cl := &Client{t: t, Conn: c}
+	t.Cleanup(func() { _ = c.Close() })
+	return cl
+}
+
+// TryDial upgrades path on addr and returns the error of a refused upgrade
+// (a ws.StatusError carries the HTTP status).
+func TryDial(addr, path string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, br, _, err := ws.Dialer{Timeout: 5 * time.Second}.Dial(ctx, "ws://"+addr+path)
+	if err != nil || br == nil {
+		return c, err
+	}
+	// Frames that arrived with the 101 response sit in br.
+	return &bufferedConn{Conn: c, r: io.MultiReader(br, c)}, nil
+}
+
+type bufferedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// Read returns the next data message, answering pings on the way.
+func (c *Client) Read(timeout time.Duration) (string, ws.OpCode, error) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
+	b, op, err := wsutil.ReadServerData(c.Conn)
+	return string(b), op, err
+}
+
+// MustRead returns the next data message or fails the test.
+func (c *Client) MustRead() string {
+	c.t.Helper()
+	s, _, err := c.Read(10 * time.Second)
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return s
+}
+
+// Send sends a text message.
+func (c *Client) Send(text string) {
+	c.t.Helper()
+	if err := wsutil.WriteClientText(c.Conn, []byte(text)); err != nil {
+		c.t.Fatalf("send: %v", err)
+	}
+}
+
+// ReadClose reads until the server's close frame and returns its code. It
+// fails the test if a data frame or nothing arrives first.
+func (c *Client) ReadClose(timeout time.Duration) ws.StatusCode {
+	c.t.Helper()
+	_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
+	for {
+		h, err := ws.ReadHeader(c.Conn)
+		if err != nil {
+			c.t.Fatalf("waiting for close frame: %v", err)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(c.Conn, p); err != nil {
+			c.t.Fatalf("reading frame payload: %v", err)
+		}
+		switch h.OpCode {
+		case ws.OpClose:
+			code, _ := ws.ParseCloseFrameData(p)
+			return code
+		case ws.OpPing, ws.OpPong:
+			continue
+		default:
+			c.t.Fatalf("wanted a close frame, got opcode %v %q", h.OpCode, p)
+		}
+	}
+}
+
+// Status extracts the HTTP status of a refused upgrade.
+func Status(err error) (int, error) {
+	var se ws.StatusError
+	if errors.As(err, &se) {
+		return int(se), nil
+	}
+	return 0, fmt.Errorf("not an HTTP refusal: %v", err)
+}

@@ -1,0 +1,16 @@
+package redisq
+
+import "errors"
+
+var (
+	// ErrBadPattern is returned by New for a key pattern without exactly one %s,
+	// or one containing a brace (braces would break the cluster hash tag).
+	ErrBadPattern = errors.New("redisq: key pattern must contain exactly one %s and no braces")
+	// ErrBadInstance is returned by New for an empty instance id or one with
+	// characters outside [A-Za-z0-9_.:-].
+	ErrBadInstance = errors.New("redisq: instance id must be 1-128 characters of [A-Za-z0-9_.:-]")
+	// ErrBadURL is returned by Dial for a Redis URL go-redis cannot parse.
+	ErrBadURL = errors.New("redisq: bad redis URL")
+	// ErrUnreachable is returned by Dial when Redis does not answer PING.
+	ErrUnreachable = errors.New("redisq: redis unreachable")
+)

@@ -1,0 +1,208 @@
+package redisq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Config configures a Queue. The zero value is usable except for Instance.
+type Config struct {
+	// KeyPattern maps a user id to the queue key; it must contain one %s.
+	// Default "user_%s_messages", the key of the PHP original.
+	KeyPattern string
+	// Instance names this process; its processing lists carry it so that a
+	// restarted instance finds what it left behind. Required.
+	Instance string
+	// Batch is the most messages one Pop returns. Default 128.
+	Batch int
+	// Round is how long one Pop blocks on an empty queue. Default 1 s: a
+	// blocked BLMOVE cannot be cancelled through its context (go-redis waits
+	// for the reply), so the round bounds how late a consumer notices that
+	// its user left or that the server is shutting down.
+	Round time.Duration
+}
+
+// Queue gives access to the per-user queues and their processing lists.
+type Queue struct {
+	blocking redis.UniversalClient // BLMOVE only; one connection per blocked consumer
+	cmd      redis.UniversalClient // everything that does not block
+	prefix   string                // KeyPattern before %s
+	suffix   string                // KeyPattern after %s
+	procTail string                // "}:processing:<instance>"
+	batch    int
+	round    time.Duration
+}
+
+// popMore moves up to ARGV[1] messages from the right of the queue to the left
+// of the processing list and returns them oldest first. LMOVE with a count
+// does not exist before Redis 8, hence the script: one round trip per batch.
+var popMore = redis.NewScript(`
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not v then break end
+  out[i] = v
+end
+return out`)
+
+// requeueAll moves every message of the processing list KEYS[1] back to the
+// right end of the queue KEYS[2]. The processing list holds the newest message
+// at its left, so taking from the left and pushing to the right leaves the
+// oldest message rightmost, where the consumer reads next: order is kept.
+var requeueAll = redis.NewScript(`
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
+return n`)
+
+// New returns a Queue over the two clients: blocking for BLMOVE, cmd for the
+// rest. Both may be the same client in tests.
+func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
+	if cfg.KeyPattern == "" {
+		cfg.KeyPattern = "user_%s_messages"
+	}
+	prefix, suffix, ok := strings.Cut(cfg.KeyPattern, "%s")
+	if !ok || strings.Contains(suffix, "%s") || strings.ContainsAny(cfg.KeyPattern, "{}") {
+		return nil, fmt.Errorf("%w: %q", ErrBadPattern, cfg.KeyPattern)
+	}
+	if !ValidID(cfg.Instance) {
+		return nil, fmt.Errorf("%w: %q", ErrBadInstance, cfg.Instance)
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 128
+	}
+	if cfg.Round <= 0 {
+		cfg.Round = time.Second
+	}
+	return &Queue{
+		blocking: blocking, cmd: cmd,
+		prefix: prefix, suffix: suffix,
+		procTail: "}:processing:" + cfg.Instance,
+		batch:    cfg.Batch, round: cfg.Round,
+	}, nil
+}
+
+// Key returns the queue key of user, e.g. "user_42_messages".
+func (q *Queue) Key(user string) string { return q.prefix + user + q.suffix }
+
+// ProcessingKey returns the processing list of user on this instance,
+// e.g. "{user_42_messages}:processing:host-9502".
+func (q *Queue) ProcessingKey(user string) string { return "{" + q.Key(user) + q.procTail }
+
+// Pop moves up to Batch messages of user into the processing list and returns
+// them, oldest first. On an empty queue it blocks for one Round and returns an
+// empty slice. Every message it returns must be followed by Ack or Requeue
+// before the next Pop of the same user.
+func (q *Queue) Pop(ctx context.Context, user string) ([]string, error) {
+	key, proc := q.Key(user), q.ProcessingKey(user)
+	msgs, err := q.popMore(ctx, key, proc, q.batch)
+	if err != nil || len(msgs) > 0 {
+		return msgs, err
+	}
+	first, err := q.blocking.BLMove(ctx, key, proc, "RIGHT", "LEFT", q.round).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	// Return at once: the next Pop's non-blocking call picks up any burst
+	// that followed this message, so a trickle costs two round trips.
+	return []string{first}, nil
+}
+
+func (q *Queue) popMore(ctx context.Context, key, proc string, n int) ([]string, error) {
+	msgs, err := popMore.Run(ctx, q.cmd, []string{key, proc}, n).StringSlice()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return msgs, err
+}
+
+// Ack drops the processing list of user: everything popped since the last
+// Ack or Requeue was delivered.
+func (q *Queue) Ack(ctx context.Context, user string) error {
+	return q.cmd.Del(ctx, q.ProcessingKey(user)).Err()
+}
+
+// Requeue returns everything popped for user since the last Ack or Requeue to
+// the end of the queue that is read next, in its original order, and reports
+// how many messages it moved.
+func (q *Queue) Requeue(ctx context.Context, user string) (int, error) {
+	return q.requeueKey(ctx, q.ProcessingKey(user))
+}
+
+func (q *Queue) requeueKey(ctx context.Context, proc string) (int, error) {
+	queue, ok := q.queueOf(proc)
+	if !ok {
+		return 0, fmt.Errorf("redisq: %q is not a processing list of this instance", proc)
+	}
+	return requeueAll.Run(ctx, q.cmd, []string{proc, queue}).Int()
+}
+
+// queueOf is the inverse of ProcessingKey.
+func (q *Queue) queueOf(proc string) (string, bool) {
+	inner, ok := strings.CutSuffix(proc, q.procTail)
+	if !ok || !strings.HasPrefix(inner, "{") {
+		return "", false
+	}
+	return inner[1:], true
+}
+
+// Recover returns to their queues the messages this instance had popped but
+// not acknowledged when it last stopped (a crash, kill -9, or Redis being
+// down during shutdown). Call it once at start, before any consumer runs. It
+// reports how many processing lists and messages it found.
+func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
+	// The instance id passed ValidID, so it holds no glob metacharacters.
+	match := "{*" + q.procTail
+	err = forEachMaster(ctx, q.cmd, func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, match, 1000).Iterator()
+		for iter.Next(ctx) {
+			n, err := q.requeueKey(ctx, iter.Val())
+			if err != nil {
+				return err
+			}
+			lists++
+			msgs += n
+		}
+		return iter.Err()
+	})
+	return lists, msgs, err
+}
+
+// forEachMaster runs fn on every node that holds keys: each master of a
+// cluster, or the one server otherwise.
+func forEachMaster(ctx context.Context, c redis.UniversalClient, fn func(context.Context, *redis.Client) error) error {
+	switch c := c.(type) {
+	case *redis.ClusterClient:
+		return c.ForEachMaster(ctx, fn)
+	case *redis.Client:
+		return fn(ctx, c)
+	default:
+		return fmt.Errorf("redisq: recovery does not support %T", c)
+	}
+}
+
+// ValidID reports whether s can be used as a user or instance id: 1 to 128
+// bytes of [A-Za-z0-9_.:-]. The set keeps keys free of glob characters,
+// braces (cluster hash tags) and anything a log or URL would need to escape.
+func ValidID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '_', c == '.', c == ':', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,69 @@
+package server
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// conn is one upgraded WebSocket connection. Its reader goroutine owns the
+// read side; writes from any goroutine go through write, which holds wmu, so
+// one frame sequence is on the wire at a time (gobwas/ws does no locking).
+type conn struct {
+	fd   uint64 // per-process, never reused
+	user string
+	nc   net.Conn
+	sess *session
+
+	writeTimeout time.Duration
+
+	wmu    sync.Mutex
+	closed bool // under wmu: the socket is closed, writes fail
+}
+
+// write sends p, which holds whole frames, under the write deadline. A failed
+// write closes the socket: a partial frame cannot be continued, and the
+// reader goroutine then sees the error and unregisters the connection.
+func (c *conn) write(p []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return ErrConnClosed
+	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	if _, err := c.nc.Write(p); err != nil {
+		c.closeLocked()
+		return err
+	}
+	return nil
+}
+
+// closeWith sends a close frame with code and reason (RFC 6455 §5.5.1) and
+// closes the socket. The frame is best effort, written before deadline: a
+// peer that does not read must not hold up a shutdown.
+func (c *conn) closeWith(code ws.StatusCode, reason string, deadline time.Time) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return
+	}
+	_ = c.nc.SetWriteDeadline(deadline)
+	_, _ = c.nc.Write(ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason))))
+	c.closeLocked()
+}
+
+// close closes the socket without a close frame.
+func (c *conn) close() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.closeLocked()
+}
+
+func (c *conn) closeLocked() {
+	if !c.closed {
+		c.closed = true
+		_ = c.nc.Close()
+	}
+}

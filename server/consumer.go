@@ -1,0 +1,127 @@
+package server
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+)
+
+// consume is the task of one online user: pop a batch, write it to every
+// connection of the user, ack it, repeat; it returns when the user's last
+// connection is gone or the server shuts down. Between pop and ack the batch
+// lives in the user's processing list, so whatever stops this loop — a failed
+// write, a closed connection, a shutdown, a crash — leaves the messages in
+// Redis to be requeued, by this loop or by the recovery of the next start.
+func (h *hub) consume(ctx context.Context, s *session) {
+	h.consumers.Add(1)
+	defer h.consumers.Add(-1)
+	var bo backoff
+	// A previous consumer of this user could not settle its last batch only
+	// if Redis was down; returning it first keeps the order.
+	if !h.settle(ctx, s.user, false, 0) {
+		return
+	}
+	for h.waitOnline(ctx, s) {
+		msgs, err := h.q.Pop(ctx, s.user)
+		if err != nil {
+			if ctx.Err() == nil {
+				h.health.fail(err)
+			}
+			// The reply may have been lost after Redis moved messages into
+			// the processing list: put them back before popping again, or
+			// the next ack would delete them unseen.
+			if !h.settle(ctx, s.user, false, 0) || !bo.wait(ctx) {
+				return
+			}
+			continue
+		}
+		h.health.ok()
+		bo.reset()
+		if len(msgs) == 0 {
+			continue
+		}
+		delivered := ctx.Err() == nil && h.deliver(s, msgs)
+		if !h.settle(ctx, s.user, delivered, len(msgs)) {
+			return
+		}
+	}
+}
+
+// deliver writes msgs to every open connection of s and reports whether at
+// least one connection took them.
+func (h *hub) deliver(s *session, msgs []string) bool {
+	conns := h.connsOf(s)
+	if len(conns) == 0 {
+		return false
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	*buf = h.enc.appendFrames((*buf)[:0], s.user, h.q.Key(s.user), msgs)
+	ok := false
+	for _, c := range conns {
+		if err := c.write(*buf); err != nil {
+			h.log.Debug("push failed", "fd", c.fd, "user", s.user, "err", err)
+			continue
+		}
+		ok = true
+	}
+	return ok
+}
+
+// settle acks (delivered) or requeues the processing list of user, retrying
+// while Redis is down. It reports false when the server shuts down before it
+// succeeded: the messages then stay in the processing list for Recover.
+func (h *hub) settle(ctx context.Context, user string, delivered bool, n int) bool {
+	var bo backoff
+	for {
+		// Settling must outlive a cancelled ctx: shutdown is exactly when
+		// in-flight messages have to go back.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		var err error
+		if delivered {
+			err = h.q.Ack(actx, user)
+		} else {
+			var moved int
+			moved, err = h.q.Requeue(actx, user)
+			n = moved
+		}
+		cancel()
+		if err == nil {
+			if delivered {
+				h.stats.Delivered.Add(int64(n))
+			} else {
+				h.stats.Requeued.Add(int64(n))
+			}
+			return true
+		}
+		h.health.fail(err)
+		if !bo.wait(ctx) {
+			return false
+		}
+	}
+}
+
+// backoff is a capped exponential delay with jitter, so that thousands of
+// consumers do not hit a recovering Redis in step.
+type backoff struct{ d time.Duration }
+
+const (
+	backoffMin = 50 * time.Millisecond
+	backoffMax = 2 * time.Second
+)
+
+func (b *backoff) reset() { b.d = 0 }
+
+// wait sleeps for the next delay; it reports false if ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	b.d = min(max(2*b.d, backoffMin), backoffMax)
+	d := b.d/2 + rand.N(b.d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

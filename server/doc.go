@@ -1,0 +1,31 @@
+// Package server is the reactor of redpush: one accept loop, the WebSocket
+// upgrade and every frame with gobwas/ws, the connection registry, and the
+// plain-HTTP side (demo page, /healthz, /readyz) on the same port.
+//
+// Entry points: [New] builds a Server from a [Config] and the Redis clients;
+// [Server.Run] listens on Config.Addr, [Server.Serve] on a given listener;
+// both return after an ordered shutdown once their context is cancelled.
+//
+// Lifecycle of a connection: the accept loop hands each socket to a goroutine
+// that reads the request head under the handshake deadline. A request with an
+// Upgrade header is upgraded by gobwas/ws; anything else goes to a net/http
+// server fed through an in-process listener. Before the upgrade the user id is
+// validated (400) and the user's consumer is admitted to the task pool (503
+// when full). After the upgrade the goroutine sends "hello;\n", registers the
+// connection under its user, and becomes the connection's reader.
+//
+// Concurrency contract:
+//   - Each user has at most one consumer per process (a task of the pool). It
+//     is the only goroutine that pops the user's queue, and it writes each
+//     popped batch to every open connection of that user, then acks it, or
+//     requeues it when no connection took it.
+//   - Writes to a socket are serialised by the connection's write lock: the
+//     consumer's pushes and the reader's pongs, pings and close frames take
+//     it in turn, each under the write deadline, so a client that stops
+//     reading is disconnected after Config.WriteTimeout and stalls only its
+//     own user's consumer.
+//   - A consumer ends within about one BLMOVE round (1 s) after its user's
+//     last connection closed, and never writes to a connection of another
+//     user: connections are found through the user's own session only, and
+//     fds are never reused.
+package server

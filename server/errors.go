@@ -1,0 +1,12 @@
+package server
+
+import "errors"
+
+var (
+	// ErrBadConfig is returned by New for an unusable Config.
+	ErrBadConfig = errors.New("server: bad config")
+	// ErrConnClosed is returned by writes to a connection that is closed.
+	ErrConnClosed = errors.New("server: connection closed")
+	// errBadUserID is the reason for a 400 before the upgrade.
+	errBadUserID = errors.New("user_id must be 1-128 characters of [A-Za-z0-9_.:-]")
+)

@@ -1,0 +1,96 @@
+package server
+
+import (
+	"encoding/json"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// encoder turns popped messages into ready-to-write WebSocket frames. A batch
+// is encoded once into one buffer and that buffer is written, in one write
+// call, to every connection of the user: server frames are unmasked
+// (RFC 6455 §5.1), so the bytes are the same for each connection.
+type encoder struct{ format string }
+
+// appendFrames appends one frame per message to dst.
+func (e encoder) appendFrames(dst []byte, user, queue string, msgs []string) []byte {
+	for _, m := range msgs {
+		dst = e.appendFrame(dst, user, queue, m)
+	}
+	return dst
+}
+
+func (e encoder) appendFrame(dst []byte, user, queue, msg string) []byte {
+	switch e.format {
+	case FormatJSON:
+		// Marshal replaces invalid UTF-8 with U+FFFD; a JSON consumer could
+		// not have read it otherwise.
+		body, _ := json.Marshal(struct {
+			User  string `json:"user"`
+			Queue string `json:"queue"`
+			Data  string `json:"data"`
+		}{user, queue, msg})
+		return appendFrame(dst, ws.OpText, body)
+	case FormatRaw:
+		return appendFrame(dst, opFor(msg), []byte(msg))
+	default: // swoole: the exact text of the PHP original.
+		const pre, mid = "redis 的 ", " 队列发送消息:"
+		n := len(pre) + len(queue) + len(mid) + len(msg)
+		dst = appendHeader(dst, opFor(msg), n)
+		dst = append(dst, pre...)
+		dst = append(dst, queue...)
+		dst = append(dst, mid...)
+		return append(dst, msg...)
+	}
+}
+
+// opFor sends a payload that is not UTF-8 as a binary frame: in a text frame
+// it would make every browser fail the connection with 1007 (RFC 6455 §8.1),
+// which the PHP original does, losing the connection and the message.
+func opFor(msg string) ws.OpCode {
+	if utf8.ValidString(msg) {
+		return ws.OpText
+	}
+	return ws.OpBinary
+}
+
+func appendFrame(dst []byte, op ws.OpCode, payload []byte) []byte {
+	return append(appendHeader(dst, op, len(payload)), payload...)
+}
+
+// appendHeader appends an unmasked, final frame header (RFC 6455 §5.2).
+func appendHeader(dst []byte, op ws.OpCode, n int) []byte {
+	h := ws.Header{Fin: true, OpCode: op, Length: int64(n)}
+	var w appendWriter
+	w.b = dst
+	_ = ws.WriteHeader(&w, h) // cannot fail: appendWriter never errs
+	return w.b
+}
+
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+// Control and greeting frames, compiled once.
+var (
+	frameHello     = ws.MustCompileFrame(ws.NewTextFrame([]byte("hello;\n")))
+	frameHelloEcho = ws.MustCompileFrame(ws.NewTextFrame([]byte("hello")))
+	framePing      = ws.MustCompileFrame(ws.NewPingFrame(nil))
+)
+
+// bufPool holds frame buffers for consumers: one batch is encoded once and
+// written to every connection of its user.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+func putBuf(b *[]byte) {
+	if cap(*b) <= 1<<20 { // let a rare huge batch go to the GC
+		bufPool.Put(b)
+	}
+}

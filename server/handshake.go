@@ -1,0 +1,189 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/redpush/redpush/redisq"
+	"github.com/redpush/redpush/taskpool"
+)
+
+// maxHead is the largest request head accepted, request line and headers.
+const maxHead = 4096
+
+var headPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, maxHead) }}
+
+var errHeadTooLarge = errors.New("request head larger than 4 KiB")
+
+// handle serves one accepted socket: it reads the request head under the
+// handshake deadline and routes it to the WebSocket path or the HTTP side.
+func (s *Server) handle(nc net.Conn) {
+	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	br := headPool.Get().(*bufio.Reader)
+	br.Reset(nc)
+	upgrade, err := readHead(br)
+	if err != nil {
+		// Garbage, a head that never ends, or a slow client: there is no
+		// request to answer. Closing frees the goroutine.
+		s.log.Debug("handshake failed", "remote", nc.RemoteAddr(), "err", err)
+		headPool.Put(br)
+		_ = nc.Close()
+		return
+	}
+	if !upgrade {
+		_ = nc.SetDeadline(time.Time{}) // net/http sets its own
+		s.httpLn.hand(&bufConn{Conn: nc, r: br})
+		return
+	}
+	c, err := s.upgrade(nc, br)
+	// The head buffer is not needed after the handshake; frames are read
+	// through a small one, so an idle connection costs little memory.
+	br.Reset(nil)
+	headPool.Put(br)
+	if err != nil {
+		s.log.Debug("upgrade refused", "remote", nc.RemoteAddr(), "err", err)
+		_ = nc.Close()
+		return
+	}
+	s.serveConn(c)
+}
+
+// readHead buffers the request head and reports whether it asks for an
+// upgrade. Nothing is consumed: gobwas/ws or net/http parse it again.
+func readHead(br *bufio.Reader) (upgrade bool, err error) {
+	for {
+		head, _ := br.Peek(br.Buffered())
+		if end := bytes.Index(head, []byte("\r\n\r\n")); end >= 0 {
+			return hasUpgrade(head[:end]), nil
+		}
+		if br.Buffered() == maxHead {
+			return false, errHeadTooLarge
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			return false, err
+		}
+	}
+}
+
+// hasUpgrade reports whether the header lines hold an Upgrade header.
+// Whether its value is right is for gobwas/ws to judge (and answer 400).
+func hasUpgrade(head []byte) bool {
+	for _, line := range bytes.Split(head, []byte("\r\n"))[1:] {
+		if len(line) > 8 && bytes.EqualFold(line[:8], []byte("upgrade:")) {
+			return true
+		}
+	}
+	return false
+}
+
+// upgrade runs the gobwas/ws handshake on the buffered head. The user id is
+// checked when the request line arrives (400, before any Redis call) and the
+// user is admitted to the pool once the headers are valid (503 when full).
+func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
+	var user string
+	var sess *session
+	u := ws.Upgrader{
+		OnRequest: func(uri []byte) error {
+			var err error
+			user, err = userFromURI(string(uri))
+			if err != nil {
+				s.stats.refused400.Add(1)
+				return ws.RejectConnectionError(ws.RejectionStatus(400), ws.RejectionReason(err.Error()+"\n"))
+			}
+			return nil
+		},
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			var err error
+			sess, err = s.hub.acquire(user)
+			if err != nil {
+				s.stats.refused503.Add(1)
+				return nil, ws.RejectConnectionError(
+					ws.RejectionStatus(503),
+					ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")),
+					ws.RejectionReason(refusal(err)+"\n"))
+			}
+			return nil, nil
+		},
+	}
+	_, err := u.Upgrade(struct {
+		io.Reader
+		io.Writer
+	}{br, nc})
+	if err != nil {
+		if sess != nil {
+			s.hub.release(sess, nil)
+		}
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return &conn{fd: s.nextFD.Add(1), user: user, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout}, nil
+}
+
+func refusal(err error) string {
+	if errors.Is(err, taskpool.ErrClosed) {
+		return "server is shutting down"
+	}
+	return "server is at capacity (-workers); retry later"
+}
+
+// userFromURI takes user_id from the query of a request URI. The original
+// accepts any path, so does this.
+func userFromURI(uri string) (string, error) {
+	_, query, _ := strings.Cut(uri, "?")
+	vals, err := url.ParseQuery(query)
+	if err != nil {
+		return "", fmt.Errorf("bad query string: %v", err)
+	}
+	user := vals.Get("user_id")
+	if user == "" {
+		return "", errors.New("missing user_id")
+	}
+	if !redisq.ValidID(user) {
+		return "", errBadUserID
+	}
+	return user, nil
+}
+
+// serveConn runs an upgraded connection: greeting, registration, reading,
+// then unregistration and the original's close log line.
+func (s *Server) serveConn(c *conn) {
+	// The greeting goes out before the connection is registered, so it is
+	// the first frame even when messages are waiting.
+	if err := c.write(frameHello); err != nil {
+		s.hub.release(c.sess, nil)
+		c.close()
+		return
+	}
+	if !s.hub.attach(c) {
+		s.hub.release(c.sess, nil)
+		c.closeWith(ws.StatusGoingAway, "server is shutting down", time.Now().Add(time.Second))
+		return
+	}
+	s.log.Debug("client open", "fd", c.fd, "user", c.user, "remote", c.nc.RemoteAddr())
+	err := s.readLoop(c, bufio.NewReaderSize(c.nc, 256))
+	s.hub.release(c.sess, c)
+	c.close()
+	s.log.Info(fmt.Sprintf("client-%d is closed", c.fd), "fd", c.fd, "user", c.user, "reason", closeReason(err))
+}
+
+func closeReason(err error) string {
+	var ce *closeErr
+	switch {
+	case errors.As(err, &ce):
+		return fmt.Sprintf("%d %s", ce.code, ce.reason)
+	case errors.Is(err, io.EOF):
+		return "peer closed the socket"
+	default:
+		return err.Error()
+	}
+}

@@ -1,0 +1,147 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/redisq"
+	"github.com/redpush/redpush/server"
+)
+
+// gateway is a Server serving on a real loopback port against a real
+// redis-server, as a test sees it.
+type gateway struct {
+	t    *testing.T
+	srv  *server.Server
+	addr string
+	rds  *testutil.Redis
+	rc   *redis.Client // the test's producer
+	logs *syncBuffer
+	stop context.CancelFunc
+	done chan error
+}
+
+// startGateway starts a gateway over rds (a fresh redis-server when nil).
+func startGateway(t *testing.T, rds *testutil.Redis, cfg server.Config) *gateway {
+	t.Helper()
+	if rds == nil {
+		rds = testutil.StartRedis(t)
+	}
+	clients, err := redisq.Dial(context.Background(), rds.URL(), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = clients.Close() })
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if cfg.Instance == "" {
+		cfg.Instance = "test"
+	}
+	srv, err := server.New(cfg, clients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &gateway{t: t, srv: srv, addr: ln.Addr().String(), rds: rds, rc: rds.Client(),
+		logs: logs, stop: cancel, done: make(chan error, 1)}
+	go func() { g.done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		g.shutdown()
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", logs.String())
+		}
+	})
+	return g
+}
+
+// shutdown cancels the server and waits for Serve to return.
+func (g *gateway) shutdown() error {
+	g.stop()
+	select {
+	case err := <-g.done:
+		g.done <- err // keep it for a second call
+		return err
+	case <-time.After(20 * time.Second):
+		g.t.Fatal("Serve did not return after shutdown")
+		return nil
+	}
+}
+
+func (g *gateway) dial(user string) *testutil.Client { return testutil.Dial(g.t, g.addr, user) }
+
+// dialReady connects as user and consumes the greeting.
+func (g *gateway) dialReady(user string) *testutil.Client {
+	g.t.Helper()
+	c := g.dial(user)
+	if got := c.MustRead(); got != "hello;\n" {
+		g.t.Fatalf("greeting = %q, want %q", got, "hello;\n")
+	}
+	return c
+}
+
+func (g *gateway) push(user string, msgs ...string) {
+	g.t.Helper()
+	args := make([]any, len(msgs))
+	for i, m := range msgs {
+		args[i] = m
+	}
+	if err := g.rc.LPush(context.Background(), "user_"+user+"_messages", args...).Err(); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+// awaitConsumers waits until the server runs exactly n consumers.
+func (g *gateway) awaitConsumers(n int, within time.Duration) {
+	g.t.Helper()
+	testutil.Eventually(g.t, within, func() error {
+		if got := g.srv.Snapshot().Consumers; got != n {
+			return fmt.Errorf("consumers = %d, want %d", got, n)
+		}
+		return nil
+	})
+}
+
+func swoole(user, msg string) string {
+	return "redis 的 user_" + user + "_messages 队列发送消息:" + msg
+}
+
+func seq(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%05d", prefix, i)
+	}
+	return out
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) count(sub string) int { return strings.Count(s.String(), sub) }

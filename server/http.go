@@ -1,0 +1,111 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/redpush/redpush/html"
+	"github.com/redpush/redpush/redisq"
+)
+
+// The HTTP side shares the WebSocket port, as with the original, where the
+// demo page is usually served next to the socket. The accept loop keeps
+// ownership of every socket and hands plain requests to a net/http server
+// through connListener, so routing, keep-alive and HEAD stay net/http's job.
+
+// connListener is a net.Listener fed by hand.
+type connListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnListener(addr net.Addr) *connListener {
+	return &connListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) hand(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		_ = c.Close()
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error   { l.once.Do(func() { close(l.done) }); return nil }
+func (l *connListener) Addr() net.Addr { return l.addr }
+
+// bufConn replays the request head that readHead buffered.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (s *Server) newHTTPServer() *http.Server {
+	mux := http.NewServeMux()
+	page := html.Page(html.Options{DemoPush: s.cfg.DemoPush})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write(page)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.cfg.DemoPush {
+		mux.HandleFunc("POST /demo/push", s.demoPush)
+	}
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
+		ReadTimeout:       s.cfg.HandshakeTimeout,
+		WriteTimeout:      s.cfg.WriteTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHead,
+	}
+}
+
+// readyz reports whether Redis answers: without it nothing is delivered,
+// though open connections stay open.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
+	if err := s.clients.Command.Ping(ctx).Err(); err != nil {
+		http.Error(w, "redis unreachable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = fmt.Fprintln(w, "ready")
+}
+
+// demoPush LPUSHes form value data into the queue of form value user, like a
+// producer would. Enabled only with the embedded Redis of the quick start.
+func (s *Server) demoPush(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessage))
+	user, data := r.FormValue("user"), r.FormValue("data")
+	if !redisq.ValidID(user) {
+		http.Error(w, errBadUserID.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := s.clients.Command.LPush(r.Context(), s.q.Key(user), data).Err(); err != nil {
+		http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

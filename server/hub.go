@@ -1,0 +1,171 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/redpush/redpush/redisq"
+	"github.com/redpush/redpush/taskpool"
+)
+
+// hub is the connection registry (fd → conn, user → session → conns) and
+// the home of the per-user consumers.
+type hub struct {
+	pool   *taskpool.Pool
+	q      *redisq.Queue
+	enc    encoder
+	log    *slog.Logger
+	health *health
+
+	mu      sync.Mutex
+	users   map[string]*session
+	conns   map[uint64]*conn
+	closing bool // set by closeAll: no new sessions or connections
+
+	consumers atomic.Int64 // consumer tasks running now
+	stats     Stats
+}
+
+// session is one online user on this process. refs counts its connections
+// plus handshakes that were admitted but are not yet open; the consumer ends
+// when refs drops to zero, and only the consumer removes the session from
+// hub.users, so a user never has two consumers at once in one process.
+type session struct {
+	user  string
+	refs  int     // under hub.mu
+	conns []*conn // under hub.mu
+	wake  chan struct{}
+}
+
+// Stats counts what the consumers did since start.
+type Stats struct {
+	Delivered atomic.Int64 // messages written to at least one connection and acked
+	Requeued  atomic.Int64 // messages put back because no connection took them
+}
+
+func newHub(pool *taskpool.Pool, q *redisq.Queue, enc encoder, log *slog.Logger) *hub {
+	return &hub{
+		pool: pool, q: q, enc: enc, log: log,
+		health: &health{log: log},
+		users:  make(map[string]*session),
+		conns:  make(map[uint64]*conn),
+	}
+}
+
+// acquire admits one more connection of user, starting the user's consumer
+// if it has none. It fails with taskpool.ErrFull when the pool has no worker
+// for a new user; users already online are never refused.
+func (h *hub) acquire(user string) (*session, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return nil, taskpool.ErrClosed
+	}
+	s := h.users[user]
+	if s == nil {
+		s = &session{user: user, wake: make(chan struct{}, 1)}
+		if err := h.pool.Submit(func(ctx context.Context) { h.consume(ctx, s) }); err != nil {
+			return nil, err
+		}
+		h.users[user] = s
+	}
+	s.refs++
+	return s, nil
+}
+
+// attach registers an open connection; it reports false during shutdown.
+func (h *hub) attach(c *conn) bool {
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		return false
+	}
+	c.sess.conns = append(c.sess.conns, c)
+	h.conns[c.fd] = c
+	h.mu.Unlock()
+	c.sess.notify()
+	return true
+}
+
+// release undoes acquire (and attach, when c is not nil).
+func (h *hub) release(s *session, c *conn) {
+	h.mu.Lock()
+	if c != nil {
+		s.conns = slices.DeleteFunc(s.conns, func(x *conn) bool { return x == c })
+		delete(h.conns, c.fd)
+	}
+	s.refs--
+	h.mu.Unlock()
+	s.notify()
+}
+
+func (s *session) notify() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// connsOf returns a snapshot of the open connections of s.
+func (h *hub) connsOf(s *session) []*conn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(s.conns)
+}
+
+// waitOnline blocks until s has an open connection (true) or must end:
+// its last reference is gone or the server shuts down (false). On false the
+// session has been removed from the registry.
+func (h *hub) waitOnline(ctx context.Context, s *session) bool {
+	for {
+		h.mu.Lock()
+		switch {
+		case ctx.Err() == nil && len(s.conns) > 0:
+			h.mu.Unlock()
+			return true
+		case ctx.Err() != nil || s.refs == 0:
+			if h.users[s.user] == s {
+				delete(h.users, s.user)
+			}
+			h.mu.Unlock()
+			return false
+		}
+		h.mu.Unlock()
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// closeAll refuses new connections and sends close code to every client.
+// All writes share one deadline so that stalled clients cannot stretch the
+// shutdown: a write blocked on a full socket buffer is interrupted first.
+func (h *hub) closeAll(code ws.StatusCode, reason string) {
+	h.mu.Lock()
+	h.closing = true
+	all := make([]*conn, 0, len(h.conns))
+	for _, c := range h.conns {
+		all = append(all, c)
+	}
+	h.mu.Unlock()
+	deadline := time.Now().Add(time.Second)
+	for _, c := range all {
+		_ = c.nc.SetWriteDeadline(deadline)
+	}
+	for _, c := range all {
+		c.closeWith(code, reason, deadline)
+	}
+}
+
+// counts reports online users and open connections.
+func (h *hub) counts() (users, conns int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.users), len(h.conns)
+}

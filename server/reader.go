@@ -1,0 +1,157 @@
+package server
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// closeErr is why the reader ended a connection with a close frame.
+type closeErr struct {
+	code   ws.StatusCode
+	reason string
+}
+
+func (e *closeErr) Error() string { return e.reason }
+
+// readLoop reads the client's frames until the connection ends and returns
+// why. It answers pings, answers every data message with "hello" (the
+// original's on-message reply), pings a silent peer and closes it when it
+// stays silent, and enforces RFC 6455 and the message size limit: gobwas/ws
+// neither checks nor unmasks what ws.ReadHeader returns.
+func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
+	r := frameReader{c: c, br: br, max: s.cfg.MaxMessage, idle: s.cfg.IdleTimeout}
+	err := r.run()
+	var ce *closeErr
+	if errors.As(err, &ce) {
+		c.closeWith(ce.code, ce.reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
+	}
+	return err
+}
+
+type frameReader struct {
+	c     *conn
+	br    *bufio.Reader
+	max   int
+	idle  time.Duration
+	state ws.State
+	msg   []byte    // the data message being assembled
+	op    ws.OpCode // its opcode (text or binary)
+}
+
+func (r *frameReader) run() error {
+	r.state = ws.StateServerSide
+	for {
+		if err := r.awaitFrame(); err != nil {
+			return err
+		}
+		// The frame has begun: all of it must arrive within the idle timeout.
+		_ = r.c.nc.SetReadDeadline(time.Now().Add(r.idle))
+		if err := r.readFrame(); err != nil {
+			return err
+		}
+	}
+}
+
+// awaitFrame waits for the first byte of the next frame without consuming
+// it, so that a deadline here leaves the stream intact: after half the idle
+// timeout the peer is pinged (RFC 6455 §5.5.2), after all of it closed.
+func (r *frameReader) awaitFrame() error {
+	pinged := false
+	for {
+		wait := r.idle / 2
+		_ = r.c.nc.SetReadDeadline(time.Now().Add(wait))
+		_, err := r.br.Peek(1)
+		if err == nil {
+			return nil
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return err
+		}
+		if pinged {
+			return &closeErr{ws.StatusGoingAway, "idle timeout"}
+		}
+		if err := r.c.write(framePing); err != nil {
+			return err
+		}
+		pinged = true
+	}
+}
+
+func (r *frameReader) readFrame() error {
+	h, err := ws.ReadHeader(r.br)
+	if err != nil {
+		return err
+	}
+	if err := ws.CheckHeader(h, r.state); err != nil {
+		return &closeErr{ws.StatusProtocolError, err.Error()}
+	}
+	if h.OpCode.IsControl() {
+		return r.control(h)
+	}
+	if h.Length > int64(r.max-len(r.msg)) {
+		return &closeErr{ws.StatusMessageTooBig, "message too big"}
+	}
+	start := len(r.msg)
+	r.msg = slices.Grow(r.msg, int(h.Length))[:start+int(h.Length)]
+	if _, err := io.ReadFull(r.br, r.msg[start:]); err != nil {
+		return err
+	}
+	ws.Cipher(r.msg[start:], h.Mask, 0)
+	if h.OpCode != ws.OpContinuation {
+		r.op = h.OpCode
+	}
+	if !h.Fin {
+		r.state = r.state.Set(ws.StateFragmented)
+		return nil
+	}
+	r.state = r.state.Clear(ws.StateFragmented)
+	valid := r.op != ws.OpText || utf8.Valid(r.msg)
+	r.msg = r.msg[:0]
+	if cap(r.msg) > 4096 { // idle connections should not keep a big buffer
+		r.msg = nil
+	}
+	if !valid {
+		// RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
+		return &closeErr{ws.StatusInvalidFramePayloadData, "invalid UTF-8 in text message"}
+	}
+	return r.c.write(frameHelloEcho)
+}
+
+// control handles ping, pong and close (RFC 6455 §5.5).
+func (r *frameReader) control(h ws.Header) error {
+	var arr [ws.MaxControlFramePayloadSize]byte
+	p := arr[:h.Length]
+	if _, err := io.ReadFull(r.br, p); err != nil {
+		return err
+	}
+	ws.Cipher(p, h.Mask, 0)
+	switch h.OpCode {
+	case ws.OpPing:
+		return r.c.write(ws.MustCompileFrame(ws.NewPongFrame(p)))
+	case ws.OpPong:
+		return nil
+	}
+	// Close: echo the peer's status code (§5.5.1), after checking it (§7.4).
+	if len(p) == 0 {
+		return &closeErr{ws.StatusNormalClosure, ""}
+	}
+	if len(p) == 1 {
+		return &closeErr{ws.StatusProtocolError, "close payload of one byte"}
+	}
+	code, reason := ws.ParseCloseFrameData(p)
+	if err := ws.CheckCloseFrameData(code, reason); err != nil {
+		if errors.Is(err, ws.ErrProtocolInvalidUTF8) {
+			return &closeErr{ws.StatusInvalidFramePayloadData, err.Error()}
+		}
+		return &closeErr{ws.StatusProtocolError, err.Error()}
+	}
+	return &closeErr{code, ""}
+}

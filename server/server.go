@@ -1,0 +1,178 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/redpush/redpush/redisq"
+	"github.com/redpush/redpush/taskpool"
+)
+
+// Server is a redpush gateway.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	clients *redisq.Clients
+	q       *redisq.Queue
+	pool    *taskpool.Pool
+	hub     *hub
+	httpLn  *connListener
+	nextFD  atomic.Uint64
+	conns   sync.WaitGroup // connection goroutines
+	stats   counters
+	served  atomic.Bool
+}
+
+type counters struct {
+	refused400 atomic.Int64
+	refused503 atomic.Int64
+}
+
+// New builds a Server over clients, which it does not close.
+func New(cfg Config, clients *redisq.Clients) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	q, err := redisq.New(clients.Blocking, clients.Command, redisq.Config{
+		KeyPattern: cfg.KeyPattern, Instance: cfg.Instance, Batch: cfg.Batch,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, clients: clients, q: q}
+	s.pool, err = taskpool.New(taskpool.Config{
+		Size: cfg.Workers,
+		PanicHandler: func(v any) {
+			s.log.Error("consumer panicked", "panic", v)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	s.hub = newHub(s.pool, q, encoder{format: cfg.Format}, s.log)
+	return s, nil
+}
+
+// Run listens on Config.Addr and serves until ctx is cancelled.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve returns this instance's leftover messages to their queues, then
+// accepts connections on ln until ctx is cancelled, then shuts down in order:
+// stop accepting, close 1001 to every client, let consumers requeue what
+// they hold, and return within Config.ShutdownTimeout. A Server serves once.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if !s.served.CompareAndSwap(false, true) {
+		return errors.New("server: Serve called twice")
+	}
+	defer ln.Close()
+	lists, msgs, err := s.q.Recover(ctx)
+	if err != nil {
+		return fmt.Errorf("recovering in-flight messages: %w", err)
+	}
+	if lists > 0 {
+		s.log.Info("returned in-flight messages of a previous run to their queues",
+			"instance", s.cfg.Instance, "lists", lists, "messages", msgs)
+	}
+	s.httpLn = newConnListener(ln.Addr())
+	hs := s.newHTTPServer()
+	go func() { _ = hs.Serve(s.httpLn) }()
+
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		s.acceptLoop(ln)
+	}()
+	s.log.Info("redpush listening", "addr", ln.Addr().String(), "workers", s.pool.Cap(),
+		"instance", s.cfg.Instance, "format", s.cfg.Format)
+
+	<-ctx.Done()
+	return s.shutdown(ln, hs, acceptDone)
+}
+
+func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan struct{}) error {
+	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
+	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
+	_ = ln.Close()
+	<-acceptDone
+	hctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	go func() { _ = hs.Shutdown(hctx) }()
+	s.hub.closeAll(ws.StatusGoingAway, "server shutting down")
+	// Consumers notice within one BLMOVE round and requeue what they hold.
+	err := s.pool.Shutdown(time.Until(deadline))
+	waitGroup(&s.conns, deadline)
+	delivered, requeued := s.hub.stats.Delivered.Load(), s.hub.stats.Requeued.Load()
+	s.log.Info("stopped", "delivered", delivered, "requeued", requeued, "err", err)
+	return err
+}
+
+// acceptLoop accepts until ln is closed. Accept errors such as EMFILE back
+// off as net/http does instead of spinning.
+func (s *Server) acceptLoop(ln net.Listener) {
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "err", err, "in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.conns.Add(1)
+		go func() {
+			defer s.conns.Done()
+			s.handle(nc)
+		}()
+	}
+}
+
+// waitGroup waits for wg until deadline.
+func waitGroup(wg *sync.WaitGroup, deadline time.Time) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
+// Snapshot is a point-in-time view of a Server, for tests and tools.
+type Snapshot struct {
+	Users, Conns, Consumers int
+	Delivered, Requeued     int64
+	Refused400, Refused503  int64
+	RedisDown               bool
+}
+
+// Snapshot reports the server's current counts.
+func (s *Server) Snapshot() Snapshot {
+	users, conns := s.hub.counts()
+	return Snapshot{
+		Users: users, Conns: conns, Consumers: int(s.hub.consumers.Load()),
+		Delivered: s.hub.stats.Delivered.Load(), Requeued: s.hub.stats.Requeued.Load(),
+		Refused400: s.stats.refused400.Load(), Refused503: s.stats.refused503.Load(),
+		RedisDown: s.hub.health.down.Load(),
+	}
+}

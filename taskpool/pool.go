@@ -1,0 +1,99 @@
+package taskpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/panjf2000/ants/v2"
+)
+
+// Config configures a Pool. The zero value is usable.
+type Config struct {
+	// Size is the most tasks that run at once. Default: DefaultSize().
+	Size int
+	// PanicHandler is called with the value of a task that panicked; the
+	// worker survives. Default: the panic is swallowed silently by ants'
+	// default logger.
+	PanicHandler func(any)
+}
+
+// Pool runs tasks on a bounded set of goroutines.
+type Pool struct {
+	ants   *ants.Pool
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// New creates a pool.
+func New(cfg Config) (*Pool, error) {
+	if cfg.Size <= 0 {
+		cfg.Size = DefaultSize()
+	}
+	opts := []ants.Option{
+		// A full pool must become a refusal, never a wait: Submit on a full
+		// blocking ants pool waits forever.
+		ants.WithNonblocking(true),
+	}
+	if cfg.PanicHandler != nil {
+		opts = append(opts, ants.WithPanicHandler(cfg.PanicHandler))
+	}
+	p, err := ants.NewPool(cfg.Size, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("taskpool: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{ants: p, ctx: ctx, cancel: cancel}, nil
+}
+
+// Submit starts task on a free worker. It never blocks: it returns ErrFull
+// when all workers are busy and ErrClosed after Shutdown.
+func (p *Pool) Submit(task func(ctx context.Context)) error {
+	if p.ctx.Err() != nil {
+		return ErrClosed
+	}
+	err := p.ants.Submit(func() { task(p.ctx) })
+	switch {
+	case errors.Is(err, ants.ErrPoolOverload):
+		return ErrFull
+	case errors.Is(err, ants.ErrPoolClosed):
+		return ErrClosed
+	}
+	return err
+}
+
+// Cap is the pool's size. Running is how many tasks run now.
+func (p *Pool) Cap() int     { return p.ants.Cap() }
+func (p *Pool) Running() int { return p.ants.Running() }
+
+// Shutdown cancels the context of every task and waits up to timeout for
+// them to return. ants' Release alone would not stop a running task.
+func (p *Pool) Shutdown(timeout time.Duration) error {
+	p.cancel()
+	if err := p.ants.ReleaseTimeout(timeout); err != nil {
+		return fmt.Errorf("%w: %v", ErrTimeout, err)
+	}
+	return nil
+}
+
+// DefaultSize is how many consumers this process can afford: each online
+// user costs a socket and a blocked Redis connection, so half the open-file
+// limit less a reserve for listeners, logs and the command client, at most
+// 10000. With this machine's 20,000-file limit that is 9,900.
+func DefaultSize() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 1000
+	}
+	return sizeFor(lim.Cur)
+}
+
+func sizeFor(nofile uint64) int {
+	const reserve, most, least = 200, 10000, 1
+	if nofile <= reserve+2*least {
+		return least
+	}
+	return int(min((nofile-reserve)/2, most))
+}
