@@ -115,6 +115,18 @@ func (g *gateway) awaitConsumers(n int, within time.Duration) {
 	})
 }
 
+// awaitQueueEmpty waits until the user's queue was popped empty.
+func (g *gateway) awaitQueueEmpty(user string) {
+	g.t.Helper()
+	testutil.Eventually(g.t, 10*time.Second, func() error {
+		n, err := g.rc.LLen(context.Background(), "user_"+user+"_messages").Result()
+		if err == nil && n != 0 {
+			err = fmt.Errorf("%d messages still queued", n)
+		}
+		return err
+	})
+}
+
 func swoole(user, msg string) string {
 	return "redis 的 user_" + user + "_messages 队列发送消息:" + msg
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,8 +24,15 @@ type Client struct {
 // Dial connects to the gateway at addr as user and fails the test if the
 // upgrade does not succeed.
 func Dial(t testing.TB, addr, user string) *Client {
+	return DialBuffer(t, addr, user, 0)
+}
+
+// DialBuffer is Dial with the socket's receive buffer set to rcvbuf bytes
+// before connecting (0: the system default), so that a client that does
+// not read stalls the server's writes after a few kilobytes.
+func DialBuffer(t testing.TB, addr, user string, rcvbuf int) *Client {
 	t.Helper()
-	c, err := TryDial(addr, "/?user_id="+url.QueryEscape(user))
+	c, err := dial(addr, "/?user_id="+url.QueryEscape(user), rcvbuf)
 	if err != nil {
 		t.Fatalf("dial %s as %q: %v", addr, user, err)
 	}
@@ -35,10 +43,25 @@ func Dial(t testing.TB, addr, user string) *Client {
 
 // TryDial upgrades path on addr and returns the error of a refused upgrade
 // (a ws.StatusError carries the HTTP status).
-func TryDial(addr, path string) (net.Conn, error) {
+func TryDial(addr, path string) (net.Conn, error) { return dial(addr, path, 0) }
+
+func dial(addr, path string, rcvbuf int) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, br, _, err := ws.Dialer{Timeout: 5 * time.Second}.Dial(ctx, "ws://"+addr+path)
+	d := ws.Dialer{Timeout: 5 * time.Second}
+	if rcvbuf > 0 {
+		d.NetDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				err := rc.Control(func(fd uintptr) {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+				})
+				return errors.Join(err, serr)
+			}}
+			return nd.DialContext(ctx, network, addr)
+		}
+	}
+	c, br, _, err := d.Dial(ctx, "ws://"+addr+path)
 	if err != nil || br == nil {
 		return c, err
 	}
@@ -111,4 +134,25 @@ func Status(err error) (int, error) {
 		return int(se), nil
 	}
 	return 0, fmt.Errorf("not an HTTP refusal: %v", err)
+}
+
+// SendClose sends a normal close frame and closes the socket.
+func (c *Client) SendClose() {
+	_ = ws.WriteFrame(c.Conn, ws.MaskFrameInPlace(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))))
+	_ = c.Conn.Close()
+}
+
+// Reset closes the socket abruptly: a TCP RST, no close frame.
+func (c *Client) Reset() {
+	if tc, ok := unwrap(c.Conn).(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Conn.Close()
+}
+
+func unwrap(c net.Conn) net.Conn {
+	if b, ok := c.(*bufferedConn); ok {
+		return b.Conn
+	}
+	return c
 }

@@ -1,0 +1,236 @@
+package server_test
+
+import (
+	"fmt"
+
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/server"
+)
+
+// The original's consumer never ends; redpush's stops within about a second
+// of the last close, cleanly or by TCP reset, and what is pushed afterwards
+// waits in Redis for the next connect.
+func TestConsumerStopsAfterLastConnectionCloses(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		close func(c *testutil.Client)
+	}{
+		{"close frame", func(c *testutil.Client) { c.SendClose() }},
+		{"tcp reset", func(c *testutil.Client) { c.Reset() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+			c := g.dialReady("42")
+			g.awaitConsumers(1, 5*time.Second)
+			closed := time.Now()
+			tc.close(c)
+			g.awaitConsumers(0, 5*time.Second)
+			if took := time.Since(closed); took > 2500*time.Millisecond {
+				t.Errorf("consumer stopped %v after the close, want about a second", took)
+			}
+			g.push("42", "later")
+			n, err := g.rc.LLen(t.Context(), "user_42_messages").Result()
+			if err != nil || n != 1 {
+				t.Fatalf("queue length = %d (%v), want the message to wait in Redis", n, err)
+			}
+			c2 := g.dialReady("42")
+			if got := c2.MustRead(); got != "later" {
+				t.Fatalf("got %q after reconnect", got)
+			}
+		})
+	}
+}
+
+// The original reuses fds, so a dead user's consumer pushes into the next
+// user's socket. Here a user who just left never has a message written to
+// the user who connected right after, and none of its messages is lost.
+func TestNoMessageReachesAnotherUser(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+	const rounds = 30
+	for i := range rounds {
+		a := g.dialReady("a")
+		mine := fmt.Sprintf("a-%d", i)
+		late := fmt.Sprintf("a-late-%d", i)
+		g.push("a", mine)
+		for m := ""; m != mine; { // requeued late messages of earlier rounds come first
+			m = a.MustRead()
+			if !strings.HasPrefix(m, "a-") {
+				t.Fatalf("a got %q", m)
+			}
+		}
+		g.push("a", late) // may be in flight while a dies
+		a.Reset()
+		b := g.dialReady("b")
+		g.push("b", fmt.Sprintf("b-%d", i))
+		if got := b.MustRead(); got != fmt.Sprintf("b-%d", i) {
+			t.Fatalf("b got %q, want its own message b-%d", got, i)
+		}
+		b.SendClose()
+	}
+}
+
+func TestTwoTabsOfOneUserEachGetEveryMessage(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+	tab1 := g.dialReady("42")
+	tab2 := g.dialReady("42")
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if s := g.srv.Snapshot(); s.Conns != 2 || s.Consumers != 1 {
+			return fmt.Errorf("snapshot %+v, want 2 connections and 1 consumer", s)
+		}
+		return nil
+	})
+	msgs := seq("m", 200)
+	g.push("42", msgs...)
+	for _, tab := range []*testutil.Client{tab1, tab2} {
+		for _, m := range msgs {
+			if got := tab.MustRead(); got != m {
+				t.Fatalf("got %q, want %q", got, m)
+			}
+		}
+	}
+}
+
+// A connection that dies while the server writes to it loses nothing: the
+// failed write puts the whole batch back, and it arrives on the next
+// connection, in order. (Bytes the client's kernel accepted but the client
+// never read are beyond any server without client acks: see the README.)
+func TestNoLossWhenConnectionDiesMidDelivery(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+	msgs := bigMessages(100) // ~6 MB in one batch: the write cannot finish
+	g.push("42", msgs...)
+	c := testutil.DialBuffer(t, g.addr, "42", 4096)
+	if got := c.MustRead(); got != "hello;\n" {
+		t.Fatalf("greeting %q", got)
+	}
+	g.awaitQueueEmpty("42") // popped: the write is under way
+	c.Reset()
+	g.awaitConsumers(0, 5*time.Second)
+	if s := g.srv.Snapshot(); s.Requeued != int64(len(msgs)) || s.Delivered != 0 {
+		t.Fatalf("snapshot %+v, want all %d requeued", s, len(msgs))
+	}
+	readAll(t, g.dialReady("42"), msgs, map[string]bool{})
+}
+
+func bigMessages(n int) []string {
+	big := strings.Repeat("x", 60000)
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%03d%s", i, big)
+	}
+	return out
+}
+
+// readAll reads from c until every message in want was seen (in seen or on
+// c) and checks that what c delivers is in order.
+func readAll(t *testing.T, c *testutil.Client, want []string, seen map[string]bool) {
+	t.Helper()
+	last := -1
+	index := map[string]int{}
+	for i, m := range want {
+		index[m] = i
+	}
+	for missing := countMissing(want, seen); missing > 0; {
+		m := c.MustRead()
+		i, ok := index[m]
+		if !ok {
+			t.Fatalf("unexpected message %q", m)
+		}
+		if i < last {
+			t.Fatalf("out of order: %q after %q", m, want[last])
+		}
+		last = i
+		if !seen[m] {
+			seen[m] = true
+			missing--
+		}
+	}
+}
+
+func countMissing(want []string, seen map[string]bool) int {
+	n := 0
+	for _, m := range want {
+		if !seen[m] {
+			n++
+		}
+	}
+	return n
+}
+
+// A client that stops reading stalls nobody else; after the write timeout it
+// is disconnected and its messages wait for its next connection.
+func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, WriteTimeout: 300 * time.Millisecond})
+	msgs := bigMessages(100)
+	g.push("slow", msgs...)
+	slow := testutil.DialBuffer(t, g.addr, "slow", 4096)
+	if got := slow.MustRead(); got != "hello;\n" {
+		t.Fatalf("greeting %q", got)
+	}
+	fast := g.dialReady("fast")
+	// While slow's consumer is stuck in a write, fast is served.
+	for i := range 20 {
+		g.push("fast", fmt.Sprint(i))
+		if got := fast.MustRead(); got != fmt.Sprint(i) {
+			t.Fatalf("fast got %q", got)
+		}
+	}
+	// The stalled connection is closed by the server, the batch requeued.
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if s := g.srv.Snapshot(); s.Conns != 1 || s.Requeued != int64(len(msgs)) {
+			return fmt.Errorf("snapshot %+v, want the slow connection closed and %d requeued", s, len(msgs))
+		}
+		return nil
+	})
+	seen := map[string]bool{}
+	drain(slow, seen) // complete frames the kernel buffered before the close
+	readAll(t, g.dialReady("slow"), msgs, seen)
+}
+
+// drain reads what is left on a closed connection.
+func drain(c *testutil.Client, seen map[string]bool) {
+	for {
+		m, _, err := c.Read(2 * time.Second)
+		if err != nil {
+			return
+		}
+		seen[m] = true
+	}
+}
+
+// Many users at once: each gets exactly its own messages, in order.
+func TestManyUsersConcurrently(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+	const users, each = 40, 100
+	var wg sync.WaitGroup
+	errs := make(chan error, users)
+	for u := range users {
+		user := fmt.Sprint("u", u)
+		c := g.dialReady(user)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				m, _, err := c.Read(10 * time.Second)
+				if want := fmt.Sprintf("%s/%d", user, i); err != nil || m != want {
+					errs <- fmt.Errorf("%s got %q (%v), want %q", user, m, err, want)
+					return
+				}
+			}
+		}()
+	}
+	for i := range each {
+		for u := range users {
+			g.push(fmt.Sprint("u", u), fmt.Sprintf("u%d/%d", u, i))
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
