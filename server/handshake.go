@@ -33,9 +33,12 @@ func (s *Server) handle(nc net.Conn) {
 	br.Reset(nc)
 	upgrade, err := readHead(br)
 	if err != nil {
-		// Garbage, a head that never ends, or a slow client: there is no
+		// Garbage that never ends a head, or a slow client: there is no
 		// request to answer. Closing frees the goroutine.
 		s.log.Debug("handshake failed", "remote", nc.RemoteAddr(), "err", err)
+		if errors.Is(err, errHeadTooLarge) {
+			_, _ = io.WriteString(nc, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+		}
 		headPool.Put(br)
 		_ = nc.Close()
 		return

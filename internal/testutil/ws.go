@@ -156,3 +156,24 @@ func unwrap(c net.Conn) net.Conn {
 	}
 	return c
 }
+
+// ReadCloseAfterHellos is ReadClose that tolerates the server's "hello"
+// replies to data messages that arrived before the offending frame.
+func (c *Client) ReadCloseAfterHellos(timeout time.Duration) ws.StatusCode {
+	c.t.Helper()
+	_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
+	for {
+		f, err := ws.ReadFrame(c.Conn)
+		if err != nil {
+			c.t.Fatalf("waiting for close frame: %v", err)
+		}
+		switch {
+		case f.Header.OpCode == ws.OpClose:
+			code, _ := ws.ParseCloseFrameData(f.Payload)
+			return code
+		case f.Header.OpCode == ws.OpText && string(f.Payload) == "hello":
+		default:
+			c.t.Fatalf("wanted a close frame, got opcode %v %q", f.Header.OpCode, f.Payload)
+		}
+	}
+}

@@ -1,0 +1,249 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/server"
+)
+
+// DESIGN.md §5, one row after the other.
+
+func TestBadUserIDIs400BeforeAnyRedisCall(t *testing.T) {
+	g := startGateway(t, nil, server.Config{})
+	before := commandsProcessed(t, g)
+	for _, tc := range []struct{ name, path, reason string }{
+		{"missing", "/", "missing user_id"},
+		{"empty", "/?user_id=", "missing user_id"},
+		{"too long", "/?user_id=" + strings.Repeat("1", 129), "user_id must be"},
+		{"bad character", "/?user_id=a%20b", "user_id must be"},
+		{"brace", "/?user_id=%7Bx%7D", "user_id must be"},
+		{"bad query", "/?user_id=%zz", "bad query string"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := rawUpgrade(t, g.addr, tc.path)
+			if status != 400 || !strings.Contains(body, tc.reason) || strings.Count(strings.TrimSpace(body), "\n") != 0 {
+				t.Fatalf("got %d %q, want 400 with a one-line reason containing %q", status, body, tc.reason)
+			}
+		})
+	}
+	// The only command since `before` is the INFO that read `before`.
+	if after := commandsProcessed(t, g); after != before+1 {
+		t.Fatalf("redis processed %d commands during bad handshakes, want none", after-before-1)
+	}
+	if s := g.srv.Snapshot(); s.Users != 0 || s.Refused400 != 6 {
+		t.Fatalf("snapshot %+v", s)
+	}
+}
+
+func TestLongestValidUserID(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+	user := strings.Repeat("a", 120) + "_.:-AZ09"
+	c := g.dialReady(user)
+	g.push(user, "ok")
+	if got := c.MustRead(); got != "ok" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func commandsProcessed(t *testing.T, g *gateway) int {
+	t.Helper()
+	info, err := g.rc.Info(context.Background(), "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	t.Fatal("no total_commands_processed in INFO")
+	return 0
+}
+
+// rawUpgrade sends a WebSocket upgrade request for path and returns the
+// HTTP status and body of the answer.
+func rawUpgrade(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", path)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == 503 && resp.Header.Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+	return resp.StatusCode, string(body)
+}
+
+func TestFullPoolIs503AndSparesExistingUsers(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Workers: 1, Format: server.FormatRaw})
+	a := g.dialReady("a")
+	status, body := rawUpgrade(t, g.addr, "/?user_id=b")
+	if status != 503 || !strings.Contains(body, "capacity") {
+		t.Fatalf("new user on a full pool: %d %q, want 503", status, body)
+	}
+	// A second tab of an online user needs no new worker.
+	a2 := g.dialReady("a")
+	g.push("a", "still served")
+	for _, c := range []*testutil.Client{a, a2} {
+		if got := c.MustRead(); got != "still served" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	// Once a leaves, its worker is free for b.
+	a.SendClose()
+	a2.SendClose()
+	g.awaitConsumers(0, 5*time.Second)
+	g.dialReady("b")
+}
+
+func TestGarbageAndSlowHandshakesAreClosed(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	g := startGateway(t, nil, server.Config{HandshakeTimeout: timeout})
+	for _, tc := range []struct{ name, send string }{
+		{"silent", ""},
+		{"half a request", "GET /?user_id=1 HTTP/1.1\r\nHost: x\r\n"},
+		{"garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"},
+		{"garbage lines", "hello\r\n\r\n"},
+		{"endless header", "GET / HTTP/1.1\r\nX: " + strings.Repeat("a", 5000)},
+		{"bad upgrade", "GET /?user_id=1 HTTP/1.1\r\nHost: x\r\nUpgrade: nope\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", g.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			start := time.Now()
+			_, _ = io.WriteString(c, tc.send)
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = io.Copy(io.Discard, c) // returns when the server closes
+			if err != nil && !errors.Is(err, syscall.ECONNRESET) { // RST: it closed with our bytes unread
+				t.Fatalf("server did not close the connection: %v", err)
+			}
+			if took := time.Since(start); took > timeout+time.Second {
+				t.Fatalf("closed after %v, want within the handshake timeout %v", took, timeout)
+			}
+		})
+	}
+	// The listener still serves.
+	g.dialReady("after")
+}
+
+func TestFrameErrorsCloseWithTheRightCode(t *testing.T) {
+	g := startGateway(t, nil, server.Config{MaxMessage: 1024})
+	bystander := g.dialReady("bystander")
+	text := func(p []byte) ws.Frame { return ws.MaskFrame(ws.NewTextFrame(p)) }
+	for _, tc := range []struct {
+		name   string
+		frames []ws.Frame
+		want   ws.StatusCode
+	}{
+		{"frame over the limit", []ws.Frame{text(make([]byte, 1025))}, ws.StatusMessageTooBig},
+		{"message over the limit in fragments", []ws.Frame{
+			ws.MaskFrame(ws.NewFrame(ws.OpText, false, make([]byte, 600))),
+			ws.MaskFrame(ws.NewFrame(ws.OpContinuation, true, make([]byte, 600))),
+		}, ws.StatusMessageTooBig},
+		{"invalid UTF-8", []ws.Frame{text([]byte("\xff\xfe"))}, ws.StatusInvalidFramePayloadData},
+		{"UTF-8 split across fragments is valid, then a bad one", []ws.Frame{
+			ws.MaskFrame(ws.NewFrame(ws.OpText, false, []byte("\xe2\x82"))),
+			ws.MaskFrame(ws.NewFrame(ws.OpContinuation, true, []byte("\xac"))),
+			text([]byte("\xc3")),
+		}, ws.StatusInvalidFramePayloadData},
+		{"unmasked frame", []ws.Frame{ws.NewTextFrame([]byte("hi"))}, ws.StatusProtocolError},
+		{"reserved opcode", []ws.Frame{ws.MaskFrame(ws.NewFrame(ws.OpCode(0x3), true, nil))}, ws.StatusProtocolError},
+		{"continuation without start", []ws.Frame{ws.MaskFrame(ws.NewFrame(ws.OpContinuation, true, []byte("x")))}, ws.StatusProtocolError},
+		{"rsv bit", []ws.Frame{func() ws.Frame { f := text([]byte("x")); f.Header.Rsv = 4; return f }()}, ws.StatusProtocolError},
+		{"fragmented ping", []ws.Frame{ws.MaskFrame(ws.NewFrame(ws.OpPing, false, nil))}, ws.StatusProtocolError},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := g.dialReady("x")
+			for _, f := range tc.frames {
+				if err := ws.WriteFrame(c.Conn, f); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := c.ReadCloseAfterHellos(5 * time.Second); got != tc.want {
+				t.Fatalf("close code %d, want %d", got, tc.want)
+			}
+		})
+	}
+	g.push("bystander", "unaffected")
+	if got := bystander.MustRead(); got != swoole("bystander", "unaffected") {
+		t.Fatalf("bystander got %q", got)
+	}
+}
+
+func TestPingIsAnsweredAndCloseEchoed(t *testing.T) {
+	g := startGateway(t, nil, server.Config{})
+	c := g.dialReady("p")
+	if err := ws.WriteFrame(c.Conn, ws.MaskFrame(ws.NewPingFrame([]byte("abc")))); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := ws.ReadFrame(c.Conn)
+	if err != nil || f.Header.OpCode != ws.OpPong || string(f.Payload) != "abc" {
+		t.Fatalf("got %+v %q (%v), want pong abc", f.Header, f.Payload, err)
+	}
+	body := ws.NewCloseFrameBody(4000, "bye")
+	if err := ws.WriteFrame(c.Conn, ws.MaskFrame(ws.NewCloseFrame(body))); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.ReadClose(5 * time.Second); got != 4000 {
+		t.Fatalf("close echo %d, want 4000", got)
+	}
+}
+
+func TestSilentPeerIsPingedThenClosed(t *testing.T) {
+	const idle = 600 * time.Millisecond
+	g := startGateway(t, nil, server.Config{IdleTimeout: idle})
+	c := g.dialReady("quiet")
+	start := time.Now()
+	_ = c.Conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := ws.ReadFrame(c.Conn)
+	if err != nil || f.Header.OpCode != ws.OpPing {
+		t.Fatalf("got %+v (%v), want a ping", f.Header, err)
+	}
+	f, err = ws.ReadFrame(c.Conn) // no pong: the peer stays silent
+	if err != nil || f.Header.OpCode != ws.OpClose {
+		t.Fatalf("got %+v (%v), want a close", f.Header, err)
+	}
+	if took := time.Since(start); took < idle-50*time.Millisecond || took > idle+time.Second {
+		t.Fatalf("closed after %v, want about %v", took, idle)
+	}
+	g.awaitConsumers(0, 5*time.Second)
+
+	// A peer that answers pings stays connected past the idle timeout:
+	// this read answers the pings it meets while it waits for data.
+	alive := g.dialReady("alive")
+	if got, _, err := alive.Read(3 * idle); err == nil {
+		t.Fatalf("unexpected message %q", got)
+	}
+	g.push("alive", "m")
+	if got := alive.MustRead(); got != swoole("alive", "m") {
+		t.Fatalf("got %q", got)
+	}
+}
