@@ -82,7 +82,7 @@ func readHead(br *bufio.Reader) (upgrade bool, err error) {
 // Whether its value is right is for gobwas/ws to judge (and answer 400).
 func hasUpgrade(head []byte) bool {
 	for _, line := range bytes.Split(head, []byte("\r\n"))[1:] {
-		if len(line) > 8 && bytes.EqualFold(line[:8], []byte("upgrade:")) {
+		if len(line) >= 8 && bytes.EqualFold(line[:8], []byte("upgrade:")) {
 			return true
 		}
 	}

@@ -1,0 +1,167 @@
+package redisq_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/redisq"
+)
+
+func newQueue(t *testing.T, batch int) (*redisq.Queue, *testutil.Redis) {
+	t.Helper()
+	rds := testutil.StartRedis(t)
+	c, err := redisq.Dial(context.Background(), rds.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "i1", Batch: batch, Round: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q, rds
+}
+
+func TestKeys(t *testing.T) {
+	q, _ := newQueue(t, 0)
+	if got := q.Key("42"); got != "user_42_messages" {
+		t.Errorf("Key = %q", got)
+	}
+	if got := q.ProcessingKey("42"); got != "{user_42_messages}:processing:i1" {
+		t.Errorf("ProcessingKey = %q", got)
+	}
+}
+
+func TestPopAckRequeueKeepOrder(t *testing.T) {
+	q, rds := newQueue(t, 3)
+	rc := rds.Client()
+	ctx := context.Background()
+	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3", "m4", "m5")
+
+	got, err := q.Pop(ctx, "u")
+	if err != nil || !slices.Equal(got, []string{"m1", "m2", "m3"}) {
+		t.Fatalf("Pop = %v, %v; want the oldest three, oldest first", got, err)
+	}
+	if n, _ := rc.LLen(ctx, q.ProcessingKey("u")).Result(); n != 3 {
+		t.Fatalf("processing holds %d, want 3", n)
+	}
+	// A failed write: everything goes back to where it is read next.
+	if n, err := q.Requeue(ctx, "u"); err != nil || n != 3 {
+		t.Fatalf("Requeue = %d, %v", n, err)
+	}
+	got, _ = q.Pop(ctx, "u")
+	if !slices.Equal(got, []string{"m1", "m2", "m3"}) {
+		t.Fatalf("after requeue Pop = %v, want the same three in order", got)
+	}
+	if err := q.Ack(ctx, "u"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = q.Pop(ctx, "u")
+	if !slices.Equal(got, []string{"m4", "m5"}) {
+		t.Fatalf("Pop = %v, want m4 m5", got)
+	}
+	q.Ack(ctx, "u")
+	if n, _ := rc.Exists(ctx, q.ProcessingKey("u"), q.Key("u")).Result(); n != 0 {
+		t.Fatalf("%d keys left after all acks", n)
+	}
+}
+
+func TestPopBlocksOneRoundThenWakesOnPush(t *testing.T) {
+	q, rds := newQueue(t, 10)
+	ctx := context.Background()
+	start := time.Now()
+	got, err := q.Pop(ctx, "idle")
+	if err != nil || len(got) != 0 {
+		t.Fatalf("Pop on empty = %v, %v", got, err)
+	}
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Fatalf("empty Pop returned after %v, want one 200ms round", took)
+	}
+	done := make(chan []string)
+	go func() {
+		for {
+			if m, _ := q.Pop(ctx, "idle"); len(m) > 0 {
+				done <- m
+				return
+			}
+		}
+	}()
+	rds.Client().LPush(ctx, q.Key("idle"), "wake")
+	if m := <-done; !slices.Equal(m, []string{"wake"}) {
+		t.Fatalf("got %v", m)
+	}
+}
+
+func TestRecoverReturnsOnlyThisInstancesLists(t *testing.T) {
+	q, rds := newQueue(t, 10)
+	rc := rds.Client()
+	ctx := context.Background()
+	rc.LPush(ctx, "user_a_messages", "a1", "a2", "a3")
+	rc.LPush(ctx, "user_b_messages", "b1", "b2")
+	q.Pop(ctx, "a") // "crash" with both popped and unacked
+	q.Pop(ctx, "b")
+	rc.RPush(ctx, "{user_c_messages}:processing:i2", "other instance")
+
+	lists, msgs, err := q.Recover(ctx)
+	if err != nil || lists != 2 || msgs != 5 {
+		t.Fatalf("Recover = %d lists, %d msgs, %v; want 2, 5", lists, msgs, err)
+	}
+	for key, want := range map[string][]string{
+		"user_a_messages":                 {"a3", "a2", "a1"}, // LRANGE order: oldest at the right
+		"user_b_messages":                 {"b2", "b1"},
+		"{user_c_messages}:processing:i2": {"other instance"},
+	} {
+		got, _ := rc.LRange(ctx, key, 0, -1).Result()
+		if !slices.Equal(got, want) {
+			t.Errorf("%s = %v, want %v", key, got, want)
+		}
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  redisq.Config
+		want error
+	}{
+		{redisq.Config{Instance: "i", KeyPattern: "no-placeholder"}, redisq.ErrBadPattern},
+		{redisq.Config{Instance: "i", KeyPattern: "%s-%s"}, redisq.ErrBadPattern},
+		{redisq.Config{Instance: "i", KeyPattern: "{%s}"}, redisq.ErrBadPattern},
+		{redisq.Config{Instance: ""}, redisq.ErrBadInstance},
+		{redisq.Config{Instance: "a*b"}, redisq.ErrBadInstance},
+		{redisq.Config{Instance: "host-9502"}, nil},
+	} {
+		if _, err := redisq.New(nil, nil, tc.cfg); !errors.Is(err, tc.want) {
+			t.Errorf("New(%+v) = %v, want %v", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	ctx := context.Background()
+	if _, err := redisq.Dial(ctx, "http://x", 1); !errors.Is(err, redisq.ErrBadURL) {
+		t.Errorf("bad scheme: %v", err)
+	}
+	port := testutil.FreePort(t)
+	_, err := redisq.Dial(ctx, "redis://127.0.0.1:"+strconv.Itoa(port), 1)
+	if !errors.Is(err, redisq.ErrUnreachable) || strings.Contains(err.Error(), "\n") {
+		t.Errorf("unreachable: %v", err)
+	}
+}
+
+func TestValidID(t *testing.T) {
+	for id, want := range map[string]bool{
+		"42": true, "a.b:c-d_e": true, strings.Repeat("x", 128): true,
+		"": false, strings.Repeat("x", 129): false, "a b": false, "{x}": false,
+		"a*": false, "é": false, "a\n": false,
+	} {
+		if got := redisq.ValidID(id); got != want {
+			t.Errorf("ValidID(%q) = %v, want %v", id, got, want)
+		}
+	}
+}
