@@ -140,7 +140,7 @@ func TestGarbageAndSlowHandshakesAreClosed(t *testing.T) {
 			start := time.Now()
 			_, _ = io.WriteString(c, tc.send)
 			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			_, err = io.Copy(io.Discard, c) // returns when the server closes
+			_, err = io.Copy(io.Discard, c)                        // returns when the server closes
 			if err != nil && !errors.Is(err, syscall.ECONNRESET) { // RST: it closed with our bytes unread
 				t.Fatalf("server did not close the connection: %v", err)
 			}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/redpush/redpush/internal/testutil"
 	"github.com/redpush/redpush/server"
 )
 
@@ -29,7 +30,7 @@ func TestCompatibility(t *testing.T) {
 func TestFIFOForLPUSHProducers(t *testing.T) {
 	g := startGateway(t, nil, server.Config{})
 	c := g.dialReady("7")
-	msgs := seq("m", 500)
+	msgs := testutil.Seq("m", 500)
 	for _, m := range msgs { // one LPUSH each, as producers do
 		g.push("7", m)
 	}
@@ -42,7 +43,7 @@ func TestFIFOForLPUSHProducers(t *testing.T) {
 
 func TestOfflineBacklogArrivesInOrderOnConnect(t *testing.T) {
 	g := startGateway(t, nil, server.Config{})
-	msgs := seq("offline", 300)
+	msgs := testutil.Seq("offline", 300)
 	g.push("9", msgs...) // one LPUSH with many values: the first is oldest
 	c := g.dialReady("9")
 	for _, m := range msgs {

@@ -84,7 +84,7 @@ func TestTwoTabsOfOneUserEachGetEveryMessage(t *testing.T) {
 		}
 		return nil
 	})
-	msgs := seq("m", 200)
+	msgs := testutil.Seq("m", 200)
 	g.push("42", msgs...)
 	for _, tab := range []*testutil.Client{tab1, tab2} {
 		for _, m := range msgs {
@@ -101,7 +101,7 @@ func TestTwoTabsOfOneUserEachGetEveryMessage(t *testing.T) {
 // never read are beyond any server without client acks: see the README.)
 func TestNoLossWhenConnectionDiesMidDelivery(t *testing.T) {
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
-	msgs := bigMessages(100) // ~6 MB in one batch: the write cannot finish
+	msgs := testutil.BigMessages(100) // ~6 MB in one batch: the write cannot finish
 	g.push("42", msgs...)
 	c := testutil.DialBuffer(t, g.addr, "42", 4096)
 	if got := c.MustRead(); got != "hello;\n" {
@@ -114,15 +114,6 @@ func TestNoLossWhenConnectionDiesMidDelivery(t *testing.T) {
 		t.Fatalf("snapshot %+v, want all %d requeued", s, len(msgs))
 	}
 	readAll(t, g.dialReady("42"), msgs, map[string]bool{})
-}
-
-func bigMessages(n int) []string {
-	big := strings.Repeat("x", 60000)
-	out := make([]string, n)
-	for i := range out {
-		out[i] = fmt.Sprintf("%03d%s", i, big)
-	}
-	return out
 }
 
 // readAll reads from c until every message in want was seen (in seen or on
@@ -165,7 +156,7 @@ func countMissing(want []string, seen map[string]bool) int {
 // is disconnected and its messages wait for its next connection.
 func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, WriteTimeout: 300 * time.Millisecond})
-	msgs := bigMessages(100)
+	msgs := testutil.BigMessages(100)
 	g.push("slow", msgs...)
 	slow := testutil.DialBuffer(t, g.addr, "slow", 4096)
 	if got := slow.MustRead(); got != "hello;\n" {

@@ -1,13 +1,10 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +23,7 @@ type gateway struct {
 	addr string
 	rds  *testutil.Redis
 	rc   *redis.Client // the test's producer
-	logs *syncBuffer
+	logs *testutil.SyncBuffer
 	stop context.CancelFunc
 	done chan error
 }
@@ -42,7 +39,7 @@ func startGateway(t *testing.T, rds *testutil.Redis, cfg server.Config) *gateway
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = clients.Close() })
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if cfg.Instance == "" {
 		cfg.Instance = "test"
@@ -95,11 +92,7 @@ func (g *gateway) dialReady(user string) *testutil.Client {
 
 func (g *gateway) push(user string, msgs ...string) {
 	g.t.Helper()
-	args := make([]any, len(msgs))
-	for i, m := range msgs {
-		args[i] = m
-	}
-	if err := g.rc.LPush(context.Background(), "user_"+user+"_messages", args...).Err(); err != nil {
+	if err := g.rc.LPush(context.Background(), "user_"+user+"_messages", testutil.Any(msgs)...).Err(); err != nil {
 		g.t.Fatal(err)
 	}
 }
@@ -130,30 +123,3 @@ func (g *gateway) awaitQueueEmpty(user string) {
 func swoole(user, msg string) string {
 	return "redis 的 user_" + user + "_messages 队列发送消息:" + msg
 }
-
-func seq(prefix string, n int) []string {
-	out := make([]string, n)
-	for i := range out {
-		out[i] = fmt.Sprintf("%s-%05d", prefix, i)
-	}
-	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) count(sub string) int { return strings.Count(s.String(), sub) }

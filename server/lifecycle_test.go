@@ -47,7 +47,7 @@ func TestRedisRestartKeepsConnectionsAndResumesDelivery(t *testing.T) {
 		}
 	}
 	// Once per outage, not once per consumer or retry.
-	if down, up := g.logs.count("redis unreachable"), g.logs.count("redis reachable again"); down != 1 || up != 1 {
+	if down, up := strings.Count(g.logs.String(), "redis unreachable"), strings.Count(g.logs.String(), "redis reachable again"); down != 1 || up != 1 {
 		t.Fatalf("outage logged %d times, recovery %d times; want 1 and 1", down, up)
 	}
 }
@@ -71,7 +71,7 @@ func TestShutdownClosesWith1001AndReturnsInFlightMessages(t *testing.T) {
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, ShutdownTimeout: 5 * time.Second})
 	idle := []*testutil.Client{g.dialReady("s1"), g.dialReady("s2")}
 	// A stalled write holds a whole batch in flight at shutdown.
-	msgs := bigMessages(100)
+	msgs := testutil.BigMessages(100)
 	g.push("stalled", msgs...)
 	testutil.DialBuffer(t, g.addr, "stalled", 4096) // never reads
 	g.awaitQueueEmpty("stalled")

@@ -1,0 +1,342 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/internal/testutil"
+)
+
+// These tests run the real binary, as an operator would.
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "redpush-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "redpush")
+	if out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building redpush: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running redpush.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	addr   string
+	stderr *testutil.SyncBuffer
+	exited chan struct{}
+}
+
+func startProc(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	p := &proc{t: t, addr: addr, stderr: &testutil.SyncBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(binary, append([]string{"-addr", addr}, args...)...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("redpush stderr:\n%s", p.stderr.String())
+		}
+	})
+	testutil.Eventually(t, 20*time.Second, func() error {
+		select {
+		case <-p.exited:
+			t.Fatalf("redpush exited at start:\n%s", p.stderr.String())
+		default:
+		}
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	})
+	return p
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(within time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(within):
+		p.t.Fatalf("redpush still running after %v", within)
+		return -1
+	}
+}
+
+func runBinary(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errb.String()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, out.String(), errb.String()
+}
+
+func TestHelpListsEveryFlagWithItsDefault(t *testing.T) {
+	code, out, _ := runBinary(t, "-h")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{
+		"-addr", "0.0.0.0:9502", "-redis", "redis://127.0.0.1:6379", "embedded", "-workers",
+		"-key-pattern", "user_%s_messages", "-format", "swoole", "-instance", "-max-message", "65536",
+		"-handshake-timeout", "-idle-timeout", "-write-timeout", "-shutdown-timeout", "10s", "-log-level",
+		"REDPUSH_",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("-h output lacks %q", want)
+		}
+	}
+}
+
+func TestStartErrorsAreOneLineAndExit2(t *testing.T) {
+	port := testutil.FreePort(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"-bogus"}, "flag provided but not defined: -bogus"},
+		{"double dash works too", []string{"--bogus"}, "flag provided but not defined"},
+		{"bad duration", []string{"-idle-timeout", "soon"}, "invalid value"},
+		{"malformed url", []string{"-redis", "http://x"}, "bad redis URL"},
+		{"unreachable redis", []string{"-redis", fmt.Sprintf("redis://127.0.0.1:%d", port)}, "redis unreachable"},
+		{"bad format", []string{"-redis", "embedded", "-format", "xml"}, "format \"xml\""},
+		{"bad pattern", []string{"-redis", "embedded", "-key-pattern", "nope"}, "key pattern"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runBinary(t, append(tc.args, "-addr", "127.0.0.1:0")...)
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			last := lines[len(lines)-1]
+			if code != 2 || !strings.Contains(last, tc.want) || !strings.HasPrefix(last, "redpush: ") {
+				t.Fatalf("exit %d, stderr %q; want 2 and a line with %q", code, stderr, tc.want)
+			}
+			for _, l := range lines {
+				if strings.Contains(l, "goroutine ") || strings.Contains(l, "panic") {
+					t.Fatalf("stack trace in %q", stderr)
+				}
+			}
+		})
+	}
+}
+
+func TestEnvironmentSetsFlagsAndFlagsWin(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	p := startProc(t, []string{"REDPUSH_REDIS=" + rds.URL(), "REDPUSH_FORMAT=raw", "REDPUSH_KEY_PATTERN=env_%s"},
+		"-key-pattern", "flag_%s")
+	c := testutil.Dial(t, p.addr, "e")
+	c.MustRead()
+	rc := rds.Client()
+	rc.LPush(t.Context(), "flag_e", "flag pattern, raw format")
+	if got := c.MustRead(); got != "flag pattern, raw format" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestSIGTERMClosesClientsAndReturnsInFlightMessages(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	rc := rds.Client()
+	p := startProc(t, nil, "-redis", rds.URL(), "-instance", "term", "-shutdown-timeout", "5s")
+	idle := testutil.Dial(t, p.addr, "idle")
+	idle.MustRead()
+	msgs := testutil.BigMessages(100)
+	rc.LPush(t.Context(), "user_stalled_messages", testutil.Any(msgs)...)
+	testutil.DialBuffer(t, p.addr, "stalled", 4096) // never reads: the batch stays in flight
+	awaitLen(t, rc, "user_stalled_messages", 0)
+	start := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if got := idle.ReadClose(5 * time.Second); got != ws.StatusGoingAway {
+		t.Fatalf("close code %d, want 1001", got)
+	}
+	if code := p.wait(6 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("exit took %v, want within -shutdown-timeout 5s", took)
+	}
+	if n := rc.LLen(t.Context(), "user_stalled_messages").Val(); n != 100 {
+		t.Fatalf("%d messages back in the queue, want 100", n)
+	}
+}
+
+// kill -9 gives no chance to requeue: the processing list keeps the batch,
+// and the restarted instance returns it before anything else.
+func TestKill9ThenRestartLosesNothing(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	rc := rds.Client()
+	args := []string{"-redis", rds.URL(), "-instance", "crashy", "-format", "raw"}
+	msgs := testutil.BigMessages(100)
+	rc.LPush(t.Context(), "user_k_messages", testutil.Any(msgs)...)
+	p := startProc(t, nil, args...)
+	testutil.DialBuffer(t, p.addr, "k", 4096).MustRead()
+	awaitLen(t, rc, "user_k_messages", 0)
+	_ = p.cmd.Process.Kill()
+	p.wait(5 * time.Second)
+	if n := rc.LLen(t.Context(), "{user_k_messages}:processing:crashy").Val(); n != 100 {
+		t.Fatalf("processing list holds %d after kill -9, want 100", n)
+	}
+	p2 := startProc(t, nil, args...)
+	c := testutil.Dial(t, p2.addr, "k")
+	c.MustRead()
+	for _, want := range msgs {
+		if got := c.MustRead(); got != want {
+			t.Fatalf("after restart got %.10q…, want %.10q…", got, want)
+		}
+	}
+}
+
+// The same with the crash at a random point of a stream the client reads:
+// every message arrives at least once, and nothing else arrives.
+func TestKill9MidStreamEveryMessageArrives(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	rc := rds.Client()
+	args := []string{"-redis", rds.URL(), "-instance", "stream", "-format", "raw"}
+	p := startProc(t, nil, args...)
+	c := testutil.Dial(t, p.addr, "s")
+	c.MustRead()
+	const n = 20000
+	var sent []string
+	for i := range n {
+		sent = append(sent, fmt.Sprintf("s-%05d", i))
+	}
+	seen := map[string]int{}
+	var mu sync.Mutex
+	readDone := make(chan struct{})
+	go func() { // read until the crash closes the socket
+		defer close(readDone)
+		for {
+			m, _, err := c.Read(20 * time.Second)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			seen[m]++
+			mu.Unlock()
+		}
+	}()
+	for i := 0; i < n; i += 500 {
+		rc.LPush(t.Context(), "user_s_messages", testutil.Any(sent[i:i+500])...)
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) < n/4 {
+			return fmt.Errorf("only %d delivered", len(seen))
+		}
+		return nil
+	})
+	_ = p.cmd.Process.Kill()
+	<-readDone
+	p2 := startProc(t, nil, args...)
+	c2 := testutil.Dial(t, p2.addr, "s")
+	c2.MustRead()
+	for missing(sent, seen, &mu) > 0 {
+		m := c2.MustRead()
+		mu.Lock()
+		seen[m]++
+		mu.Unlock()
+	}
+	dups := 0
+	for m, k := range seen {
+		if !strings.HasPrefix(m, "s-") {
+			t.Fatalf("unexpected message %q", m)
+		}
+		dups += k - 1
+	}
+	t.Logf("delivered %d of %d at least once; %d duplicates around the crash", len(seen), n, dups)
+}
+
+func missing(sent []string, seen map[string]int, mu *sync.Mutex) int {
+	mu.Lock()
+	defer mu.Unlock()
+	k := 0
+	for _, m := range sent {
+		if seen[m] == 0 {
+			k++
+		}
+	}
+	return k
+}
+
+// The quick start: nothing installed but Go.
+func TestEmbeddedQuickStart(t *testing.T) {
+	p := startProc(t, nil, "-redis", "embedded")
+	m := regexp.MustCompile(`redis-cli -p (\d+) LPUSH`).FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		t.Fatalf("the embedded Redis address is not logged:\n%s", p.stderr.String())
+	}
+	resp, err := http.Get("http://" + p.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := new(bytes.Buffer)
+	page.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(page.String(), `id="demo-push"`) {
+		t.Fatal("demo push box missing with -redis embedded")
+	}
+	c := testutil.Dial(t, p.addr, "42")
+	c.MustRead()
+	resp, err = http.PostForm("http://"+p.addr+"/demo/push", url.Values{"user": {"42"}, "data": {"from the page"}})
+	if err != nil || resp.StatusCode != 204 {
+		t.Fatalf("demo push: %v %v", resp, err)
+	}
+	if got := c.MustRead(); !strings.HasSuffix(got, ":from the page") {
+		t.Fatalf("got %q", got)
+	}
+	// What `redis-cli -p PORT LPUSH user_42_messages hi` does.
+	rc := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + m[1]})
+	defer rc.Close()
+	rc.LPush(context.Background(), "user_42_messages", "hi")
+	if got := c.MustRead(); got != "redis 的 user_42_messages 队列发送消息:hi" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func awaitLen(t *testing.T, rc *redis.Client, key string, want int64) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := rc.LLen(context.Background(), key).Val(); n != want {
+			return fmt.Errorf("%s holds %d, want %d", key, n, want)
+		}
+		return nil
+	})
+}
