@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // Clients are the two go-redis clients of one gateway. Blocking consumers each
@@ -25,14 +26,20 @@ func Dial(ctx context.Context, url string, consumers int) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w %q: %v", ErrBadURL, url, err)
 	}
+	// RESP2: redpush needs no push notifications, and with RESP3 go-redis
+	// checks the socket for them around every command (measured: 16% of
+	// the CPU at 2,000 msg/s).
+	opt.Protocol = 2
+	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	cmdOpt := *opt
 	blockOpt := *opt
 	// One idle consumer holds one connection for its whole life: 32 KiB read
 	// and write buffers (the go-redis default) would cost 64 KiB per online
-	// user. Replies larger than the buffer are still read in full.
+	// user. This client only sends BLMOVE and reads one message per reply;
+	// larger replies are still read in full, past the buffer.
 	blockOpt.PoolSize = consumers
-	blockOpt.ReadBufferSize = 4096
-	blockOpt.WriteBufferSize = 4096
+	blockOpt.ReadBufferSize = 1024
+	blockOpt.WriteBufferSize = 512
 	blockOpt.PipelinePoolSize = -1
 	blockOpt.PoolTimeout = 2 * time.Second
 	// Consumers retry with their own capped backoff; go-redis retries would

@@ -50,6 +50,19 @@ for i = 1, tonumber(ARGV[1]) do
 end
 return out`)
 
+// ackPop drops the processing list KEYS[2] (the previous batch was
+// delivered) and pops the next batch like popMore: one round trip between
+// two batches instead of two.
+var ackPop = redis.NewScript(`
+redis.call('DEL', KEYS[2])
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not v then break end
+  out[i] = v
+end
+return out`)
+
 // requeueAll moves every message of the processing list KEYS[1] back to the
 // right end of the queue KEYS[2]. The processing list holds the newest message
 // at its left, so taking from the left and pushing to the right leaves the
@@ -97,11 +110,16 @@ func (q *Queue) ProcessingKey(user string) string { return "{" + q.Key(user) + q
 // them, oldest first. On an empty queue it blocks for one Round and returns an
 // empty slice. Every message it returns must be followed by Ack or Requeue
 // before the next Pop of the same user.
-func (q *Queue) Pop(ctx context.Context, user string) ([]string, error) {
+//
+// After an empty Pop, pass idle: the next Pop then blocks at once instead of
+// first asking for a batch, which halves the commands an idle user costs.
+func (q *Queue) Pop(ctx context.Context, user string, idle bool) ([]string, error) {
 	key, proc := q.Key(user), q.ProcessingKey(user)
-	msgs, err := q.popMore(ctx, key, proc, q.batch)
-	if err != nil || len(msgs) > 0 {
-		return msgs, err
+	if !idle {
+		msgs, err := q.popMore(ctx, key, proc, q.batch)
+		if err != nil || len(msgs) > 0 {
+			return msgs, err
+		}
 	}
 	first, err := q.blocking.BLMove(ctx, key, proc, "RIGHT", "LEFT", q.round).Result()
 	if errors.Is(err, redis.Nil) {
@@ -117,6 +135,18 @@ func (q *Queue) Pop(ctx context.Context, user string) ([]string, error) {
 
 func (q *Queue) popMore(ctx context.Context, key, proc string, n int) ([]string, error) {
 	msgs, err := popMore.Run(ctx, q.cmd, []string{key, proc}, n).StringSlice()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return msgs, err
+}
+
+// AckPop is Ack followed by a Pop that does not block: it returns the next
+// batch, or none when the queue is empty. If it fails, the caller cannot
+// know whether the ack happened: it must Requeue, which may deliver the
+// previous batch twice but never loses it.
+func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {
+	msgs, err := ackPop.Run(ctx, q.cmd, []string{q.Key(user), q.ProcessingKey(user)}, q.batch).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}

@@ -44,7 +44,7 @@ func TestPopAckRequeueKeepOrder(t *testing.T) {
 	ctx := context.Background()
 	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3", "m4", "m5")
 
-	got, err := q.Pop(ctx, "u")
+	got, err := q.Pop(ctx, "u", false)
 	if err != nil || !slices.Equal(got, []string{"m1", "m2", "m3"}) {
 		t.Fatalf("Pop = %v, %v; want the oldest three, oldest first", got, err)
 	}
@@ -55,14 +55,14 @@ func TestPopAckRequeueKeepOrder(t *testing.T) {
 	if n, err := q.Requeue(ctx, "u"); err != nil || n != 3 {
 		t.Fatalf("Requeue = %d, %v", n, err)
 	}
-	got, _ = q.Pop(ctx, "u")
+	got, _ = q.Pop(ctx, "u", false)
 	if !slices.Equal(got, []string{"m1", "m2", "m3"}) {
 		t.Fatalf("after requeue Pop = %v, want the same three in order", got)
 	}
 	if err := q.Ack(ctx, "u"); err != nil {
 		t.Fatal(err)
 	}
-	got, _ = q.Pop(ctx, "u")
+	got, _ = q.Pop(ctx, "u", false)
 	if !slices.Equal(got, []string{"m4", "m5"}) {
 		t.Fatalf("Pop = %v, want m4 m5", got)
 	}
@@ -76,7 +76,7 @@ func TestPopBlocksOneRoundThenWakesOnPush(t *testing.T) {
 	q, rds := newQueue(t, 10)
 	ctx := context.Background()
 	start := time.Now()
-	got, err := q.Pop(ctx, "idle")
+	got, err := q.Pop(ctx, "idle", true)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("Pop on empty = %v, %v", got, err)
 	}
@@ -86,7 +86,7 @@ func TestPopBlocksOneRoundThenWakesOnPush(t *testing.T) {
 	done := make(chan []string)
 	go func() {
 		for {
-			if m, _ := q.Pop(ctx, "idle"); len(m) > 0 {
+			if m, _ := q.Pop(ctx, "idle", true); len(m) > 0 {
 				done <- m
 				return
 			}
@@ -104,8 +104,8 @@ func TestRecoverReturnsOnlyThisInstancesLists(t *testing.T) {
 	ctx := context.Background()
 	rc.LPush(ctx, "user_a_messages", "a1", "a2", "a3")
 	rc.LPush(ctx, "user_b_messages", "b1", "b2")
-	q.Pop(ctx, "a") // "crash" with both popped and unacked
-	q.Pop(ctx, "b")
+	q.Pop(ctx, "a", false) // "crash" with both popped and unacked
+	q.Pop(ctx, "b", false)
 	rc.RPush(ctx, "{user_c_messages}:processing:i2", "other instance")
 
 	lists, msgs, err := q.Recover(ctx)
@@ -163,5 +163,26 @@ func TestValidID(t *testing.T) {
 		if got := redisq.ValidID(id); got != want {
 			t.Errorf("ValidID(%q) = %v, want %v", id, got, want)
 		}
+	}
+}
+
+func TestAckPopAcksAndTakesTheNextBatch(t *testing.T) {
+	q, rds := newQueue(t, 2)
+	rc := rds.Client()
+	ctx := context.Background()
+	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3")
+	q.Pop(ctx, "u", false)
+	got, err := q.AckPop(ctx, "u")
+	if err != nil || !slices.Equal(got, []string{"m3"}) {
+		t.Fatalf("AckPop = %v, %v; want m3", got, err)
+	}
+	if p, _ := rc.LRange(ctx, q.ProcessingKey("u"), 0, -1).Result(); !slices.Equal(p, []string{"m3"}) {
+		t.Fatalf("processing = %v, want only the new batch", p)
+	}
+	if got, err := q.AckPop(ctx, "u"); err != nil || len(got) != 0 {
+		t.Fatalf("AckPop on an empty queue = %v, %v", got, err)
+	}
+	if n, _ := rc.Exists(ctx, q.ProcessingKey("u")).Result(); n != 0 {
+		t.Fatal("processing list left after the last ack")
 	}
 }

@@ -15,14 +15,15 @@ import (
 func (h *hub) consume(ctx context.Context, s *session) {
 	h.consumers.Add(1)
 	defer h.consumers.Add(-1)
-	var bo backoff
-	// A previous consumer of this user could not settle its last batch only
+	// A previous consumer of this user could not requeue its last batch only
 	// if Redis was down; returning it first keeps the order.
-	if !h.settle(ctx, s.user, false, 0) {
+	if !h.requeue(ctx, s.user) {
 		return
 	}
+	var bo backoff
+	idle := false // the queue was seen empty: block at once
 	for h.waitOnline(ctx, s) {
-		msgs, err := h.q.Pop(ctx, s.user)
+		msgs, err := h.q.Pop(ctx, s.user, idle)
 		if err != nil {
 			if ctx.Err() == nil {
 				h.health.fail(err)
@@ -30,21 +31,38 @@ func (h *hub) consume(ctx context.Context, s *session) {
 			// The reply may have been lost after Redis moved messages into
 			// the processing list: put them back before popping again, or
 			// the next ack would delete them unseen.
-			if !h.settle(ctx, s.user, false, 0) || !bo.wait(ctx) {
+			if !h.requeue(ctx, s.user) || !bo.wait(ctx) {
 				return
 			}
+			idle = false
 			continue
 		}
 		h.health.ok()
 		bo.reset()
-		if len(msgs) == 0 {
-			continue
-		}
-		delivered := ctx.Err() == nil && h.deliver(s, msgs)
-		if !h.settle(ctx, s.user, delivered, len(msgs)) {
+		if idle, err = h.drain(ctx, s, msgs); err != nil && !h.requeue(ctx, s.user) {
 			return
 		}
 	}
+}
+
+// drain delivers msgs and then batch after batch while the queue has more:
+// each ack fetches the next batch in the same round trip. It reports whether
+// it left the queue empty; on an error the processing list must be requeued.
+func (h *hub) drain(ctx context.Context, s *session, msgs []string) (empty bool, err error) {
+	for len(msgs) > 0 {
+		if ctx.Err() != nil || !h.deliver(s, msgs) {
+			return false, errNotDelivered
+		}
+		n := len(msgs)
+		if msgs, err = h.q.AckPop(ctx, s.user); err != nil {
+			// Whether the ack happened is unknown: requeueing may deliver
+			// this batch twice, which is better than losing it.
+			h.health.fail(err)
+			return false, err
+		}
+		h.stats.Delivered.Add(int64(n))
+	}
+	return true, nil
 }
 
 // deliver writes msgs to every open connection of s and reports whether at
@@ -68,30 +86,19 @@ func (h *hub) deliver(s *session, msgs []string) bool {
 	return ok
 }
 
-// settle acks (delivered) or requeues the processing list of user, retrying
-// while Redis is down. It reports false when the server shuts down before it
+// requeue returns the processing list of user to the queue, retrying while
+// Redis is down. It reports false when the server shuts down before it
 // succeeded: the messages then stay in the processing list for Recover.
-func (h *hub) settle(ctx context.Context, user string, delivered bool, n int) bool {
+func (h *hub) requeue(ctx context.Context, user string) bool {
 	var bo backoff
 	for {
-		// Settling must outlive a cancelled ctx: shutdown is exactly when
+		// Requeueing must outlive a cancelled ctx: shutdown is exactly when
 		// in-flight messages have to go back.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		var err error
-		if delivered {
-			err = h.q.Ack(actx, user)
-		} else {
-			var moved int
-			moved, err = h.q.Requeue(actx, user)
-			n = moved
-		}
+		n, err := h.q.Requeue(actx, user)
 		cancel()
 		if err == nil {
-			if delivered {
-				h.stats.Delivered.Add(int64(n))
-			} else {
-				h.stats.Requeued.Add(int64(n))
-			}
+			h.stats.Requeued.Add(int64(n))
 			return true
 		}
 		h.health.fail(err)

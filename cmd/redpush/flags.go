@@ -18,6 +18,7 @@ import (
 type options struct {
 	cfg      server.Config
 	redis    string
+	pprof    string
 	logLevel slog.Level
 }
 
@@ -38,6 +39,7 @@ func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*o
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half, closed after all of it")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "a client that does not read for this long is disconnected")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time to close clients and requeue in-flight messages on SIGTERM")
+	fs.StringVar(&o.pprof, "pprof-addr", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060; off when empty)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}

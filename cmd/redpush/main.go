@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -38,6 +40,9 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	if o.pprof != "" {
+		go servePprof(o.pprof, log)
+	}
 	url := o.redis
 	if url == "embedded" {
 		mr, err := miniredis.Run()
@@ -71,4 +76,17 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// servePprof exposes the runtime profiles on their own listener, never on
+// the public port.
+func servePprof(addr string, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	log.Info("pprof listening", "addr", addr)
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		log.Error("pprof stopped", "err", err)
+	}
 }

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+func TestPayloadRoundTripsThroughEveryFormat(t *testing.T) {
+	now := time.Now().UnixNano()
+	p := string(makePayload(nil, "42", 7, now, 100))
+	if len(p) != 100 {
+		t.Fatalf("payload is %d bytes, want 100", len(p))
+	}
+	for format, frame := range map[string]string{
+		"raw":    p,
+		"swoole": "redis 的 user_42_messages 队列发送消息:" + p,
+		"json":   `{"user":"42","queue":"user_42_messages","data":"` + p + `"}`,
+	} {
+		user, seq, nanos, err := parseFrame(format, []byte(frame))
+		if err != nil || string(user) != "42" || seq != 7 || nanos != now {
+			t.Errorf("%s: got %q %d %d %v", format, user, seq, nanos, err)
+		}
+	}
+	for _, bad := range []string{"", "hello;\n", "hello", "42|x|1|", "42|1|", "42|1|1"} {
+		if _, _, _, err := parseFrame("raw", []byte(bad)); err == nil {
+			t.Errorf("parsed %q", bad)
+		}
+	}
+}
+
+func TestParseIPRange(t *testing.T) {
+	ips, err := parseIPRange("127.0.0.2-127.0.0.4")
+	if err != nil || len(ips) != 3 || ips[2].String() != "127.0.0.4" {
+		t.Fatalf("got %v %v", ips, err)
+	}
+	for _, bad := range []string{"10.0.0.1-10.0.0.2", "127.0.0.5-127.0.0.2", "x"} {
+		if _, err := parseIPRange(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
