@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"sync"
 	"unicode/utf8"
@@ -34,7 +35,7 @@ func (e encoder) appendFrame(dst []byte, user, queue, msg string) []byte {
 		}{user, queue, msg})
 		return appendFrame(dst, ws.OpText, body)
 	case FormatRaw:
-		return appendFrame(dst, opFor(msg), []byte(msg))
+		return append(appendHeader(dst, opFor(msg), len(msg)), msg...)
 	default: // swoole: the exact text of the PHP original.
 		const pre, mid = "redis 的 ", " 队列发送消息:"
 		n := len(pre) + len(queue) + len(mid) + len(msg)
@@ -60,20 +61,20 @@ func appendFrame(dst []byte, op ws.OpCode, payload []byte) []byte {
 	return append(appendHeader(dst, op, len(payload)), payload...)
 }
 
-// appendHeader appends an unmasked, final frame header (RFC 6455 §5.2).
+// appendHeader appends an unmasked, final frame header (RFC 6455 §5.2):
+// FIN and opcode, then the payload length in 7, 7+16 or 7+64 bits. Written
+// by hand because ws.WriteHeader takes an io.Writer, which costs an
+// allocation per frame on the hot path.
 func appendHeader(dst []byte, op ws.OpCode, n int) []byte {
-	h := ws.Header{Fin: true, OpCode: op, Length: int64(n)}
-	var w appendWriter
-	w.b = dst
-	_ = ws.WriteHeader(&w, h) // cannot fail: appendWriter never errs
-	return w.b
-}
-
-type appendWriter struct{ b []byte }
-
-func (w *appendWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
+	dst = append(dst, 0x80|byte(op))
+	switch {
+	case n < 126:
+		return append(dst, byte(n))
+	case n <= 0xFFFF:
+		return binary.BigEndian.AppendUint16(append(dst, 126), uint16(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(dst, 127), uint64(n))
+	}
 }
 
 // Control and greeting frames, compiled once.
