@@ -16,6 +16,12 @@
 // is "{Q}:processing:I". The hash tag puts both keys in one Redis Cluster slot
 // so that the multi-key commands and scripts work on a cluster too.
 //
+// Blocking: each consumer pops through its own [Blocker], a dedicated
+// connection whose CLIENT ID lets [Blocker.Wake] end a blocked BLMOVE at
+// once (CLIENT UNBLOCK). Consumers therefore block in long rounds and still
+// stop at once when their user leaves; where a dedicated connection is not
+// available (cluster clients) they block in 1 s rounds instead.
+//
 // Entry points: [Dial] builds the two go-redis clients the design asks for
 // (one sized for blocking consumers, one small for commands); [New] builds a
 // [Queue] over them.

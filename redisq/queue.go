@@ -20,22 +20,28 @@ type Config struct {
 	Instance string
 	// Batch is the most messages one Pop returns. Default 128.
 	Batch int
-	// Round is how long one Pop blocks on an empty queue. Default 1 s: a
-	// blocked BLMOVE cannot be cancelled through its context (go-redis waits
-	// for the reply), so the round bounds how late a consumer notices that
-	// its user left or that the server is shutting down.
+	// Round is how long one Pop blocks on an empty queue when the consumer
+	// cannot be woken (Blocker.Wake): a blocked BLMOVE cannot be cancelled
+	// through its context (go-redis waits for the reply), so the round bounds
+	// how late a consumer notices that its user left or that the server is
+	// shutting down. Default 1 s.
 	Round time.Duration
+	// WakeRound is the round of a Blocker that Wake can interrupt; it only
+	// bounds how long a silently dead Redis connection goes unnoticed (go-redis
+	// adds 10 s to it for the socket deadline). Default 10 s.
+	WakeRound time.Duration
 }
 
 // Queue gives access to the per-user queues and their processing lists.
 type Queue struct {
-	blocking redis.UniversalClient // BLMOVE only; one connection per blocked consumer
-	cmd      redis.UniversalClient // everything that does not block
-	prefix   string                // KeyPattern before %s
-	suffix   string                // KeyPattern after %s
-	procTail string                // "}:processing:<instance>"
-	batch    int
-	round    time.Duration
+	blocking  redis.UniversalClient // BLMOVE only; one connection per blocked consumer
+	cmd       redis.UniversalClient // everything that does not block
+	prefix    string                // KeyPattern before %s
+	suffix    string                // KeyPattern after %s
+	procTail  string                // "}:processing:<instance>"
+	batch     int
+	round     time.Duration
+	wakeRound time.Duration
 }
 
 // popMore moves up to ARGV[1] messages from the right of the queue to the left
@@ -91,11 +97,14 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	if cfg.Round <= 0 {
 		cfg.Round = time.Second
 	}
+	if cfg.WakeRound <= 0 {
+		cfg.WakeRound = 10 * time.Second
+	}
 	return &Queue{
 		blocking: blocking, cmd: cmd,
 		prefix: prefix, suffix: suffix,
 		procTail: "}:processing:" + cfg.Instance,
-		batch:    cfg.Batch, round: cfg.Round,
+		batch:    cfg.Batch, round: cfg.Round, wakeRound: cfg.WakeRound,
 	}, nil
 }
 
@@ -114,6 +123,16 @@ func (q *Queue) ProcessingKey(user string) string { return "{" + q.Key(user) + q
 // After an empty Pop, pass idle: the next Pop then blocks at once instead of
 // first asking for a batch, which halves the commands an idle user costs.
 func (q *Queue) Pop(ctx context.Context, user string, idle bool) ([]string, error) {
+	return q.pop(ctx, q.blocking, q.round, user, idle)
+}
+
+// blockingCmdable is what pop needs to block on: a client or a dedicated
+// connection.
+type blockingCmdable interface {
+	BLMove(ctx context.Context, source, destination, srcpos, destpos string, timeout time.Duration) *redis.StringCmd
+}
+
+func (q *Queue) pop(ctx context.Context, bc blockingCmdable, round time.Duration, user string, idle bool) ([]string, error) {
 	key, proc := q.Key(user), q.ProcessingKey(user)
 	if !idle {
 		msgs, err := q.popMore(ctx, key, proc, q.batch)
@@ -121,7 +140,7 @@ func (q *Queue) Pop(ctx context.Context, user string, idle bool) ([]string, erro
 			return msgs, err
 		}
 	}
-	first, err := q.blocking.BLMove(ctx, key, proc, "RIGHT", "LEFT", q.round).Result()
+	first, err := bc.BLMove(ctx, key, proc, "RIGHT", "LEFT", round).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}

@@ -3,6 +3,7 @@ package redisq_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -185,4 +186,51 @@ func TestAckPopAcksAndTakesTheNextBatch(t *testing.T) {
 	if n, _ := rc.Exists(ctx, q.ProcessingKey("u")).Result(); n != 0 {
 		t.Fatal("processing list left after the last ack")
 	}
+}
+
+func TestBlockerWakeEndsABlockedPopAtOnce(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	c, err := redisq.Dial(context.Background(), rds.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q, _ := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "i1", WakeRound: 30 * time.Second})
+	b := q.Blocker()
+	defer b.Close()
+	ctx := context.Background()
+	if woke, err := b.Wake(ctx); woke || err != nil {
+		t.Fatalf("Wake before any Pop = %v, %v; want false", woke, err)
+	}
+	type popResult struct {
+		msgs []string
+		err  error
+		took time.Duration
+	}
+	done := make(chan popResult)
+	go func() {
+		start := time.Now()
+		m, err := b.Pop(ctx, "w", true)
+		done <- popResult{m, err, time.Since(start)}
+	}()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if woke, err := b.Wake(ctx); !woke {
+			return fmt.Errorf("not blocked yet (%v)", err)
+		}
+		return nil
+	})
+	r := <-done
+	if r.err != nil || len(r.msgs) != 0 || r.took > 5*time.Second {
+		t.Fatalf("woken Pop = %v, %v after %v; want empty, at once, not after the 30s round", r.msgs, r.err, r.took)
+	}
+	// After Redis restarts the Blocker dials a new connection.
+	rds.Restart()
+	rds.Client().LPush(ctx, q.Key("w"), "after restart")
+	testutil.Eventually(t, 10*time.Second, func() error {
+		m, err := b.Pop(ctx, "w", false) // fails while the old connections are found dead
+		if err == nil && !slices.Equal(m, []string{"after restart"}) {
+			t.Fatalf("Pop after restart = %v", m)
+		}
+		return err
+	})
 }

@@ -15,6 +15,12 @@ import (
 func (h *hub) consume(ctx context.Context, s *session) {
 	h.consumers.Add(1)
 	defer h.consumers.Add(-1)
+	defer close(s.done)
+	b := h.q.Blocker()
+	defer b.Close()
+	h.mu.Lock()
+	s.blocker = b
+	h.mu.Unlock()
 	// A previous consumer of this user could not requeue its last batch only
 	// if Redis was down; returning it first keeps the order.
 	if !h.requeue(ctx, s.user) {
@@ -23,7 +29,7 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	var bo backoff
 	idle := false // the queue was seen empty: block at once
 	for h.waitOnline(ctx, s) {
-		msgs, err := h.q.Pop(ctx, s.user, idle)
+		msgs, err := b.Pop(ctx, s.user, idle)
 		if err != nil {
 			if ctx.Err() == nil {
 				h.health.fail(err)

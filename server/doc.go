@@ -24,8 +24,9 @@
 //     it in turn, each under the write deadline, so a client that stops
 //     reading is disconnected after Config.WriteTimeout and stalls only its
 //     own user's consumer.
-//   - A consumer ends within about one BLMOVE round (1 s) after its user's
-//     last connection closed, and never writes to a connection of another
-//     user: connections are found through the user's own session only, and
-//     fds are never reused.
+//   - A consumer ends at once after its user's last connection closed: the
+//     release wakes its blocked BLMOVE with CLIENT UNBLOCK (redisq.Blocker),
+//     or, where that is unavailable, within one 1 s round. It never writes
+//     to a connection of another user: connections are found through the
+//     user's own session only, and fds are never reused.
 package server

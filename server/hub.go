@@ -36,10 +36,12 @@ type hub struct {
 // when refs drops to zero, and only the consumer removes the session from
 // hub.users, so a user never has two consumers at once in one process.
 type session struct {
-	user  string
-	refs  int     // under hub.mu
-	conns []*conn // under hub.mu
-	wake  chan struct{}
+	user    string
+	refs    int             // under hub.mu
+	conns   []*conn         // under hub.mu
+	blocker *redisq.Blocker // under hub.mu; set by the consumer
+	wake    chan struct{}   // the consumer waits on it for connections
+	done    chan struct{}   // closed when the consumer returned
 }
 
 // Stats counts what the consumers did since start.
@@ -68,7 +70,7 @@ func (h *hub) acquire(user string) (*session, error) {
 	}
 	s := h.users[user]
 	if s == nil {
-		s = &session{user: user, wake: make(chan struct{}, 1)}
+		s = &session{user: user, wake: make(chan struct{}, 1), done: make(chan struct{})}
 		if err := h.pool.Submit(func(ctx context.Context) { h.consume(ctx, s) }); err != nil {
 			return nil, err
 		}
@@ -100,8 +102,46 @@ func (h *hub) release(s *session, c *conn) {
 		delete(h.conns, c.fd)
 	}
 	s.refs--
+	last := s.refs == 0
 	h.mu.Unlock()
 	s.notify()
+	if last {
+		go h.interrupt(s)
+	}
+}
+
+// interrupt ends the BLMOVE the consumer of s may be blocked in, so that it
+// sees at once that its user left or that the server shuts down. A wake
+// that arrives before the consumer blocked finds nothing to end, so it is
+// repeated until the consumer returned or has a reason to go on.
+func (h *hub) interrupt(s *session) {
+	const retry = 20 * time.Millisecond
+	for {
+		h.mu.Lock()
+		b, needed := s.blocker, s.refs == 0 || h.closing
+		h.mu.Unlock()
+		if !needed {
+			return
+		}
+		if b != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			woke, err := b.Wake(ctx)
+			cancel()
+			if woke {
+				return
+			}
+			if err != nil {
+				h.log.Debug("wake failed", "user", s.user, "err", err)
+			}
+		}
+		t := time.NewTimer(retry)
+		select {
+		case <-s.done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func (s *session) notify() {
@@ -152,6 +192,9 @@ func (h *hub) closeAll(code ws.StatusCode, reason string) {
 	all := make([]*conn, 0, len(h.conns))
 	for _, c := range h.conns {
 		all = append(all, c)
+	}
+	for _, s := range h.users {
+		go h.interrupt(s)
 	}
 	h.mu.Unlock()
 	deadline := time.Now().Add(time.Second)
