@@ -36,20 +36,22 @@ func (q *Queue) Blocker() *Blocker {
 
 // Pop is Queue.Pop through this Blocker's connection.
 func (b *Blocker) Pop(ctx context.Context, user string, idle bool) ([]string, error) {
-	if b.plain == nil {
-		return b.q.pop(ctx, b.q.blocking, b.q.round, user, idle)
+	if b.plain != nil && !b.q.noWake.Load() {
+		cn, err := b.conn(ctx)
+		if err == nil {
+			msgs, err := b.q.pop(ctx, cn, b.q.wakeRound, user, idle)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				// A broken dedicated connection stays broken: dial a new
+				// one (with a new CLIENT ID) on the next Pop.
+				b.reset()
+			}
+			return msgs, err
+		}
+		if !b.q.noWake.Load() {
+			return nil, err
+		}
 	}
-	cn, err := b.conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := b.q.pop(ctx, cn, b.q.wakeRound, user, idle)
-	if err != nil && !errors.Is(err, context.Canceled) {
-		// A broken dedicated connection stays broken: dial a new one (with
-		// a new CLIENT ID) on the next Pop.
-		b.reset()
-	}
-	return msgs, err
+	return b.q.pop(ctx, b.q.blocking, b.q.round, user, idle)
 }
 
 func (b *Blocker) conn(ctx context.Context) (*redis.Conn, error) {
@@ -62,6 +64,12 @@ func (b *Blocker) conn(ctx context.Context) (*redis.Conn, error) {
 	id, err := cn.ClientID(ctx).Result()
 	if err != nil {
 		_ = cn.Close()
+		var rerr redis.Error
+		if errors.As(err, &rerr) {
+			// The server refuses CLIENT ID (the embedded quick-start
+			// Redis does): fall back to short rounds for every consumer.
+			b.q.noWake.Store(true)
+		}
 		return nil, err
 	}
 	b.cn, b.id = cn, id

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -42,6 +43,7 @@ type Queue struct {
 	batch     int
 	round     time.Duration
 	wakeRound time.Duration
+	noWake    atomic.Bool // the server has no CLIENT ID / CLIENT UNBLOCK
 }
 
 // popMore moves up to ARGV[1] messages from the right of the queue to the left
