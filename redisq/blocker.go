@@ -34,24 +34,29 @@ func (q *Queue) Blocker() *Blocker {
 	return b
 }
 
-// Pop is Queue.Pop through this Blocker's connection.
-func (b *Blocker) Pop(ctx context.Context, user string, idle bool) ([]string, error) {
+// AckBlock acknowledges the processing list when ack is set (the previous
+// batch was delivered), then blocks for one round until a message arrives
+// and moves it into the processing list. It returns that message (none when
+// the round ended or Wake interrupted it) and whether more wait behind it,
+// in which case the caller should continue with AckPop. Ack, block and the
+// look at the backlog travel in one pipeline.
+func (b *Blocker) AckBlock(ctx context.Context, user string, ack bool) (msgs []string, more bool, err error) {
 	if b.plain != nil && !b.q.noWake.Load() {
 		cn, err := b.conn(ctx)
 		if err == nil {
-			msgs, err := b.q.pop(ctx, cn, b.q.wakeRound, user, idle)
+			msgs, more, err := b.q.ackBlock(ctx, cn.Pipeline(), b.q.wakeRound, user, ack)
 			if err != nil && !errors.Is(err, context.Canceled) {
 				// A broken dedicated connection stays broken: dial a new
-				// one (with a new CLIENT ID) on the next Pop.
+				// one (with a new CLIENT ID) next time.
 				b.reset()
 			}
-			return msgs, err
+			return msgs, more, err
 		}
 		if !b.q.noWake.Load() {
-			return nil, err
+			return nil, false, err
 		}
 	}
-	return b.q.pop(ctx, b.q.blocking, b.q.round, user, idle)
+	return b.q.ackBlock(ctx, b.q.blocking.Pipeline(), b.q.round, user, ack)
 }
 
 func (b *Blocker) conn(ctx context.Context) (*redis.Conn, error) {

@@ -28,8 +28,8 @@ type Config struct {
 	// shutting down. Default 1 s.
 	Round time.Duration
 	// WakeRound is the round of a Blocker that Wake can interrupt; it only
-	// bounds how long a silently dead Redis connection goes unnoticed (go-redis
-	// adds 10 s to it for the socket deadline). Default 10 s.
+	// bounds how long a silently dead Redis connection goes unnoticed.
+	// Default 10 s, at most 20 s (below the blocking client's read timeout).
 	WakeRound time.Duration
 }
 
@@ -46,21 +46,11 @@ type Queue struct {
 	noWake    atomic.Bool // the server has no CLIENT ID / CLIENT UNBLOCK
 }
 
-// popMore moves up to ARGV[1] messages from the right of the queue to the left
-// of the processing list and returns them oldest first. LMOVE with a count
-// does not exist before Redis 8, hence the script: one round trip per batch.
-var popMore = redis.NewScript(`
-local out = {}
-for i = 1, tonumber(ARGV[1]) do
-  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not v then break end
-  out[i] = v
-end
-return out`)
-
 // ackPop drops the processing list KEYS[2] (the previous batch was
-// delivered) and pops the next batch like popMore: one round trip between
-// two batches instead of two.
+// delivered, or it is empty) and moves up to ARGV[1] messages from the right
+// of the queue KEYS[1] to the left of the processing list, returning them
+// oldest first. LMOVE with a count does not exist before Redis 8, hence the
+// script: one round trip per batch, ack included.
 var ackPop = redis.NewScript(`
 redis.call('DEL', KEYS[2])
 local out = {}
@@ -102,6 +92,8 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	if cfg.WakeRound <= 0 {
 		cfg.WakeRound = 10 * time.Second
 	}
+	// Dial gives the blocking client a 30 s read timeout for its pipelines.
+	cfg.WakeRound = min(cfg.WakeRound, 20*time.Second)
 	return &Queue{
 		blocking: blocking, cmd: cmd,
 		prefix: prefix, suffix: suffix,
@@ -110,6 +102,9 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	}, nil
 }
 
+// BatchSize is the most messages one pop returns (Config.Batch).
+func (q *Queue) BatchSize() int { return q.batch }
+
 // Key returns the queue key of user, e.g. "user_42_messages".
 func (q *Queue) Key(user string) string { return q.prefix + user + q.suffix }
 
@@ -117,55 +112,36 @@ func (q *Queue) Key(user string) string { return q.prefix + user + q.suffix }
 // e.g. "{user_42_messages}:processing:host-9502".
 func (q *Queue) ProcessingKey(user string) string { return "{" + q.Key(user) + q.procTail }
 
-// Pop moves up to Batch messages of user into the processing list and returns
-// them, oldest first. On an empty queue it blocks for one Round and returns an
-// empty slice. Every message it returns must be followed by Ack or Requeue
-// before the next Pop of the same user.
-//
-// After an empty Pop, pass idle: the next Pop then blocks at once instead of
-// first asking for a batch, which halves the commands an idle user costs.
-func (q *Queue) Pop(ctx context.Context, user string, idle bool) ([]string, error) {
-	return q.pop(ctx, q.blocking, q.round, user, idle)
-}
-
-// blockingCmdable is what pop needs to block on: a client or a dedicated
-// connection.
-type blockingCmdable interface {
-	BLMove(ctx context.Context, source, destination, srcpos, destpos string, timeout time.Duration) *redis.StringCmd
-}
-
-func (q *Queue) pop(ctx context.Context, bc blockingCmdable, round time.Duration, user string, idle bool) ([]string, error) {
+// ackBlock is the pipeline of a consumer whose queue was seen empty: ack
+// the previous batch (when ack), block for the next message, and learn how
+// many follow it. Redis runs the LLEN only after the BLMOVE returned, so one
+// write and one read cover a whole trickle step, and "more" tells the
+// consumer to switch to batches when a burst arrives.
+func (q *Queue) ackBlock(ctx context.Context, p redis.Pipeliner, round time.Duration, user string, ack bool) (msgs []string, more bool, err error) {
 	key, proc := q.Key(user), q.ProcessingKey(user)
-	if !idle {
-		msgs, err := q.popMore(ctx, key, proc, q.batch)
-		if err != nil || len(msgs) > 0 {
-			return msgs, err
-		}
+	if ack {
+		p.Del(ctx, proc)
 	}
-	first, err := bc.BLMove(ctx, key, proc, "RIGHT", "LEFT", round).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
+	mv := p.BLMove(ctx, key, proc, "RIGHT", "LEFT", round)
+	left := p.LLen(ctx, key)
+	_, err = p.Exec(ctx)
+	first, merr := mv.Result()
+	if errors.Is(merr, redis.Nil) {
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	// Return at once: the next Pop's non-blocking call picks up any burst
-	// that followed this message, so a trickle costs two round trips.
-	return []string{first}, nil
+	return []string{first}, left.Val() > 0, nil
 }
 
-func (q *Queue) popMore(ctx context.Context, key, proc string, n int) ([]string, error) {
-	msgs, err := popMore.Run(ctx, q.cmd, []string{key, proc}, n).StringSlice()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
-	}
-	return msgs, err
-}
-
-// AckPop is Ack followed by a Pop that does not block: it returns the next
-// batch, or none when the queue is empty. If it fails, the caller cannot
-// know whether the ack happened: it must Requeue, which may deliver the
-// previous batch twice but never loses it.
+// AckPop acknowledges what is in the processing list of user (the previous
+// batch, delivered; nothing after a Requeue) and moves the next batch of up
+// to Batch messages into it, oldest first, without blocking. Every message
+// it returns must be followed by another AckPop, AckBlock, Ack or Requeue
+// before the next pop of the same user. If it fails, the caller cannot know
+// whether the ack happened: it must Requeue, which may deliver the previous
+// batch twice but never loses it.
 func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {
 	msgs, err := ackPop.Run(ctx, q.cmd, []string{q.Key(user), q.ProcessingKey(user)}, q.batch).StringSlice()
 	if errors.Is(err, redis.Nil) {
@@ -175,7 +151,7 @@ func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {
 }
 
 // Ack drops the processing list of user: everything popped since the last
-// Ack or Requeue was delivered.
+// ack or Requeue was delivered.
 func (q *Queue) Ack(ctx context.Context, user string) error {
 	return q.cmd.Del(ctx, q.ProcessingKey(user)).Err()
 }

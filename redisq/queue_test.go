@@ -22,7 +22,7 @@ func newQueue(t *testing.T, batch int) (*redisq.Queue, *testutil.Redis) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "i1", Batch: batch, Round: 200 * time.Millisecond})
+	q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "i1", Batch: batch, Round: time.Second, WakeRound: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestPopAckRequeueKeepOrder(t *testing.T) {
 	ctx := context.Background()
 	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3", "m4", "m5")
 
-	got, err := q.Pop(ctx, "u", false)
+	got, err := q.AckPop(ctx, "u")
 	if err != nil || !slices.Equal(got, []string{"m1", "m2", "m3"}) {
 		t.Fatalf("Pop = %v, %v; want the oldest three, oldest first", got, err)
 	}
@@ -56,46 +56,60 @@ func TestPopAckRequeueKeepOrder(t *testing.T) {
 	if n, err := q.Requeue(ctx, "u"); err != nil || n != 3 {
 		t.Fatalf("Requeue = %d, %v", n, err)
 	}
-	got, _ = q.Pop(ctx, "u", false)
+	got, _ = q.AckPop(ctx, "u")
 	if !slices.Equal(got, []string{"m1", "m2", "m3"}) {
 		t.Fatalf("after requeue Pop = %v, want the same three in order", got)
+	}
+	got, _ = q.AckPop(ctx, "u") // acks m1-m3
+	if !slices.Equal(got, []string{"m4", "m5"}) {
+		t.Fatalf("Pop = %v, want m4 m5", got)
 	}
 	if err := q.Ack(ctx, "u"); err != nil {
 		t.Fatal(err)
 	}
-	got, _ = q.Pop(ctx, "u", false)
-	if !slices.Equal(got, []string{"m4", "m5"}) {
-		t.Fatalf("Pop = %v, want m4 m5", got)
-	}
-	q.Ack(ctx, "u")
 	if n, _ := rc.Exists(ctx, q.ProcessingKey("u"), q.Key("u")).Result(); n != 0 {
 		t.Fatalf("%d keys left after all acks", n)
 	}
 }
 
-func TestPopBlocksOneRoundThenWakesOnPush(t *testing.T) {
-	q, rds := newQueue(t, 10)
+func TestAckBlockBlocksOneRoundThenWakesOnPush(t *testing.T) {
+	q, rds := newQueue(t, 10) // 1 s rounds
 	ctx := context.Background()
+	b := q.Blocker()
+	defer b.Close()
 	start := time.Now()
-	got, err := q.Pop(ctx, "idle", true)
-	if err != nil || len(got) != 0 {
-		t.Fatalf("Pop on empty = %v, %v", got, err)
+	got, more, err := b.AckBlock(ctx, "idle", false)
+	if err != nil || len(got) != 0 || more {
+		t.Fatalf("AckBlock on empty = %v, %v, %v", got, more, err)
 	}
-	if took := time.Since(start); took < 150*time.Millisecond {
-		t.Fatalf("empty Pop returned after %v, want one 200ms round", took)
+	if took := time.Since(start); took < 900*time.Millisecond {
+		t.Fatalf("empty AckBlock returned after %v, want one round", took)
 	}
-	done := make(chan []string)
+	type res struct {
+		msgs []string
+		more bool
+	}
+	done := make(chan res)
 	go func() {
 		for {
-			if m, _ := q.Pop(ctx, "idle", true); len(m) > 0 {
-				done <- m
+			if m, more, _ := b.AckBlock(ctx, "idle", false); len(m) > 0 {
+				done <- res{m, more}
 				return
 			}
 		}
 	}()
-	rds.Client().LPush(ctx, q.Key("idle"), "wake")
-	if m := <-done; !slices.Equal(m, []string{"wake"}) {
-		t.Fatalf("got %v", m)
+	rds.Client().LPush(ctx, q.Key("idle"), "wake", "second")
+	r := <-done
+	if !slices.Equal(r.msgs, []string{"wake"}) || !r.more {
+		t.Fatalf("got %v more=%v, want the oldest and more=true", r.msgs, r.more)
+	}
+	// The next AckBlock acks "wake" and returns "second" with nothing behind.
+	m, more, err := b.AckBlock(ctx, "idle", true)
+	if err != nil || !slices.Equal(m, []string{"second"}) || more {
+		t.Fatalf("got %v more=%v (%v)", m, more, err)
+	}
+	if p, _ := rds.Client().LRange(ctx, q.ProcessingKey("idle"), 0, -1).Result(); !slices.Equal(p, []string{"second"}) {
+		t.Fatalf("processing = %v, want only the unacked message", p)
 	}
 }
 
@@ -105,8 +119,8 @@ func TestRecoverReturnsOnlyThisInstancesLists(t *testing.T) {
 	ctx := context.Background()
 	rc.LPush(ctx, "user_a_messages", "a1", "a2", "a3")
 	rc.LPush(ctx, "user_b_messages", "b1", "b2")
-	q.Pop(ctx, "a", false) // "crash" with both popped and unacked
-	q.Pop(ctx, "b", false)
+	q.AckPop(ctx, "a") // "crash" with both popped and unacked
+	q.AckPop(ctx, "b")
 	rc.RPush(ctx, "{user_c_messages}:processing:i2", "other instance")
 
 	lists, msgs, err := q.Recover(ctx)
@@ -172,7 +186,7 @@ func TestAckPopAcksAndTakesTheNextBatch(t *testing.T) {
 	rc := rds.Client()
 	ctx := context.Background()
 	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3")
-	q.Pop(ctx, "u", false)
+	q.AckPop(ctx, "u")
 	got, err := q.AckPop(ctx, "u")
 	if err != nil || !slices.Equal(got, []string{"m3"}) {
 		t.Fatalf("AckPop = %v, %v; want m3", got, err)
@@ -210,7 +224,7 @@ func TestBlockerWakeEndsABlockedPopAtOnce(t *testing.T) {
 	done := make(chan popResult)
 	go func() {
 		start := time.Now()
-		m, err := b.Pop(ctx, "w", true)
+		m, _, err := b.AckBlock(ctx, "w", false)
 		done <- popResult{m, err, time.Since(start)}
 	}()
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -227,7 +241,7 @@ func TestBlockerWakeEndsABlockedPopAtOnce(t *testing.T) {
 	rds.Restart()
 	rds.Client().LPush(ctx, q.Key("w"), "after restart")
 	testutil.Eventually(t, 10*time.Second, func() error {
-		m, err := b.Pop(ctx, "w", false) // fails while the old connections are found dead
+		m, _, err := b.AckBlock(ctx, "w", false) // fails while the old connections are found dead
 		if err == nil && !slices.Equal(m, []string{"after restart"}) {
 			t.Fatalf("Pop after restart = %v", m)
 		}

@@ -12,6 +12,10 @@ import (
 // lives in the user's processing list, so whatever stops this loop — a failed
 // write, a closed connection, a shutdown, a crash — leaves the messages in
 // Redis to be requeued, by this loop or by the recovery of the next start.
+//
+// Each ack travels with the next pop: AckPop while a backlog lasts (batches
+// of up to Config.Batch), AckBlock once the queue was seen empty (one
+// pipeline: ack, block for the next message, look at the backlog).
 func (h *hub) consume(ctx context.Context, s *session) {
 	h.consumers.Add(1)
 	defer h.consumers.Add(-1)
@@ -27,48 +31,50 @@ func (h *hub) consume(ctx context.Context, s *session) {
 		return
 	}
 	var bo backoff
-	idle := false // the queue was seen empty: block at once
+	pending := 0 // delivered, not yet acknowledged: the processing list
+	more := true // the queue may hold messages: pop without blocking
 	for h.waitOnline(ctx, s) {
-		msgs, err := b.Pop(ctx, s.user, idle)
+		var msgs []string
+		var err error
+		if more {
+			msgs, err = h.q.AckPop(ctx, s.user)
+			more = len(msgs) == h.q.BatchSize()
+		} else {
+			msgs, more, err = b.AckBlock(ctx, s.user, pending > 0)
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				h.health.fail(err)
 			}
-			// The reply may have been lost after Redis moved messages into
-			// the processing list: put them back before popping again, or
-			// the next ack would delete them unseen.
+			// Whether the ack happened, and whether Redis moved messages
+			// into the processing list before the reply was lost, is
+			// unknown: requeue all of it (the pending batch may come
+			// twice) before popping again, never ack it unseen.
+			pending, more = 0, true
 			if !h.requeue(ctx, s.user) || !bo.wait(ctx) {
 				return
 			}
-			idle = false
 			continue
 		}
 		h.health.ok()
 		bo.reset()
-		if idle, err = h.drain(ctx, s, msgs); err != nil && !h.requeue(ctx, s.user) {
-			return
+		h.stats.Delivered.Add(int64(pending))
+		pending = 0
+		if len(msgs) == 0 {
+			continue
 		}
-	}
-}
-
-// drain delivers msgs and then batch after batch while the queue has more:
-// each ack fetches the next batch in the same round trip. It reports whether
-// it left the queue empty; on an error the processing list must be requeued.
-func (h *hub) drain(ctx context.Context, s *session, msgs []string) (empty bool, err error) {
-	for len(msgs) > 0 {
 		if ctx.Err() != nil || !h.deliver(s, msgs) {
-			return false, errNotDelivered
+			more = true // the requeued batch is next
+			if !h.requeue(ctx, s.user) {
+				return
+			}
+			continue
 		}
-		n := len(msgs)
-		if msgs, err = h.q.AckPop(ctx, s.user); err != nil {
-			// Whether the ack happened is unknown: requeueing may deliver
-			// this batch twice, which is better than losing it.
-			h.health.fail(err)
-			return false, err
-		}
-		h.stats.Delivered.Add(int64(n))
+		pending = len(msgs)
 	}
-	return true, nil
+	if pending > 0 {
+		h.ack(ctx, s.user, pending)
+	}
 }
 
 // deliver writes msgs to every open connection of s and reports whether at
@@ -112,6 +118,19 @@ func (h *hub) requeue(ctx context.Context, user string) bool {
 			return false
 		}
 	}
+}
+
+// ack acknowledges the last delivered batch of a consumer that ends. If
+// Redis is down, the batch stays in the processing list and comes again
+// after a requeue or a restart: a duplicate, not a loss.
+func (h *hub) ack(ctx context.Context, user string, n int) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := h.q.Ack(actx, user); err != nil {
+		h.health.fail(err)
+		return
+	}
+	h.stats.Delivered.Add(int64(n))
 }
 
 // backoff is a capped exponential delay with jitter, so that thousands of

@@ -7,8 +7,6 @@ var (
 	ErrBadConfig = errors.New("server: bad config")
 	// ErrConnClosed is returned by writes to a connection that is closed.
 	ErrConnClosed = errors.New("server: connection closed")
-	// errNotDelivered: no connection of the user took a batch.
-	errNotDelivered = errors.New("no connection took the batch")
 	// errBadUserID is the reason for a 400 before the upgrade.
 	errBadUserID = errors.New("user_id must be 1-128 characters of [A-Za-z0-9_.:-]")
 )
