@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
@@ -23,7 +22,9 @@ type config struct {
 	connectRate, serverPID        int
 	firstUser                     int
 	duration, grace, hold         time.Duration
-	allowLoss                     bool
+	allowLoss, child              bool
+	backlog, spawn                int
+	reportOut                     string
 	sourceIPs                     []net.IP
 	keyPrefix, keySuffix          string
 }
@@ -41,18 +42,25 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	res, err := run(ctx, cfg)
+	var res *result
+	if cfg.spawn > 1 {
+		res, err = runSpawned(ctx, cfg)
+	} else {
+		res, err = run(ctx, cfg)
+	}
 	if err != nil {
 		logf("redpush-bench: %v", err)
 		os.Exit(2)
 	}
-	res.printTable(os.Stdout)
-	if cfg.jsonOut != "" {
-		b, _ := json.MarshalIndent(res, "", "  ")
-		if err := os.WriteFile(cfg.jsonOut, append(b, '\n'), 0o644); err != nil {
-			logf("redpush-bench: %v", err)
-			os.Exit(2)
-		}
+	if !cfg.child {
+		res.printTable(os.Stdout)
+	}
+	if err := writeOutputs(cfg, res); err != nil {
+		logf("redpush-bench: %v", err)
+		os.Exit(2)
+	}
+	if cfg.child {
+		os.Exit(0) // the parent judges the merged result
 	}
 	if !cfg.allowLoss && (res.Lost > 0 || res.Duplicated > 0 || res.Misdelivered > 0) {
 		logf("redpush-bench: FAIL: %d lost, %d duplicated, %d misdelivered", res.Lost, res.Duplicated, res.Misdelivered)
@@ -80,6 +88,10 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long to wait for stragglers after the last send")
 	fs.DurationVar(&c.hold, "hold", 0, "keep connections open this long after connecting, before sending (idle memory)")
 	fs.StringVar(&c.jsonOut, "json", "", "write every figure to this file as JSON")
+	fs.StringVar(&c.reportOut, "report", "", "write a self-contained HTML page with the latency charts to this file")
+	fs.IntVar(&c.backlog, "backlog", 0, "queue this many messages per user before connecting (drain test)")
+	fs.IntVar(&c.spawn, "spawn", 1, "run this many child processes that split the users (one process holds ~19,000 connections)")
+	fs.BoolVar(&c.child, "child", false, "internal: run as a -spawn child (wait for GO on stdin after connecting)")
 	fs.BoolVar(&c.allowLoss, "allow-loss", false, "exit 0 even when messages were lost or duplicated")
 	keyPattern := fs.String("key-pattern", "user_%s_messages", "queue key of a user")
 	if err := fs.Parse(args); err != nil {
@@ -144,7 +156,12 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 	}
 	tr := newTracker(4 * runtime.GOMAXPROCS(0))
 	cs := &clients{cfg: cfg, tr: tr}
-	pr := &producers{cfg: cfg, rc: rc}
+	pr := &producers{cfg: cfg, rc: rc, sent: make([]int64, cfg.users)}
+	if cfg.backlog > 0 {
+		t := time.Now()
+		pr.preload(ctx)
+		logf("queued %d messages in %v", pr.all.Load(), time.Since(t).Round(time.Millisecond))
+	}
 	mon := newMonitor(cfg, tr, cs, pr)
 	go mon.run(ctx)
 
@@ -152,6 +169,9 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 	cs.connectAll(ctx)
 	connectTime := time.Since(t0)
 	logf("connected %d, failed %d in %v", cs.connected.Load(), cs.failed.Load(), connectTime.Round(time.Millisecond))
+	if cfg.child {
+		awaitGo()
+	}
 	mon.markConnected()
 	if cfg.hold > 0 {
 		sleepCtx(ctx, cfg.hold)
@@ -159,15 +179,17 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 	mon.markIdle()
 
 	start := time.Now()
+	if cfg.backlog > 0 {
+		start = t0 // a drain is timed from the first connect
+	}
 	if cfg.messages > 0 || cfg.rate > 0 || cfg.duration > 0 && cfg.hold == 0 {
 		pr.run(ctx)
 	}
 	sendDone := time.Now()
 	waitDelivered(ctx, cfg, tr, pr, cs)
-	end := time.Now()
 	mon.stop()
 	cs.closeAll()
-	return buildResult(ctx, cfg, tr, cs, pr, mon, rc, start, sendDone, end, connectTime), nil
+	return buildResult(ctx, cfg, tr, cs, pr, mon, rc, start, sendDone, connectTime), nil
 }
 
 // waitDelivered waits until every connection received every message sent,

@@ -74,6 +74,9 @@ func (m *monitor) run(ctx context.Context) {
 			return
 		}
 		m.sample()
+		if m.tr == nil {
+			continue // a -spawn parent: the children print progress
+		}
 		recv := m.tr.received.Load()
 		m.tr.snapshotWindow(time.Since(m.t0).Seconds(), win)
 		p99 := 0.0
@@ -92,4 +95,23 @@ func (m *monitor) stop() {
 	close(m.done)
 	m.wg.Wait()
 	m.sample()
+}
+
+// serverStats turns the samples into the result's server figures.
+func (m *monitor) serverStats(connected, delivered int64) serverStat {
+	var s serverStat
+	if !m.haveServer {
+		return s
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s.PID, s.RSSStart, s.RSSIdle, s.RSSPeak, s.RSSEnd = m.cfg.serverPID, m.rssStart, m.rssIdle, m.rssPeak, m.rssEnd
+	s.CPUSeconds = m.cpuEnd - m.cpuStart
+	if connected > 0 {
+		s.RSSPerConn = (m.rssIdle - m.rssStart) / connected
+	}
+	if delivered > 0 {
+		s.CPUMicrosPerMsg = (m.cpuEnd - m.cpuSendStart) * 1e6 / float64(delivered)
+	}
+	return s
 }

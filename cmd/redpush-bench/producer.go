@@ -24,7 +24,6 @@ const pipe = 64
 // run sends until every user has -messages (or -duration is over) and
 // returns when done or ctx ends.
 func (p *producers) run(ctx context.Context) {
-	p.sent = make([]int64, p.cfg.users)
 	var wg sync.WaitGroup
 	for j := range p.cfg.producers {
 		wg.Add(1)
@@ -68,7 +67,7 @@ func (p *producers) produce(ctx context.Context, j int) {
 		for k := 0; k < len(mine) && queued < n; k++ {
 			u := mine[next]
 			next = (next + 1) % len(mine)
-			if p.cfg.messages > 0 && p.sent[u] >= int64(p.cfg.messages) {
+			if p.cfg.messages > 0 && p.sent[u] >= int64(p.cfg.backlog+p.cfg.messages) {
 				continue
 			}
 			buf = makePayload(buf, userName(p.cfg.firstUser+u), p.sent[u], time.Now().UnixNano(), p.cfg.payload)
@@ -88,3 +87,27 @@ func (p *producers) produce(ctx context.Context, j int) {
 }
 
 func keyOf(cfg *config, u int) string { return cfg.keyPrefix + userName(u) + cfg.keySuffix }
+
+// preload queues -backlog messages for every user before anyone connects,
+// in pipelines of pipe commands of one LPUSH per message. Each is stamped
+// when pushed, so its latency includes its wait in the queue.
+func (p *producers) preload(ctx context.Context) {
+	buf := make([]byte, 0, p.cfg.payload)
+	for u := range p.cfg.users {
+		user := userName(p.cfg.firstUser + u)
+		key := keyOf(p.cfg, p.cfg.firstUser+u)
+		for p.sent[u] < int64(p.cfg.backlog) && ctx.Err() == nil {
+			pl := p.rc.Pipeline()
+			n := min(int64(pipe*16), int64(p.cfg.backlog)-p.sent[u])
+			for range n {
+				buf = makePayload(buf, user, p.sent[u], time.Now().UnixNano(), p.cfg.payload)
+				pl.LPush(ctx, key, string(buf))
+				p.sent[u]++
+			}
+			if _, err := pl.Exec(ctx); err != nil {
+				p.errs.Add(1)
+			}
+			p.all.Add(n)
+		}
+	}
+}

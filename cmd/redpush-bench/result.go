@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -39,6 +40,11 @@ type result struct {
 	Latency         latency     `json:"latency_ms"`
 	Server          serverStat  `json:"server"`
 	Timeline        []timePoint `json:"timeline"`
+	// Histogram is the latency histogram in microseconds, HdrHistogram V2
+	// compressed and base64-encoded: -spawn merges children with it.
+	Histogram string `json:"histogram"`
+	// Backlog is -backlog: messages queued per user before connecting.
+	Backlog int `json:"backlog_per_user,omitempty"`
 }
 
 type latency struct {
@@ -62,7 +68,7 @@ type serverStat struct {
 }
 
 func buildResult(ctx context.Context, cfg *config, tr *tracker, cs *clients, pr *producers, mon *monitor,
-	rc *redis.Client, start, sendDone, end time.Time, connectTime time.Duration) *result {
+	rc *redis.Client, start, sendDone time.Time, connectTime time.Duration) *result {
 	h := tr.merged()
 	r := &result{
 		Schema: 1, URL: cfg.url, Users: cfg.users, ConnsPerUser: cfg.connsPerUser, Payload: cfg.payload, Rate: cfg.rate,
@@ -70,28 +76,24 @@ func buildResult(ctx context.Context, cfg *config, tr *tracker, cs *clients, pr 
 		Sent: pr.all.Load(), ProducerErrors: pr.errs.Load(), Delivered: tr.received.Load(),
 		Duplicated: tr.dups.Load(), OutOfOrder: tr.ooo.Load(), Misdelivered: tr.wrong.Load(), Garbage: tr.garbage.Load(),
 		SendSeconds: sendDone.Sub(start).Seconds(),
-		Latency: latency{P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
-			P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max()), Mean: h.Mean() / 1000},
-		Timeline: tr.timeline,
+		Latency:     latencyOf(h),
+		Timeline:    tr.timeline, Backlog: cfg.backlog,
+	}
+	if enc, err := h.Encode(hdrhistogram.V2CompressedEncodingCookieBase); err == nil {
+		r.Histogram = string(enc)
 	}
 	if last := tr.lastRecv.Load(); last > 0 && r.Delivered > 0 {
 		r.DeliverSeconds = time.Unix(0, last).Sub(start).Seconds()
 		r.DeliveredPerSec = float64(r.Delivered) / r.DeliverSeconds
 	}
 	r.Lost, r.StillInRedis = countLost(ctx, cfg, cs, pr, rc)
-	if mon.haveServer {
-		s := &r.Server
-		s.PID, s.RSSStart, s.RSSIdle, s.RSSPeak, s.RSSEnd = cfg.serverPID, mon.rssStart, mon.rssIdle, mon.rssPeak, mon.rssEnd
-		s.CPUSeconds = mon.cpuEnd - mon.cpuStart
-		if r.Connected > 0 {
-			s.RSSPerConn = (mon.rssIdle - mon.rssStart) / r.Connected
-		}
-		if r.Delivered > 0 {
-			s.CPUMicrosPerMsg = (mon.cpuEnd - mon.cpuSendStart) * 1e6 / float64(r.Delivered)
-		}
-	}
-	_ = end
+	r.Server = mon.serverStats(r.Connected, r.Delivered)
 	return r
+}
+
+func latencyOf(h *hdrhistogram.Histogram) latency {
+	return latency{P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
+		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max()), Mean: h.Mean() / 1000}
 }
 
 // countLost counts, per connection, messages sent to its user that it never
