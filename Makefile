@@ -5,7 +5,7 @@
 GO ?= go
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test deps vet build run fuzz clean
+.PHONY: test deps vet build run fuzz bench clean
 
 test: deps vet
 	$(GO) test -race -count=1 ./...
@@ -25,6 +25,14 @@ deps:
 # The binary, built as the Dockerfile will build it.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o redpush ./cmd/redpush
+
+# The benchmark scenarios of BENCHMARKS.md, against a redis-server and a
+# redpush that the suite starts itself (a few minutes; RUNS=1 for a quick look).
+RUNS ?= 3
+bench: deps build
+	$(GO) build -o redpush-bench ./cmd/redpush-bench
+	$(GO) test -run XXX -bench . -benchmem ./server ./redisq
+	./redpush-bench suite -server ./redpush -runs $(RUNS) -out BENCHMARKS.md
 
 # The quick start: an in-process Redis, nothing to install.
 run:

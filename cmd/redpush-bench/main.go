@@ -32,6 +32,9 @@ type config struct {
 func logf(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "suite" {
+		os.Exit(suiteMain(os.Args[2:]))
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if err == flag.ErrHelp {
 		os.Exit(0)
@@ -209,4 +212,25 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+}
+
+// suiteMain runs `redpush-bench suite`, the scenarios of `make bench`.
+func suiteMain(args []string) int {
+	var sc suiteCfg
+	fs := flag.NewFlagSet("redpush-bench suite", flag.ContinueOnError)
+	fs.StringVar(&sc.out, "out", "BENCHMARKS.md", "the Markdown file to write")
+	fs.StringVar(&sc.serverBin, "server", "./redpush", "the redpush binary to start for each run")
+	fs.IntVar(&sc.runs, "runs", 3, "runs per scenario (the table reports each and the median)")
+	fs.StringVar(&sc.only, "only", "", "run only the scenarios whose name starts with this (e.g. \"b)\")")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := runSuite(ctx, sc); err != nil {
+		logf("redpush-bench suite: %v", err)
+		return 1
+	}
+	logf("wrote %s", sc.out)
+	return 0
 }
