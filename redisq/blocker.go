@@ -34,29 +34,29 @@ func (q *Queue) Blocker() *Blocker {
 	return b
 }
 
-// AckBlock acknowledges the processing list when ack is set (the previous
-// batch was delivered), then blocks for one round until a message arrives
-// and moves it into the processing list. It returns that message (none when
-// the round ended or Wake interrupted it) and whether more wait behind it,
-// in which case the caller should continue with AckPop. Ack, block and the
-// look at the backlog travel in one pipeline.
-func (b *Blocker) AckBlock(ctx context.Context, user string, ack bool) (msgs []string, more bool, err error) {
+// Pop waits for the next message of user, blocking for at most one round,
+// and moves it into the processing list. It returns none when the round
+// ended or Wake interrupted it. Call it only with an empty processing list
+// (after AckPop found the queue empty): the message it returns must be
+// followed by AckPop, Ack or Requeue. A burst that follows is better taken
+// with AckPop, in batches.
+func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
 	if b.plain != nil && !b.q.noWake.Load() {
 		cn, err := b.conn(ctx)
 		if err == nil {
-			msgs, more, err := b.q.ackBlock(ctx, cn.Pipeline(), b.q.wakeRound, user, ack)
+			msgs, err := b.q.blockPop(ctx, cn, b.q.wakeRound, user)
 			if err != nil && !errors.Is(err, context.Canceled) {
 				// A broken dedicated connection stays broken: dial a new
 				// one (with a new CLIENT ID) next time.
 				b.reset()
 			}
-			return msgs, more, err
+			return msgs, err
 		}
 		if !b.q.noWake.Load() {
-			return nil, false, err
+			return nil, err
 		}
 	}
-	return b.q.ackBlock(ctx, b.q.blocking.Pipeline(), b.q.round, user, ack)
+	return b.q.blockPop(ctx, b.q.blocking, b.q.round, user)
 }
 
 func (b *Blocker) conn(ctx context.Context) (*redis.Conn, error) {

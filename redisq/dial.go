@@ -42,9 +42,6 @@ func Dial(ctx context.Context, url string, consumers int) (*Clients, error) {
 	blockOpt.WriteBufferSize = 512
 	blockOpt.PipelinePoolSize = -1
 	blockOpt.PoolTimeout = 2 * time.Second
-	// A pipeline waits ReadTimeout for its replies, and a consumer's
-	// pipeline holds a BLMOVE of up to one round (see Config.WakeRound).
-	blockOpt.ReadTimeout = 30 * time.Second
 	// Consumers retry with their own capped backoff; go-redis retries would
 	// only hide an outage from them for longer.
 	blockOpt.MaxRetries = -1

@@ -29,7 +29,7 @@ type Config struct {
 	Round time.Duration
 	// WakeRound is the round of a Blocker that Wake can interrupt; it only
 	// bounds how long a silently dead Redis connection goes unnoticed.
-	// Default 10 s, at most 20 s (below the blocking client's read timeout).
+	// Default 10 s.
 	WakeRound time.Duration
 }
 
@@ -92,8 +92,6 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	if cfg.WakeRound <= 0 {
 		cfg.WakeRound = 10 * time.Second
 	}
-	// Dial gives the blocking client a 30 s read timeout for its pipelines.
-	cfg.WakeRound = min(cfg.WakeRound, 20*time.Second)
 	return &Queue{
 		blocking: blocking, cmd: cmd,
 		prefix: prefix, suffix: suffix,
@@ -102,9 +100,6 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	}, nil
 }
 
-// BatchSize is the most messages one pop returns (Config.Batch).
-func (q *Queue) BatchSize() int { return q.batch }
-
 // Key returns the queue key of user, e.g. "user_42_messages".
 func (q *Queue) Key(user string) string { return q.prefix + user + q.suffix }
 
@@ -112,34 +107,25 @@ func (q *Queue) Key(user string) string { return q.prefix + user + q.suffix }
 // e.g. "{user_42_messages}:processing:host-9502".
 func (q *Queue) ProcessingKey(user string) string { return "{" + q.Key(user) + q.procTail }
 
-// ackBlock is the pipeline of a consumer whose queue was seen empty: ack
-// the previous batch (when ack), block for the next message, and learn how
-// many follow it. Redis runs the LLEN only after the BLMOVE returned, so one
-// write and one read cover a whole trickle step, and "more" tells the
-// consumer to switch to batches when a burst arrives.
-func (q *Queue) ackBlock(ctx context.Context, p redis.Pipeliner, round time.Duration, user string, ack bool) (msgs []string, more bool, err error) {
-	key, proc := q.Key(user), q.ProcessingKey(user)
-	if ack {
-		p.Del(ctx, proc)
-	}
-	mv := p.BLMove(ctx, key, proc, "RIGHT", "LEFT", round)
-	left := p.LLen(ctx, key)
-	_, err = p.Exec(ctx)
-	first, merr := mv.Result()
-	if errors.Is(merr, redis.Nil) {
-		return nil, false, nil
+// blockPop blocks for one round until a message arrives in the queue of user
+// and moves it into the processing list. It returns none when the round
+// ended (or a Blocker was woken).
+func (q *Queue) blockPop(ctx context.Context, bc redis.Cmdable, round time.Duration, user string) ([]string, error) {
+	first, err := bc.BLMove(ctx, q.Key(user), q.ProcessingKey(user), "RIGHT", "LEFT", round).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	return []string{first}, left.Val() > 0, nil
+	return []string{first}, nil
 }
 
 // AckPop acknowledges what is in the processing list of user (the previous
 // batch, delivered; nothing after a Requeue) and moves the next batch of up
 // to Batch messages into it, oldest first, without blocking. Every message
-// it returns must be followed by another AckPop, AckBlock, Ack or Requeue
-// before the next pop of the same user. If it fails, the caller cannot know
+// it returns must be followed by another AckPop, Ack or Requeue before the
+// next pop of the same user. If it fails, the caller cannot know
 // whether the ack happened: it must Requeue, which may deliver the previous
 // batch twice but never loses it.
 func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {

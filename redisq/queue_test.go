@@ -72,41 +72,35 @@ func TestPopAckRequeueKeepOrder(t *testing.T) {
 	}
 }
 
-func TestAckBlockBlocksOneRoundThenWakesOnPush(t *testing.T) {
+func TestBlockerPopBlocksOneRoundThenWakesOnPush(t *testing.T) {
 	q, rds := newQueue(t, 10) // 1 s rounds
 	ctx := context.Background()
 	b := q.Blocker()
 	defer b.Close()
 	start := time.Now()
-	got, more, err := b.AckBlock(ctx, "idle", false)
-	if err != nil || len(got) != 0 || more {
-		t.Fatalf("AckBlock on empty = %v, %v, %v", got, more, err)
+	got, err := b.Pop(ctx, "idle")
+	if err != nil || len(got) != 0 {
+		t.Fatalf("Pop on empty = %v, %v", got, err)
 	}
 	if took := time.Since(start); took < 900*time.Millisecond {
-		t.Fatalf("empty AckBlock returned after %v, want one round", took)
+		t.Fatalf("empty Pop returned after %v, want one round", took)
 	}
-	type res struct {
-		msgs []string
-		more bool
-	}
-	done := make(chan res)
+	done := make(chan []string)
 	go func() {
 		for {
-			if m, more, _ := b.AckBlock(ctx, "idle", false); len(m) > 0 {
-				done <- res{m, more}
+			if m, _ := b.Pop(ctx, "idle"); len(m) > 0 {
+				done <- m
 				return
 			}
 		}
 	}()
 	rds.Client().LPush(ctx, q.Key("idle"), "wake", "second")
-	r := <-done
-	if !slices.Equal(r.msgs, []string{"wake"}) || !r.more {
-		t.Fatalf("got %v more=%v, want the oldest and more=true", r.msgs, r.more)
+	if m := <-done; !slices.Equal(m, []string{"wake"}) {
+		t.Fatalf("got %v, want the oldest", m)
 	}
-	// The next AckBlock acks "wake" and returns "second" with nothing behind.
-	m, more, err := b.AckBlock(ctx, "idle", true)
-	if err != nil || !slices.Equal(m, []string{"second"}) || more {
-		t.Fatalf("got %v more=%v (%v)", m, more, err)
+	// The burst behind it comes with the ack, in a batch.
+	if m, err := q.AckPop(ctx, "idle"); err != nil || !slices.Equal(m, []string{"second"}) {
+		t.Fatalf("AckPop = %v, %v", m, err)
 	}
 	if p, _ := rds.Client().LRange(ctx, q.ProcessingKey("idle"), 0, -1).Result(); !slices.Equal(p, []string{"second"}) {
 		t.Fatalf("processing = %v, want only the unacked message", p)
@@ -224,7 +218,7 @@ func TestBlockerWakeEndsABlockedPopAtOnce(t *testing.T) {
 	done := make(chan popResult)
 	go func() {
 		start := time.Now()
-		m, _, err := b.AckBlock(ctx, "w", false)
+		m, err := b.Pop(ctx, "w")
 		done <- popResult{m, err, time.Since(start)}
 	}()
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -241,7 +235,7 @@ func TestBlockerWakeEndsABlockedPopAtOnce(t *testing.T) {
 	rds.Restart()
 	rds.Client().LPush(ctx, q.Key("w"), "after restart")
 	testutil.Eventually(t, 10*time.Second, func() error {
-		m, _, err := b.AckBlock(ctx, "w", false) // fails while the old connections are found dead
+		m, err := b.Pop(ctx, "w") // fails while the old connections are found dead
 		if err == nil && !slices.Equal(m, []string{"after restart"}) {
 			t.Fatalf("Pop after restart = %v", m)
 		}

@@ -13,9 +13,9 @@ import (
 // write, a closed connection, a shutdown, a crash — leaves the messages in
 // Redis to be requeued, by this loop or by the recovery of the next start.
 //
-// Each ack travels with the next pop: AckPop while a backlog lasts (batches
-// of up to Config.Batch), AckBlock once the queue was seen empty (one
-// pipeline: ack, block for the next message, look at the backlog).
+// Each ack travels with the next pop (AckPop, batches of up to Config.Batch)
+// until the queue is found empty; then the consumer blocks on its own
+// connection (Blocker.Pop) until the next message or a wake.
 func (h *hub) consume(ctx context.Context, s *session) {
 	h.consumers.Add(1)
 	defer h.consumers.Add(-1)
@@ -33,14 +33,21 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	var bo backoff
 	pending := 0 // delivered, not yet acknowledged: the processing list
 	more := true // the queue may hold messages: pop without blocking
-	for h.waitOnline(ctx, s) {
+	if !h.waitOnline(ctx, s) {
+		return
+	}
+	for {
+		// While batches keep coming the user is online: skip the registry
+		// lock until the queue runs dry or a delivery found nobody.
+		if !more && !h.waitOnline(ctx, s) {
+			break
+		}
 		var msgs []string
 		var err error
 		if more {
 			msgs, err = h.q.AckPop(ctx, s.user)
-			more = len(msgs) == h.q.BatchSize()
-		} else {
-			msgs, more, err = b.AckBlock(ctx, s.user, pending > 0)
+		} else { // nothing pending: the AckPop that found the queue empty acked it
+			msgs, err = b.Pop(ctx, s.user)
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -60,14 +67,17 @@ func (h *hub) consume(ctx context.Context, s *session) {
 		bo.reset()
 		h.stats.Delivered.Add(int64(pending))
 		pending = 0
-		if len(msgs) == 0 {
+		// Until a pop comes back empty, more may have arrived meanwhile:
+		// keep taking batches, which is what makes a busy consumer cheap.
+		more = len(msgs) > 0
+		if !more {
 			continue
 		}
 		if ctx.Err() != nil || !h.deliver(s, msgs) {
-			more = true // the requeued batch is next
-			if !h.requeue(ctx, s.user) {
+			if !h.requeue(ctx, s.user) || !h.waitOnline(ctx, s) {
 				return
 			}
+			more = true // the requeued batch is next
 			continue
 		}
 		pending = len(msgs)

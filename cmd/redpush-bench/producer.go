@@ -57,7 +57,10 @@ func (p *producers) produce(ctx context.Context, j int) {
 		if rate > 0 {
 			due := int64(time.Since(start).Seconds()*rate) - sent
 			if due <= 0 {
-				time.Sleep(200 * time.Microsecond)
+				// Sleep until the next message is due: one wake-up per
+				// message at most, so the bench's own CPU stays small.
+				next := start.Add(time.Duration(float64(sent+1) / rate * float64(time.Second)))
+				time.Sleep(time.Until(next))
 				continue
 			}
 			n = int(min(due, pipe))
