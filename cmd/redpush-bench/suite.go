@@ -130,9 +130,9 @@ func runScenario(ctx context.Context, self, serverBin, redisURL string, rc *redi
 }
 
 func writeMachine(md *strings.Builder, sc suiteCfg) {
-	fmt.Fprintf(md, "# Benchmarks\n\nWritten by `make bench` (`redpush-bench -suite`) on %s. Every run starts a fresh\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(md, "# Benchmarks\n\nWritten by `make bench` (`redpush-bench suite`) on %s. Every run starts a fresh\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(md, "redpush; redis-server, redpush and the bench (its producers and clients) share the machine.\n")
-	fmt.Fprintf(md, "Each scenario ran %d times; the table shows every run and the median.\n\n", sc.runs)
+	fmt.Fprintf(md, "Runs per scenario: %d; the tables show every run and the median.\n\n", sc.runs)
 	fmt.Fprintf(md, "| machine | |\n| --- | --- |\n")
 	fmt.Fprintf(md, "| CPU | %s, %d cores |\n", cpuModel(), runtime.NumCPU())
 	fmt.Fprintf(md, "| memory | %s |\n", memTotal())
