@@ -77,20 +77,27 @@ func commandsProcessed(t *testing.T, g *gateway) int {
 
 // rawUpgrade sends a WebSocket upgrade request for path and returns the
 // HTTP status and body of the answer.
-func rawUpgrade(t *testing.T, addr, path string) (int, string) {
+func rawUpgrade(t *testing.T, addr, path string, headers ...string) (int, string) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	extra := ""
+	for _, h := range headers {
+		extra += h + "\r\n"
+	}
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", path)
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n%s\r\n", path, extra)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == 101 {
+		return 101, ""
+	}
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode == 503 && resp.Header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")

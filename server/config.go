@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"time"
@@ -39,6 +40,16 @@ type Config struct {
 	// DemoPush enables POST /demo/push, which LPUSHes for any user. Only for
 	// the embedded quick start: it lets anyone write to any queue.
 	DemoPush bool
+	// Auth, when set, requires every client to present a signed token
+	// (?token=<JWT>) whose subject is its user id; ?user_id= is then
+	// ignored. Default nil: ?user_id= is believed, as by the original.
+	Auth *Auth
+	// AllowedOrigins, when not empty, refuses browsers whose Origin header is
+	// not in the list with 403. Clients that send no Origin (not browsers)
+	// are not affected. Default empty: any origin.
+	AllowedOrigins []string
+	// TLS, when set, makes Run serve wss:// and https:// directly.
+	TLS *tls.Config
 	// Logger receives the structured log. Default slog.Default().
 	Logger *slog.Logger
 }

@@ -73,7 +73,7 @@ func (h *hub) consume(ctx context.Context, s *session) {
 		if !more {
 			continue
 		}
-		if ctx.Err() != nil || !h.deliver(s, msgs) {
+		if ctx.Err() != nil || !h.deliver(s, msgs, time.Now()) {
 			if !h.requeue(ctx, s.user) || !h.waitOnline(ctx, s) {
 				return
 			}
@@ -89,7 +89,7 @@ func (h *hub) consume(ctx context.Context, s *session) {
 
 // deliver writes msgs to every open connection of s and reports whether at
 // least one connection took them.
-func (h *hub) deliver(s *session, msgs []string) bool {
+func (h *hub) deliver(s *session, msgs []string, popped time.Time) bool {
 	conns := h.connsOf(s)
 	if len(conns) == 0 {
 		return false
@@ -100,8 +100,12 @@ func (h *hub) deliver(s *session, msgs []string) bool {
 	ok := false
 	for _, c := range conns {
 		if err := c.write(*buf); err != nil {
+			h.m.writeFailures.Inc()
 			h.log.Debug("push failed", "fd", c.fd, "user", s.user, "err", err)
 			continue
+		}
+		if !ok {
+			h.m.observePopToWrite(popped)
 		}
 		ok = true
 	}

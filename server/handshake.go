@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -97,11 +98,19 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 	var sess *session
 	u := ws.Upgrader{
 		OnRequest: func(uri []byte) error {
+			var status int
 			var err error
-			user, err = userFromURI(string(uri))
-			if err != nil {
-				s.stats.refused400.Add(1)
-				return ws.RejectConnectionError(ws.RejectionStatus(400), ws.RejectionReason(err.Error()+"\n"))
+			if user, status, err = s.identify(string(uri)); err != nil {
+				s.stats.refused(status)
+				return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(err.Error()+"\n"))
+			}
+			return nil
+		},
+		OnHeader: func(key, value []byte) error {
+			if len(s.cfg.AllowedOrigins) > 0 && strings.EqualFold(string(key), "Origin") &&
+				!slices.Contains(s.cfg.AllowedOrigins, string(value)) {
+				s.stats.refused(403)
+				return ws.RejectConnectionError(ws.RejectionStatus(403), ws.RejectionReason("origin not allowed\n"))
 			}
 			return nil
 		},
@@ -109,7 +118,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 			var err error
 			sess, err = s.hub.acquire(user)
 			if err != nil {
-				s.stats.refused503.Add(1)
+				s.stats.refused(503)
 				return nil, ws.RejectConnectionError(
 					ws.RejectionStatus(503),
 					ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")),
@@ -139,14 +148,30 @@ func refusal(err error) string {
 	return "server is at capacity (-workers); retry later"
 }
 
-// userFromURI takes user_id from the query of a request URI. The original
-// accepts any path, so does this.
-func userFromURI(uri string) (string, error) {
+// identify returns the user a request URI names: the subject of ?token=
+// when Config.Auth is set (401 otherwise), else ?user_id= (400 when missing
+// or invalid). The original accepts any path, so does this.
+func (s *Server) identify(uri string) (user string, status int, err error) {
 	_, query, _ := strings.Cut(uri, "?")
 	vals, err := url.ParseQuery(query)
 	if err != nil {
-		return "", fmt.Errorf("bad query string: %v", err)
+		return "", 400, fmt.Errorf("bad query string: %v", err)
 	}
+	if s.cfg.Auth != nil {
+		user, err := s.cfg.Auth.User(vals.Get("token"))
+		if err != nil {
+			return "", 401, err
+		}
+		return user, 0, nil
+	}
+	user, err = userFromQuery(vals)
+	if err != nil {
+		return "", 400, err
+	}
+	return user, 0, nil
+}
+
+func userFromQuery(vals url.Values) (string, error) {
 	user := vals.Get("user_id")
 	if user == "" {
 		return "", errors.New("missing user_id")

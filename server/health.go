@@ -10,10 +10,12 @@ import (
 // and retry.
 type health struct {
 	log  *slog.Logger
+	m    *metrics
 	down atomic.Bool
 }
 
 func (h *health) fail(err error) {
+	h.m.redisErrors.Inc()
 	if h.down.CompareAndSwap(false, true) {
 		h.log.Warn("redis unreachable; consumers keep their messages and retry", "err", err)
 	}

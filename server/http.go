@@ -69,6 +69,7 @@ func (s *Server) newHTTPServer() *http.Server {
 		_, _ = fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", s.metricsHandler())
 	if s.cfg.DemoPush {
 		mux.HandleFunc("POST /demo/push", s.demoPush)
 	}

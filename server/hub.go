@@ -21,6 +21,7 @@ type hub struct {
 	enc    encoder
 	log    *slog.Logger
 	health *health
+	m      *metrics
 
 	mu      sync.Mutex
 	users   map[string]*session
@@ -51,9 +52,11 @@ type Stats struct {
 }
 
 func newHub(pool *taskpool.Pool, q *redisq.Queue, enc encoder, log *slog.Logger) *hub {
+	m := newMetrics()
 	return &hub{
 		pool: pool, q: q, enc: enc, log: log,
-		health: &health{log: log},
+		health: &health{log: log, m: m},
+		m:      m,
 		users:  make(map[string]*session),
 		conns:  make(map[uint64]*conn),
 	}

@@ -16,7 +16,10 @@ func FuzzUserFromURI(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, uri string) {
-		user, err := userFromURI(uri)
+		user, status, err := (&Server{}).identify(uri)
+		if err != nil && status != 400 {
+			t.Fatalf("status %d for %q", status, uri)
+		}
 		if err == nil && !redisq.ValidID(user) {
 			t.Fatalf("accepted invalid user id %q from %q", user, uri)
 		}

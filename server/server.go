@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,9 +33,22 @@ type Server struct {
 	served  atomic.Bool
 }
 
+// counters count refused handshakes by HTTP status.
 type counters struct {
-	refused400 atomic.Int64
-	refused503 atomic.Int64
+	refused400, refused401, refused403, refused503 atomic.Int64
+}
+
+func (c *counters) refused(status int) {
+	switch status {
+	case 400:
+		c.refused400.Add(1)
+	case 401:
+		c.refused401.Add(1)
+	case 403:
+		c.refused403.Add(1)
+	case 503:
+		c.refused503.Add(1)
+	}
 }
 
 // New builds a Server over clients, which it does not close.
@@ -69,6 +83,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.cfg.TLS != nil {
+		// The TLS handshake runs on the first read, inside the handshake
+		// deadline like the HTTP one.
+		ln = tls.NewListener(ln, s.cfg.TLS)
+	}
 	return s.Serve(ctx, ln)
 }
 
@@ -99,7 +118,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.acceptLoop(ln)
 	}()
 	s.log.Info("redpush listening", "addr", ln.Addr().String(), "workers", s.pool.Cap(),
-		"instance", s.cfg.Instance, "format", s.cfg.Format)
+		"instance", s.cfg.Instance, "format", s.cfg.Format, "tls", s.cfg.TLS != nil, "auth", s.cfg.Auth != nil)
+	if s.cfg.Auth == nil {
+		s.log.Warn("NO AUTHENTICATION: clients name their user in ?user_id=, so any client can read any user's messages; set -jwt-secret or -jwt-public-key in production")
+	}
 
 	<-ctx.Done()
 	return s.shutdown(ln, hs, acceptDone)
@@ -162,7 +184,8 @@ func waitGroup(wg *sync.WaitGroup, deadline time.Time) {
 type Snapshot struct {
 	Users, Conns, Consumers int
 	Delivered, Requeued     int64
-	Refused400, Refused503  int64
+	Refused400, Refused401  int64
+	Refused403, Refused503  int64
 	RedisDown               bool
 }
 
@@ -172,7 +195,8 @@ func (s *Server) Snapshot() Snapshot {
 	return Snapshot{
 		Users: users, Conns: conns, Consumers: int(s.hub.consumers.Load()),
 		Delivered: s.hub.stats.Delivered.Load(), Requeued: s.hub.stats.Requeued.Load(),
-		Refused400: s.stats.refused400.Load(), Refused503: s.stats.refused503.Load(),
+		Refused400: s.stats.refused400.Load(), Refused401: s.stats.refused401.Load(),
+		Refused403: s.stats.refused403.Load(), Refused503: s.stats.refused503.Load(),
 		RedisDown: s.hub.health.down.Load(),
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,10 +17,16 @@ import (
 
 // options is everything the command line sets.
 type options struct {
-	cfg      server.Config
-	redis    string
-	pprof    string
-	logLevel slog.Level
+	cfg       server.Config
+	redis     string
+	pprof     string
+	logLevel  slog.Level
+	logFormat string
+	jwtSecret string
+	jwtPubKey string
+	origins   string
+	tlsCert   string
+	tlsKey    string
 }
 
 // parseFlags reads args, then REDPUSH_<NAME> for every flag not given on
@@ -39,6 +46,12 @@ func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*o
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half, closed after all of it")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "a client that does not read for this long is disconnected")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time to close clients and requeue in-flight messages on SIGTERM")
+	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "require ?token=<JWT> signed with this HS256 secret (at least 16 bytes); sub is the user id")
+	fs.StringVar(&o.jwtPubKey, "jwt-public-key", "", "require ?token=<JWT> signed for this PEM public key (RSA: RS256, ECDSA: ES256)")
+	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated browser Origins allowed to connect (default: any)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve wss:// with this PEM certificate (with -tls-key)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of -tls-cert")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&o.pprof, "pprof-addr", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060; off when empty)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.SetOutput(io.Discard)
@@ -58,8 +71,14 @@ func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*o
 	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return nil, fmt.Errorf("-log-level: %q is not debug, info, warn or error", *level)
 	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return nil, fmt.Errorf("-log-format: %q is not text or json", o.logFormat)
+	}
 	if c.Instance == "" {
 		c.Instance = defaultInstance(c.Addr)
+	}
+	if err := o.security(); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -103,4 +122,41 @@ func defaultInstance(addr string) string {
 		return '_'
 	}, host+"-"+port)
 	return id[:min(len(id), 128)]
+}
+
+// security turns the auth, origin and TLS flags into the server config.
+func (o *options) security() error {
+	c := &o.cfg
+	var err error
+	switch {
+	case o.jwtSecret != "" && o.jwtPubKey != "":
+		return errors.New("give -jwt-secret or -jwt-public-key, not both")
+	case o.jwtSecret != "":
+		c.Auth, err = server.NewHMACAuth([]byte(o.jwtSecret))
+	case o.jwtPubKey != "":
+		pem, rerr := os.ReadFile(o.jwtPubKey)
+		if rerr != nil {
+			return fmt.Errorf("-jwt-public-key: %v", rerr)
+		}
+		c.Auth, err = server.NewPublicKeyAuth(pem)
+	}
+	if err != nil {
+		return err
+	}
+	for _, origin := range strings.Split(o.origins, ",") {
+		if origin = strings.TrimSpace(origin); origin != "" {
+			c.AllowedOrigins = append(c.AllowedOrigins, origin)
+		}
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return errors.New("-tls-cert and -tls-key go together")
+	}
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return fmt.Errorf("-tls-cert/-tls-key: %v", err)
+		}
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	return nil
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 
@@ -24,6 +26,9 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "token" {
+		return tokenCmd(args[1:], os.Stdout, os.Stderr)
+	}
 	o, err := parseFlags(args, os.Getenv, os.Stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -32,7 +37,11 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "redpush: %v (see redpush -h)\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel})
+	if o.logFormat == "json" {
+		handler = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel})
+	}
+	log := slog.New(handler)
 	slog.SetDefault(log)
 	o.cfg.Logger = log
 	redisq.SetLogger(log)
@@ -89,4 +98,28 @@ func servePprof(addr string, log *slog.Logger) {
 	if err := http.ListenAndServe(addr, mux); err != nil {
 		log.Error("pprof stopped", "err", err)
 	}
+}
+
+// tokenCmd is `redpush token -secret S -user 42 -ttl 1h`: it prints an HS256
+// token for trying -jwt-secret.
+func tokenCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("redpush token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	secret := fs.String("secret", "", "the -jwt-secret of the server")
+	user := fs.String("user", "", "the user id (the token's sub)")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if len(*secret) < 16 {
+		fmt.Fprintln(stderr, "redpush token: -secret must be at least 16 bytes")
+		return 2
+	}
+	tok, err := server.Sign([]byte(*secret), *user, *ttl)
+	if err != nil {
+		fmt.Fprintf(stderr, "redpush token: %v\n", err)
+		return 2
+	}
+	fmt.Fprintln(stdout, tok)
+	return 0
 }

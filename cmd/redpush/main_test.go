@@ -345,3 +345,46 @@ func awaitLen(t *testing.T, rc *redis.Client, key string, want int64) {
 		return nil
 	})
 }
+
+func TestTokenCommandAndJWTSecret(t *testing.T) {
+	const secret = "a-secret-of-at-least-16-bytes"
+	code, tok, stderr := runBinary(t, "token", "-secret", secret, "-user", "42", "-ttl", "1h")
+	if code != 0 || strings.Count(tok, ".") != 2 {
+		t.Fatalf("token: exit %d, %q %q", code, tok, stderr)
+	}
+	if code, _, stderr := runBinary(t, "token", "-secret", "short", "-user", "42"); code != 2 || !strings.Contains(stderr, "16 bytes") {
+		t.Fatalf("short secret: exit %d %q", code, stderr)
+	}
+	rds := testutil.StartRedis(t)
+	p := startProc(t, nil, "-redis", rds.URL(), "-jwt-secret", secret, "-format", "raw")
+	if strings.Contains(p.stderr.String(), "NO AUTHENTICATION") {
+		t.Fatal("warned about missing authentication while -jwt-secret is set")
+	}
+	if _, err := testutil.TryDial(p.addr, "/?user_id=42"); err == nil {
+		t.Fatal("bare user_id accepted while -jwt-secret is set")
+	}
+	c, err := testutil.TryDial(p.addr, "/?token="+strings.TrimSpace(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := testutil.NewClient(t, c)
+	cl.MustRead()
+	rds.Client().LPush(t.Context(), "user_42_messages", "signed")
+	if got := cl.MustRead(); got != "signed" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestNoAuthIsLoggedLoudlyOnce(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	p := startProc(t, nil, "-redis", rds.URL(), "-log-format", "json")
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := strings.Count(p.stderr.String(), "NO AUTHENTICATION"); n != 1 {
+			return fmt.Errorf("warning logged %d times", n)
+		}
+		return nil
+	})
+	if !strings.Contains(p.stderr.String(), `"level":"WARN"`) {
+		t.Fatalf("-log-format json did not log JSON:\n%s", p.stderr.String())
+	}
+}

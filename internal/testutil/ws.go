@@ -41,6 +41,12 @@ func DialBuffer(t testing.TB, addr, user string, rcvbuf int) *Client {
 	return cl
 }
 
+// NewClient wraps an upgraded connection, e.g. from TryDial.
+func NewClient(t testing.TB, c net.Conn) *Client {
+	t.Cleanup(func() { _ = c.Close() })
+	return &Client{t: t, Conn: c}
+}
+
 // TryDial upgrades path on addr and returns the error of a refused upgrade
 // (a ws.StatusError carries the HTTP status).
 func TryDial(addr, path string) (net.Conn, error) { return dial(addr, path, 0) }

@@ -1,0 +1,106 @@
+package server_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/server"
+)
+
+const secret = "0123456789abcdef-test-secret"
+
+func hs256(t *testing.T, key []byte, claims jwt.RegisteredClaims) string {
+	t.Helper()
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestSignedIdentities(t *testing.T) {
+	auth, err := server.NewHMACAuth([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, nil, server.Config{Auth: auth, Format: server.FormatRaw})
+	now := time.Now()
+	valid := jwt.RegisteredClaims{Subject: "a", ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour))}
+	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, valid).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	for _, tc := range []struct{ name, path, reason string }{
+		{"missing token", "/", "token required"},
+		{"bare user_id", "/?user_id=a", "token required"},
+		{"expired", "/?token=" + hs256(t, []byte(secret), jwt.RegisteredClaims{Subject: "a", ExpiresAt: jwt.NewNumericDate(now.Add(-time.Minute))}), "expired"},
+		{"not yet valid", "/?token=" + hs256(t, []byte(secret), jwt.RegisteredClaims{Subject: "a", ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)), NotBefore: jwt.NewNumericDate(now.Add(time.Minute))}), "not valid yet"},
+		{"no expiry", "/?token=" + hs256(t, []byte(secret), jwt.RegisteredClaims{Subject: "a"}), "invalid token"},
+		{"wrong signature", "/?token=" + hs256(t, []byte("another-secret-of-16-bytes"), valid), "invalid token"},
+		{"alg none", "/?token=" + none, "invalid token"},
+		{"garbage", "/?token=abc.def.ghi", "invalid token"},
+		{"bad subject", "/?token=" + hs256(t, []byte(secret), jwt.RegisteredClaims{Subject: "a b", ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour))}), "subject"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := rawUpgrade(t, g.addr, tc.path)
+			if status != 401 || !strings.Contains(body, tc.reason) || strings.Count(strings.TrimSpace(body), "\n") != 0 {
+				t.Fatalf("got %d %q, want 401 with a one-line reason containing %q", status, body, tc.reason)
+			}
+		})
+	}
+	// A token for a, with user_id=b in the URL, reads a's queue only.
+	c, err := testutil.TryDial(g.addr, "/?user_id=b&token="+hs256(t, []byte(secret), valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := testutil.NewClient(t, c)
+	if got := cl.MustRead(); got != "hello;\n" {
+		t.Fatalf("greeting %q", got)
+	}
+	g.push("b", "for b")
+	g.push("a", "for a")
+	if got := cl.MustRead(); got != "for a" {
+		t.Fatalf("token for a read %q", got)
+	}
+	if n, _ := g.rc.LLen(t.Context(), "user_b_messages").Result(); n != 1 {
+		t.Fatal("b's message was consumed by a's token")
+	}
+	if s := g.srv.Snapshot(); s.Refused401 != 9 {
+		t.Fatalf("snapshot %+v, want 9 refusals with 401", s)
+	}
+}
+
+func TestES256PublicKey(t *testing.T) {
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	auth, err := server.NewPublicKeyAuth(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, nil, server.Config{Auth: auth})
+	claims := jwt.RegisteredClaims{Subject: "es", ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
+	tok, _ := jwt.NewWithClaims(jwt.SigningMethodES256, claims).SignedString(priv)
+	if _, err := testutil.TryDial(g.addr, "/?token="+tok); err != nil {
+		t.Fatalf("valid ES256 token refused: %v", err)
+	}
+	// An HS256 token keyed with the public key bytes (algorithm confusion).
+	if status, _ := rawUpgrade(t, g.addr, "/?token="+hs256(t, der, claims)); status != 401 {
+		t.Fatalf("HS256 token against an ES256 key: %d, want 401", status)
+	}
+}
+
+func TestAllowedOrigins(t *testing.T) {
+	g := startGateway(t, nil, server.Config{AllowedOrigins: []string{"https://app.example"}})
+	for origin, want := range map[string]int{"https://app.example": 101, "https://evil.example": 403} {
+		if got, body := rawUpgrade(t, g.addr, "/?user_id=1", "Origin: "+origin); got != want {
+			t.Errorf("Origin %s: %d %q, want %d", origin, got, body, want)
+		}
+	}
+	g.dialReady("no-origin") // non-browser clients send none
+}

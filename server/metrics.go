@@ -1,0 +1,80 @@
+package server
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the series the consumers update on their hot path; the
+// gauges and the other counters are read from the hub and the Server when
+// Prometheus scrapes, so they cost nothing in between.
+type metrics struct {
+	popToWrite    prometheus.Histogram
+	writeFailures prometheus.Counter
+	redisErrors   prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		popToWrite: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "redpush", Name: "pop_to_write_seconds",
+			Help:    "Time from popping a batch out of Redis to its first successful write to a client.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16), // 50 µs … 1.6 s
+		}),
+		writeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "redpush", Name: "write_failures_total",
+			Help: "Writes to a client that failed (the connection is then closed).",
+		}),
+		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "redpush", Name: "redis_errors_total",
+			Help: "Redis commands of consumers that failed.",
+		}),
+	}
+}
+
+func (m *metrics) observePopToWrite(popped time.Time) {
+	m.popToWrite.Observe(time.Since(popped).Seconds())
+}
+
+// metricsHandler serves GET /metrics in the Prometheus text format.
+func (s *Server) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		s.hub.m.popToWrite, s.hub.m.writeFailures, s.hub.m.redisErrors,
+	)
+	gauge := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "redpush", Name: name, Help: help}, f))
+	}
+	counter := func(name, help string, labels prometheus.Labels, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "redpush", Name: name, Help: help, ConstLabels: labels}, f))
+	}
+	gauge("connections", "Open WebSocket connections.", func() float64 { _, c := s.hub.counts(); return float64(c) })
+	gauge("users_online", "Users with at least one connection or handshake in progress.", func() float64 { u, _ := s.hub.counts(); return float64(u) })
+	gauge("consumers_running", "Consumer tasks running.", func() float64 { return float64(s.hub.consumers.Load()) })
+	gauge("pool_capacity", "Size of the consumer pool (-workers).", func() float64 { return float64(s.pool.Cap()) })
+	gauge("redis_up", "1 while consumers reach Redis, 0 during an outage.", func() float64 {
+		if s.hub.health.down.Load() {
+			return 0
+		}
+		return 1
+	})
+	counter("messages_delivered_total", "Messages written to at least one connection and acknowledged.", nil,
+		func() float64 { return float64(s.hub.stats.Delivered.Load()) })
+	counter("messages_requeued_total", "Messages put back into their queue (failed write, user gone, shutdown).", nil,
+		func() float64 { return float64(s.hub.stats.Requeued.Load()) })
+	for status, c := range map[string]func() int64{
+		"400": s.stats.refused400.Load, "401": s.stats.refused401.Load,
+		"403": s.stats.refused403.Load, "503": s.stats.refused503.Load,
+	} {
+		counter("handshakes_refused_total", "WebSocket handshakes refused, by HTTP status (503: pool full).",
+			prometheus.Labels{"status": status}, func() float64 { return float64(c()) })
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
