@@ -65,10 +65,19 @@ func main() {
 	if cfg.child {
 		os.Exit(0) // the parent judges the merged result
 	}
-	if !cfg.allowLoss && (res.Lost > 0 || res.Duplicated > 0 || res.Misdelivered > 0) {
-		logf("redpush-bench: FAIL: %d lost, %d duplicated, %d misdelivered", res.Lost, res.Duplicated, res.Misdelivered)
+	if failed := verdict(cfg, res); failed != "" {
+		logf("redpush-bench: FAIL: %s", failed)
 		os.Exit(1)
 	}
+}
+
+// verdict says why a run failed, or "" when it passed: anything lost,
+// duplicated or delivered to the wrong user fails it unless -allow-loss.
+func verdict(cfg *config, r *result) string {
+	if cfg.allowLoss || r.Lost == 0 && r.Duplicated == 0 && r.Misdelivered == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d lost, %d duplicated, %d misdelivered", r.Lost, r.Duplicated, r.Misdelivered)
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -166,7 +175,7 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 		logf("queued %d messages in %v", pr.all.Load(), time.Since(t).Round(time.Millisecond))
 	}
 	mon := newMonitor(cfg, tr, cs, pr)
-	go mon.run(ctx)
+	mon.start(ctx)
 
 	t0 := time.Now()
 	cs.connectAll(ctx)

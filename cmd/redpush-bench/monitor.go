@@ -58,8 +58,13 @@ func (m *monitor) markIdle() {
 	}
 }
 
-func (m *monitor) run(ctx context.Context) {
+// start runs the monitor until stop.
+func (m *monitor) start(ctx context.Context) {
 	m.wg.Add(1)
+	go m.run(ctx)
+}
+
+func (m *monitor) run(ctx context.Context) {
 	defer m.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()

@@ -51,7 +51,7 @@ func runSpawned(ctx context.Context, cfg *config) (*result, error) {
 	}
 	defer os.RemoveAll(dir)
 	mon := newMonitor(cfg, nil, nil, nil) // samples the server; children print progress
-	go mon.run(ctx)
+	mon.start(ctx)
 	var kids []*childProc
 	per := (cfg.users + cfg.spawn - 1) / cfg.spawn
 	for i, first := 0, cfg.firstUser; first < cfg.firstUser+cfg.users; i, first = i+1, first+per {
