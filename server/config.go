@@ -48,6 +48,9 @@ type Config struct {
 	// not in the list with 403. Clients that send no Origin (not browsers)
 	// are not affected. Default empty: any origin.
 	AllowedOrigins []string
+	// APIKey, when set, enables POST /api/push, authenticated with
+	// "Authorization: Bearer <APIKey>". Default empty: no push API.
+	APIKey string
 	// TLS, when set, makes Run serve wss:// and https:// directly.
 	TLS *tls.Config
 	// Logger receives the structured log. Default slog.Default().

@@ -70,6 +70,9 @@ func (s *Server) newHTTPServer() *http.Server {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", s.metricsHandler())
+	if s.cfg.APIKey != "" {
+		mux.HandleFunc("POST /api/push", s.apiPush)
+	}
 	if s.cfg.DemoPush {
 		mux.HandleFunc("POST /demo/push", s.demoPush)
 	}

@@ -51,6 +51,7 @@ func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*o
 	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated browser Origins allowed to connect (default: any)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve wss:// with this PEM certificate (with -tls-key)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of -tls-cert")
+	fs.StringVar(&c.APIKey, "api-key", "", "enable POST /api/push with \"Authorization: Bearer <key>\" (off when empty)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&o.pprof, "pprof-addr", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060; off when empty)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
