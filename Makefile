@@ -1,26 +1,35 @@
 # redpush — `make test` is the one command that runs every test on a fresh
-# Debian machine: it installs redis-server when missing (the tests start their
-# own on free ports), then vets and runs all tests with the race detector.
+# Debian machine: it installs what is missing (redis-server: the tests start
+# their own on free ports; docker-compose: to validate docker-compose.yml;
+# chromium: the browser test), vets, validates the compose file, builds the
+# binary as the Dockerfile does, and runs all tests with the race detector.
 
 GO ?= go
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test deps vet build run fuzz bench clean
+.PHONY: test deps vet compose-check build run fuzz bench clean
 
-test: deps vet
+test: deps vet compose-check build
 	$(GO) test -race -count=1 ./...
 
 vet:
 	$(GO) vet ./...
 
-# Debian's redis-server, installed only if missing; apt-get update first, as a
+# Debian's packages, installed only if missing; apt-get update first, as a
 # fresh machine has no package lists.
+PKGS := redis-server:redis-server docker-compose:docker-compose chromium:chromium
 deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing redis-server"; \
+	@missing=""; for p in $(PKGS); do command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	@redis-server --version
+
+# The compose file must stay valid (no engine needed for this check).
+compose-check:
+	docker-compose config -q
 
 # The binary, built as the Dockerfile will build it.
 build:

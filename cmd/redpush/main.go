@@ -29,6 +29,9 @@ func run(args []string) int {
 	if len(args) > 0 && args[0] == "token" {
 		return tokenCmd(args[1:], os.Stdout, os.Stderr)
 	}
+	if len(args) > 0 && args[0] == "healthcheck" {
+		return healthcheckCmd(args[1:], os.Stderr)
+	}
 	o, err := parseFlags(args, os.Getenv, os.Stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -121,5 +124,29 @@ func tokenCmd(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	fmt.Fprintln(stdout, tok)
+	return 0
+}
+
+// healthcheckCmd is `redpush healthcheck -url http://127.0.0.1:9502/readyz`:
+// exit 0 when the URL answers 200. The container image has no curl, so its
+// HEALTHCHECK runs this.
+func healthcheckCmd(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("redpush healthcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:9502/readyz", "the URL that must answer 200")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(*url)
+	if err != nil {
+		fmt.Fprintf(stderr, "redpush healthcheck: %v\n", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "redpush healthcheck: %s: %s\n", *url, resp.Status)
+		return 1
+	}
 	return 0
 }

@@ -388,3 +388,15 @@ func TestNoAuthIsLoggedLoudlyOnce(t *testing.T) {
 		t.Fatalf("-log-format json did not log JSON:\n%s", p.stderr.String())
 	}
 }
+
+func TestHealthcheckCommand(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	p := startProc(t, nil, "-redis", rds.URL())
+	if code, _, stderr := runBinary(t, "healthcheck", "-url", "http://"+p.addr+"/readyz"); code != 0 {
+		t.Fatalf("healthy server: exit %d %q", code, stderr)
+	}
+	rds.Stop()
+	if code, _, _ := runBinary(t, "healthcheck", "-url", "http://"+p.addr+"/readyz"); code != 1 {
+		t.Fatalf("server without Redis: exit %d, want 1", code)
+	}
+}
