@@ -40,6 +40,7 @@ type Queue struct {
 	prefix    string                // KeyPattern before %s
 	suffix    string                // KeyPattern after %s
 	procTail  string                // "}:processing:<instance>"
+	instance  string
 	batch     int
 	round     time.Duration
 	wakeRound time.Duration
@@ -96,6 +97,7 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 		blocking: blocking, cmd: cmd,
 		prefix: prefix, suffix: suffix,
 		procTail: "}:processing:" + cfg.Instance,
+		instance: cfg.Instance,
 		batch:    cfg.Batch, round: cfg.Round, wakeRound: cfg.WakeRound,
 	}, nil
 }
@@ -157,13 +159,19 @@ func (q *Queue) requeueKey(ctx context.Context, proc string) (int, error) {
 	return requeueAll.Run(ctx, q.cmd, []string{proc, queue}).Int()
 }
 
-// queueOf is the inverse of ProcessingKey.
+// queueOf is the inverse of ProcessingKey, for this instance's lists only.
 func (q *Queue) queueOf(proc string) (string, bool) {
-	inner, ok := strings.CutSuffix(proc, q.procTail)
-	if !ok || !strings.HasPrefix(inner, "{") {
-		return "", false
+	queue, owner, ok := splitProcessing(proc)
+	return queue, ok && owner == q.instance
+}
+
+// splitProcessing parses "{queue}:processing:instance".
+func splitProcessing(proc string) (queue, instance string, ok bool) {
+	inner, instance, ok := strings.Cut(proc, "}:processing:")
+	if !ok || !strings.HasPrefix(inner, "{") || !ValidID(instance) {
+		return "", "", false
 	}
-	return inner[1:], true
+	return inner[1:], instance, true
 }
 
 // Recover returns to their queues the messages this instance had popped but
@@ -218,4 +226,50 @@ func ValidID(s string) bool {
 		}
 	}
 	return true
+}
+
+// heartbeatKey marks instance as alive while it exists.
+func heartbeatKey(instance string) string { return "redpush:instance:" + instance }
+
+// Heartbeat marks this instance alive for ttl. Call it every ttl/3.
+func (q *Queue) Heartbeat(ctx context.Context, ttl time.Duration) error {
+	return q.cmd.Set(ctx, heartbeatKey(q.instance), "alive", ttl).Err()
+}
+
+// ReclaimDead returns to their queues the processing lists of instances
+// whose heartbeat expired: an instance that died and never came back. A
+// live instance whose heartbeat was lost (Redis restarted without
+// persistence) may see messages it holds delivered twice, never lost.
+func (q *Queue) ReclaimDead(ctx context.Context) (lists, msgs int, err error) {
+	alive := map[string]bool{q.instance: true}
+	err = forEachMaster(ctx, q.cmd, func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, "{*}:processing:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			proc := iter.Val()
+			queue, owner, ok := splitProcessing(proc)
+			if !ok {
+				continue
+			}
+			live, seen := alive[owner]
+			if !seen {
+				n, err := q.cmd.Exists(ctx, heartbeatKey(owner)).Result()
+				if err != nil {
+					return err
+				}
+				live = n == 1
+				alive[owner] = live
+			}
+			if live {
+				continue
+			}
+			moved, err := requeueAll.Run(ctx, q.cmd, []string{proc, queue}).Int()
+			if err != nil {
+				return err
+			}
+			lists++
+			msgs += moved
+		}
+		return iter.Err()
+	})
+	return lists, msgs, err
 }

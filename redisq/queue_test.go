@@ -242,3 +242,39 @@ func TestBlockerWakeEndsABlockedPopAtOnce(t *testing.T) {
 		return err
 	})
 }
+
+func TestReclaimDeadReturnsOnlyDeadInstancesLists(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	c, err := redisq.Dial(context.Background(), rds.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	mk := func(id string) *redisq.Queue {
+		q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q
+	}
+	live, dead, me := mk("live"), mk("dead"), mk("me")
+	rc := rds.Client()
+	rc.LPush(ctx, "user_l_messages", "l1")
+	rc.LPush(ctx, "user_d_messages", "d1", "d2")
+	live.AckPop(ctx, "l") // both "crash" with a batch in flight
+	dead.AckPop(ctx, "d")
+	if err := live.Heartbeat(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	lists, msgs, err := me.ReclaimDead(ctx)
+	if err != nil || lists != 1 || msgs != 2 {
+		t.Fatalf("ReclaimDead = %d, %d, %v; want the dead instance's one list of 2", lists, msgs, err)
+	}
+	if got, _ := rc.LRange(ctx, "user_d_messages", 0, -1).Result(); !slices.Equal(got, []string{"d2", "d1"}) {
+		t.Fatalf("dead instance's queue = %v, want d1 next", got)
+	}
+	if n, _ := rc.LLen(ctx, live.ProcessingKey("l")).Result(); n != 1 {
+		t.Fatal("a live instance's in-flight message was taken")
+	}
+}

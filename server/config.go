@@ -21,6 +21,11 @@ type Config struct {
 	Format string
 	// Instance is this process's stable id. Default "redpush".
 	Instance string
+	// InstanceTTL is how long this instance's heartbeat lives in Redis; it
+	// is renewed every third of it. Another instance that finds the
+	// heartbeat of an instance gone returns that instance's in-flight
+	// messages to their queues. Default 30 s.
+	InstanceTTL time.Duration
 	// MaxMessage is the largest client frame or message, in bytes; larger
 	// gets close 1009. Default 64 KiB.
 	MaxMessage int
@@ -90,6 +95,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.IdleTimeout, 60*time.Second)
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.ShutdownTimeout, 10*time.Second)
+	def(&c.InstanceTTL, 30*time.Second)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -108,6 +108,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Info("returned in-flight messages of a previous run to their queues",
 			"instance", s.cfg.Instance, "lists", lists, "messages", msgs)
 	}
+	if err := s.q.Heartbeat(ctx, s.cfg.InstanceTTL); err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	keepAliveDone := make(chan struct{})
+	kctx, stopKeepAlive := context.WithCancel(context.Background())
+	defer func() { stopKeepAlive(); <-keepAliveDone }()
+	go func() {
+		defer close(keepAliveDone)
+		s.keepAlive(kctx)
+	}()
 	s.httpLn = newConnListener(ln.Addr())
 	hs := s.newHTTPServer()
 	go func() { _ = hs.Serve(s.httpLn) }()
@@ -142,6 +152,32 @@ func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan st
 	delivered, requeued := s.hub.stats.Delivered.Load(), s.hub.stats.Requeued.Load()
 	s.log.Info("stopped", "delivered", delivered, "requeued", requeued, "err", err)
 	return err
+}
+
+// keepAlive renews this instance's heartbeat and returns the in-flight
+// messages of instances whose heartbeat expired (they died and did not come
+// back) to their queues.
+func (s *Server) keepAlive(ctx context.Context) {
+	t := time.NewTicker(s.cfg.InstanceTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.q.Heartbeat(ctx, s.cfg.InstanceTTL); err != nil {
+			s.log.Debug("heartbeat failed", "err", err)
+			continue
+		}
+		lists, msgs, err := s.q.ReclaimDead(ctx)
+		if err != nil {
+			s.log.Debug("reclaiming dead instances' messages failed", "err", err)
+		}
+		if lists > 0 {
+			s.log.Warn("returned in-flight messages of a dead instance to their queues", "lists", lists, "messages", msgs)
+		}
+	}
 }
 
 // acceptLoop accepts until ln is closed. Accept errors such as EMFILE back

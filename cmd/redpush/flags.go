@@ -41,6 +41,7 @@ func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*o
 	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
 	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")
 	fs.StringVar(&c.Instance, "instance", "", "stable instance id, so a restart returns its in-flight messages (default host-port)")
+	fs.DurationVar(&c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this long")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client frame or message in bytes; larger is closed with 1009")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time to read the request and upgrade")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half, closed after all of it")

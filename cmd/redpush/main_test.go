@@ -400,3 +400,32 @@ func TestHealthcheckCommand(t *testing.T) {
 		t.Fatalf("server without Redis: exit %d, want 1", code)
 	}
 }
+
+// Two instances on one Redis; one is killed with a batch in flight and never
+// comes back. The survivor returns that batch to its queue once the dead
+// instance's heartbeat expired, and the user, reconnecting to the survivor,
+// gets every message in order.
+func TestSurvivorReclaimsAKilledInstancesMessages(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	rc := rds.Client()
+	common := []string{"-redis", rds.URL(), "-format", "raw", "-instance-ttl", "1500ms"}
+	a := startProc(t, nil, append(common, "-instance", "a")...)
+	b := startProc(t, nil, append(common, "-instance", "b")...)
+	msgs := testutil.BigMessages(100)
+	rc.LPush(t.Context(), "user_k_messages", testutil.Any(msgs)...)
+	testutil.DialBuffer(t, a.addr, "k", 4096).MustRead() // never reads: the batch stays in flight on a
+	awaitLen(t, rc, "user_k_messages", 0)
+	_ = a.cmd.Process.Kill()
+	a.wait(5 * time.Second)
+	awaitLen(t, rc, "{user_k_messages}:processing:a", 0) // b found a dead and took its list back
+	if !strings.Contains(b.stderr.String(), "dead instance") {
+		t.Errorf("the reclaim is not logged:\n%s", b.stderr.String())
+	}
+	c := testutil.Dial(t, b.addr, "k")
+	c.MustRead()
+	for _, want := range msgs {
+		if got := c.MustRead(); got != want {
+			t.Fatalf("got %.10q…, want %.10q…", got, want)
+		}
+	}
+}
