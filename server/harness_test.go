@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net"
 	"testing"
 	"time"
@@ -61,6 +62,15 @@ func startGateway(t *testing.T, rds *testutil.Redis, cfg server.Config) *gateway
 		if t.Failed() {
 			t.Logf("gateway log:\n%s", logs.String())
 		}
+	})
+	// Ready once the accept loop runs, which is after recovery and the
+	// first heartbeat: tests that count Redis commands start after those.
+	testutil.Eventually(t, 10*time.Second, func() error {
+		resp, err := http.Get("http://" + g.addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
 	})
 	return g
 }
