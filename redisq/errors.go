@@ -11,6 +11,8 @@ var (
 	ErrBadInstance = errors.New("redisq: instance id must be 1-128 characters of [A-Za-z0-9_.:-]")
 	// ErrBadURL is returned by Dial for a Redis URL go-redis cannot parse.
 	ErrBadURL = errors.New("redisq: bad redis URL")
+	// errBadRelay: a relay publication that ParseRelay cannot read.
+	errBadRelay = errors.New("redisq: malformed relay message")
 	// ErrUnreachable is returned by Dial when Redis does not answer PING.
 	ErrUnreachable = errors.New("redisq: redis unreachable")
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -52,8 +53,22 @@ type Queue struct {
 // of the queue KEYS[1] to the left of the processing list, returning them
 // oldest first. LMOVE with a count does not exist before Redis 8, hence the
 // script: one round trip per batch, ack included.
+//
+// Before dropping a delivered batch it publishes it on the relay channel
+// ARGV[3] (a channel is not a key, so it is not in KEYS), so that other instances holding connections of the same user
+// write it to them too: "<origin instance>\n" then each message, oldest
+// first, as "<length>:<bytes>" (binary safe). With nobody subscribed, Redis
+// drops it at once.
 var ackPop = redis.NewScript(`
-redis.call('DEL', KEYS[2])
+local prev = redis.call('LRANGE', KEYS[2], 0, -1)
+if #prev > 0 then
+  local parts = {ARGV[2], '\n'}
+  for i = #prev, 1, -1 do
+    parts[#parts + 1] = #prev[i] .. ':' .. prev[i]
+  end
+  redis.call('PUBLISH', ARGV[3], table.concat(parts))
+  redis.call('DEL', KEYS[2])
+end
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
@@ -131,17 +146,47 @@ func (q *Queue) blockPop(ctx context.Context, bc redis.Cmdable, round time.Durat
 // whether the ack happened: it must Requeue, which may deliver the previous
 // batch twice but never loses it.
 func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {
-	msgs, err := ackPop.Run(ctx, q.cmd, []string{q.Key(user), q.ProcessingKey(user)}, q.batch).StringSlice()
+	return q.ackPop(ctx, user, q.batch)
+}
+
+func (q *Queue) ackPop(ctx context.Context, user string, n int) ([]string, error) {
+	keys := []string{q.Key(user), q.ProcessingKey(user)}
+	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user)).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
 	return msgs, err
 }
 
-// Ack drops the processing list of user: everything popped since the last
-// ack or Requeue was delivered.
+// RelayChannel is the pub/sub channel on which acknowledged batches of user
+// are published for other instances, e.g. "{user_42_messages}:relay": the
+// hash tag keeps it in the queue's cluster slot, ready for sharded pub/sub.
+func (q *Queue) RelayChannel(user string) string { return "{" + q.Key(user) + "}:relay" }
+
+// ParseRelay decodes a relay publication into its origin instance and its
+// messages, oldest first.
+func ParseRelay(payload string) (origin string, msgs []string, err error) {
+	origin, rest, ok := strings.Cut(payload, "\n")
+	if !ok {
+		return "", nil, errBadRelay
+	}
+	for rest != "" {
+		size, body, ok := strings.Cut(rest, ":")
+		n, err := strconv.Atoi(size)
+		if !ok || err != nil || n < 0 || n > len(body) {
+			return "", nil, errBadRelay
+		}
+		msgs = append(msgs, body[:n])
+		rest = body[n:]
+	}
+	return origin, msgs, nil
+}
+
+// Ack drops the processing list of user (and relays it, as AckPop does):
+// everything popped since the last ack or Requeue was delivered.
 func (q *Queue) Ack(ctx context.Context, user string) error {
-	return q.cmd.Del(ctx, q.ProcessingKey(user)).Err()
+	_, err := q.ackPop(ctx, user, 0)
+	return err
 }
 
 // Requeue returns everything popped for user since the last Ack or Requeue to

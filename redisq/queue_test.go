@@ -278,3 +278,33 @@ func TestReclaimDeadReturnsOnlyDeadInstancesLists(t *testing.T) {
 		t.Fatal("a live instance's in-flight message was taken")
 	}
 }
+
+func TestAckRelaysTheDeliveredBatch(t *testing.T) {
+	q, rds := newQueue(t, 10)
+	ctx := context.Background()
+	rc := rds.Client()
+	sub := rc.Subscribe(ctx, q.RelayChannel("r"))
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil { // the subscription confirmation
+		t.Fatal(err)
+	}
+	msgs := []string{"first", "\xff\x00binary:with\ncolons", ""}
+	rc.LPush(ctx, q.Key("r"), testutil.Any(msgs)...)
+	q.AckPop(ctx, "r")
+	if err := q.Ack(ctx, "r"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin, got, err := redisq.ParseRelay(m.Payload)
+	if err != nil || origin != "i1" || !slices.Equal(got, msgs) {
+		t.Fatalf("relay = %q %q %v, want i1 and the batch in order", origin, got, err)
+	}
+	for _, bad := range []string{"", "i1", "i1\n3:ab", "i1\nx:abc"} {
+		if _, _, err := redisq.ParseRelay(bad); err == nil {
+			t.Errorf("ParseRelay(%q) accepted", bad)
+		}
+	}
+}

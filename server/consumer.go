@@ -87,6 +87,17 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	}
 }
 
+// deliverUser writes msgs relayed from another instance to the connections
+// of user here, if the user is still online.
+func (h *hub) deliverUser(user string, msgs []string) {
+	h.mu.Lock()
+	s := h.users[user]
+	h.mu.Unlock()
+	if s != nil {
+		h.deliver(s, msgs, time.Now())
+	}
+}
+
 // deliver writes msgs to every open connection of s and reports whether at
 // least one connection took them.
 func (h *hub) deliver(s *session, msgs []string, popped time.Time) bool {

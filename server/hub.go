@@ -22,6 +22,7 @@ type hub struct {
 	log    *slog.Logger
 	health *health
 	m      *metrics
+	relay  *relay // nil in unit benchmarks
 
 	mu      sync.Mutex
 	users   map[string]*session
@@ -78,6 +79,9 @@ func (h *hub) acquire(user string) (*session, error) {
 			return nil, err
 		}
 		h.users[user] = s
+		if h.relay != nil {
+			h.relay.watch(user)
+		}
 	}
 	s.refs++
 	return s, nil
@@ -174,6 +178,9 @@ func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 		case ctx.Err() != nil || s.refs == 0:
 			if h.users[s.user] == s {
 				delete(h.users, s.user)
+				if h.relay != nil {
+					h.relay.unwatch(s.user)
+				}
 			}
 			h.mu.Unlock()
 			return false

@@ -16,6 +16,7 @@ type metrics struct {
 	popToWrite    prometheus.Histogram
 	writeFailures prometheus.Counter
 	redisErrors   prometheus.Counter
+	relayDropped  prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -33,6 +34,10 @@ func newMetrics() *metrics {
 			Namespace: "redpush", Name: "redis_errors_total",
 			Help: "Redis commands of consumers that failed.",
 		}),
+		relayDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "redpush", Name: "relay_dropped_total",
+			Help: "Batches relayed from other instances that were dropped because too many relay writes were in flight.",
+		}),
 	}
 }
 
@@ -46,7 +51,7 @@ func (s *Server) metricsHandler() http.Handler {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		s.hub.m.popToWrite, s.hub.m.writeFailures, s.hub.m.redisErrors,
+		s.hub.m.popToWrite, s.hub.m.writeFailures, s.hub.m.redisErrors, s.hub.m.relayDropped,
 	)
 	gauge := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "redpush", Name: name, Help: help}, f))

@@ -118,6 +118,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(keepAliveDone)
 		s.keepAlive(kctx)
 	}()
+	s.hub.relay = newRelay(ctx, s.hub, s.clients.Command, s.cfg.Instance)
+	defer s.hub.relay.close()
 	s.httpLn = newConnListener(ln.Addr())
 	hs := s.newHTTPServer()
 	go func() { _ = hs.Serve(s.httpLn) }()

@@ -432,3 +432,58 @@ func TestSurvivorReclaimsAKilledInstancesMessages(t *testing.T) {
 		}
 	}
 }
+
+// One user on two instances (two devices); the instance holding a batch in
+// flight is killed. The other connection still gets every message: what a
+// delivered, through the relay, what was in flight on a, once b reclaimed it.
+func TestUserOnTwoInstancesLosesNothingWhenOneIsKilled(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	rc := rds.Client()
+	common := []string{"-redis", rds.URL(), "-format", "raw", "-instance-ttl", "1500ms"}
+	a := startProc(t, nil, append(common, "-instance", "a")...)
+	b := startProc(t, nil, append(common, "-instance", "b")...)
+	onB := testutil.Dial(t, b.addr, "k")
+	onB.MustRead()
+	testutil.DialBuffer(t, a.addr, "k", 4096).MustRead() // never reads again: a's batches stall
+	testutil.Eventually(t, 5*time.Second, func() error { // both instances listen for relays
+		n, err := rc.PubSubNumSub(t.Context(), "{user_k_messages}:relay").Result()
+		if err != nil || n["{user_k_messages}:relay"] != 2 {
+			return fmt.Errorf("subscribers %v (%v)", n, err)
+		}
+		return nil
+	})
+	got := make(chan string, 1000)
+	go func() { // b's client reads all along, as a browser does
+		for {
+			m, _, err := onB.Read(30 * time.Second)
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- m
+		}
+	}()
+	msgs := testutil.BigMessages(100)
+	for _, m := range msgs {
+		rc.LPush(t.Context(), "user_k_messages", m)
+	}
+	awaitLen(t, rc, "user_k_messages", 0)
+	if n := rc.LLen(t.Context(), "{user_k_messages}:processing:a").Val(); n == 0 {
+		t.Fatal("a has no batch in flight; the test would prove nothing")
+	}
+	_ = a.cmd.Process.Kill()
+	a.wait(5 * time.Second)
+	seen := map[string]bool{}
+	for len(seen) < len(msgs) {
+		m, ok := <-got
+		if !ok {
+			t.Fatalf("b's connection ended after %d of %d messages", len(seen), len(msgs))
+		}
+		seen[m] = true
+	}
+	for _, m := range msgs {
+		if !seen[m] {
+			t.Fatalf("message %.10q… never reached the connection on b", m)
+		}
+	}
+}

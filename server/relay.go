@@ -1,0 +1,131 @@
+package server
+
+import (
+	"context"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/redisq"
+)
+
+// relay lets several instances share one Redis: a user's consumer on the
+// instance that popped a batch writes it to the user's connections there
+// and, when it acknowledges it, publishes it on the user's relay channel
+// (redisq.Queue.RelayChannel). Every instance subscribes to the channels of
+// its online users and writes what other instances published to its own
+// connections of that user. The popped copy stays the reliable one; relayed
+// copies are best effort, as Redis pub/sub is: a connection that is on a
+// different instance than its user's consumer can miss a message published
+// while its instance was (re)subscribing, or during a Redis outage.
+type relay struct {
+	hub      *hub
+	ps       *redis.PubSub
+	instance string
+	sem      chan struct{} // bounds relay writes in flight
+	dirty    chan struct{} // wakes sync when want changed
+
+	mu   sync.Mutex
+	want map[string]string // channel → user, for the users online here
+}
+
+func newRelay(ctx context.Context, h *hub, client redis.UniversalClient, instance string) *relay {
+	r := &relay{hub: h, ps: client.Subscribe(ctx), instance: instance,
+		sem: make(chan struct{}, 1024), dirty: make(chan struct{}, 1),
+		want: make(map[string]string)}
+	go r.run()
+	go r.sync(ctx)
+	return r
+}
+
+// watch asks for the relay channel of a user who came online here. It is
+// called under the hub's lock, so it only records the wish: sync talks to
+// Redis.
+func (r *relay) watch(user string) {
+	r.mu.Lock()
+	r.want[r.hub.q.RelayChannel(user)] = user
+	r.mu.Unlock()
+	r.poke()
+}
+
+// unwatch drops the wish when the user's last connection here is gone.
+func (r *relay) unwatch(user string) {
+	r.mu.Lock()
+	delete(r.want, r.hub.q.RelayChannel(user))
+	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *relay) poke() {
+	select {
+	case r.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// sync brings the subscription in line with want, in one SUBSCRIBE and one
+// UNSUBSCRIBE for every change that piled up meanwhile. go-redis records a
+// channel even when the command fails and resubscribes when it reconnects,
+// so a failure needs no retry here.
+func (r *relay) sync(ctx context.Context) {
+	have := make(map[string]bool)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.dirty:
+		}
+		var add, drop []string
+		r.mu.Lock()
+		for ch := range r.want {
+			if !have[ch] {
+				add = append(add, ch)
+				have[ch] = true
+			}
+		}
+		for ch := range have {
+			if _, ok := r.want[ch]; !ok {
+				drop = append(drop, ch)
+				delete(have, ch)
+			}
+		}
+		r.mu.Unlock()
+		if len(add) > 0 {
+			if err := r.ps.Subscribe(ctx, add...); err != nil {
+				r.hub.log.Debug("relay subscribe failed", "channels", len(add), "err", err)
+			}
+		}
+		if len(drop) > 0 {
+			_ = r.ps.Unsubscribe(ctx, drop...)
+		}
+	}
+}
+
+// run writes relayed batches to local connections until close. A write
+// runs on its own goroutine, bounded by sem, so that one slow client does
+// not hold up relays to everyone else; past the bound a relay is dropped.
+func (r *relay) run() {
+	for msg := range r.ps.Channel() {
+		origin, msgs, err := redisq.ParseRelay(msg.Payload)
+		if err != nil || origin == r.instance || len(msgs) == 0 {
+			continue
+		}
+		r.mu.Lock()
+		user, ok := r.want[msg.Channel]
+		r.mu.Unlock()
+		if !ok {
+			continue
+		}
+		select {
+		case r.sem <- struct{}{}:
+			go func() {
+				defer func() { <-r.sem }()
+				r.hub.deliverUser(user, msgs)
+			}()
+		default:
+			r.hub.m.relayDropped.Inc()
+		}
+	}
+}
+
+func (r *relay) close() { _ = r.ps.Close() }
