@@ -3,6 +3,7 @@ package redisq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -10,29 +11,28 @@ import (
 
 // Blocker is the Redis connection one consumer blocks on.
 //
-// With a plain client (one Redis server, or a Sentinel-managed master) it is
-// a dedicated connection whose CLIENT ID is known, so [Blocker.Wake] can end
-// a blocked BLMOVE at once with CLIENT UNBLOCK. A consumer then notices at
-// once that its user left or that the server shuts down, and an idle user
-// costs one command per long round (10 s) instead of one a second. With other
-// clients (a cluster) Wake reports false and rounds stay short (1 s).
+// It is a dedicated connection whose CLIENT ID is known, so [Blocker.Wake]
+// can end a blocked BLMOVE at once with CLIENT UNBLOCK, sent to the same
+// server. A consumer then notices at once that its user left or that the
+// server shuts down, and an idle user costs one command per long round (10 s)
+// instead of one a second. On a cluster the connection goes to the master of
+// the user's slot; when the slot moves, BLMOVE fails with MOVED, and the next
+// Pop dials the new master once go-redis has reloaded the slot map. Where
+// CLIENT ID is refused (the embedded quick-start Redis) Wake reports false
+// and rounds stay short (1 s).
 //
 // A Blocker is used by one consumer goroutine; Wake may be called from any.
 type Blocker struct {
-	q     *Queue
-	plain *redis.Client // nil when dedicated connections are unavailable
+	q *Queue
 
-	mu sync.Mutex
-	cn *redis.Conn // the dedicated connection; nil until first use or after an error
-	id int64       // its CLIENT ID, 0 when cn is nil
+	mu      sync.Mutex
+	cn      *redis.Conn   // the dedicated connection; nil until first use or after an error
+	id      int64         // its CLIENT ID, 0 when cn is nil
+	unblock *redis.Client // a command client of cn's server
 }
 
 // Blocker returns a Blocker for one consumer. Close it when the consumer ends.
-func (q *Queue) Blocker() *Blocker {
-	b := &Blocker{q: q}
-	b.plain, _ = q.blocking.(*redis.Client)
-	return b
-}
+func (q *Queue) Blocker() *Blocker { return &Blocker{q: q} }
 
 // Pop waits for the next message of user, blocking for at most one round,
 // and moves it into the processing list. It returns none when the round
@@ -41,8 +41,8 @@ func (q *Queue) Blocker() *Blocker {
 // followed by AckPop, Ack or Requeue. A burst that follows is better taken
 // with AckPop, in batches.
 func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
-	if b.plain != nil && !b.q.noWake.Load() {
-		cn, err := b.conn(ctx)
+	if !b.q.noWake.Load() {
+		cn, err := b.conn(ctx, user)
 		if err == nil {
 			msgs, err := b.q.blockPop(ctx, cn, b.q.wakeRound, user)
 			if err != nil && !errors.Is(err, context.Canceled) {
@@ -59,13 +59,17 @@ func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
 	return b.q.blockPop(ctx, b.q.blocking, b.q.round, user)
 }
 
-func (b *Blocker) conn(ctx context.Context) (*redis.Conn, error) {
+func (b *Blocker) conn(ctx context.Context, user string) (*redis.Conn, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.cn != nil {
 		return b.cn, nil
 	}
-	cn := b.plain.Conn()
+	blocking, cmd, err := b.q.servers(ctx, b.q.Key(user))
+	if err != nil {
+		return nil, err
+	}
+	cn := blocking.Conn()
 	id, err := cn.ClientID(ctx).Result()
 	if err != nil {
 		_ = cn.Close()
@@ -77,8 +81,29 @@ func (b *Blocker) conn(ctx context.Context) (*redis.Conn, error) {
 		}
 		return nil, err
 	}
-	b.cn, b.id = cn, id
+	b.cn, b.id, b.unblock = cn, id, cmd
 	return cn, nil
+}
+
+// servers returns the blocking and the command client of the server that
+// holds key: the clients themselves, or on a cluster their clients of the
+// master of key's slot.
+func (q *Queue) servers(ctx context.Context, key string) (blocking, cmd *redis.Client, err error) {
+	switch bc := q.blocking.(type) {
+	case *redis.Client:
+		if cmd, ok := q.cmd.(*redis.Client); ok {
+			return bc, cmd, nil
+		}
+	case *redis.ClusterClient:
+		if cc, ok := q.cmd.(*redis.ClusterClient); ok {
+			if blocking, err = bc.MasterForKey(ctx, key); err != nil {
+				return nil, nil, err
+			}
+			cmd, err = cc.MasterForKey(ctx, key)
+			return blocking, cmd, err
+		}
+	}
+	return nil, nil, fmt.Errorf("redisq: cannot block on a %T with a %T for commands", q.blocking, q.cmd)
 }
 
 func (b *Blocker) reset() {
@@ -96,12 +121,12 @@ func (b *Blocker) reset() {
 // consumer has seen what it was woken for.
 func (b *Blocker) Wake(ctx context.Context) (bool, error) {
 	b.mu.Lock()
-	id := b.id
+	id, cmd := b.id, b.unblock
 	b.mu.Unlock()
 	if id == 0 {
 		return false, nil
 	}
-	n, err := b.q.cmd.ClientUnblock(ctx, id).Result()
+	n, err := cmd.ClientUnblock(ctx, id).Result()
 	return n == 1, err
 }
 

@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // Clients are the two go-redis clients of one gateway. Blocking consumers each
@@ -17,41 +17,40 @@ import (
 type Clients struct {
 	Blocking redis.UniversalClient
 	Command  redis.UniversalClient
+	// Topology is what the URL named: "server", "sentinel" or "cluster".
+	Topology string
 }
 
-// Dial parses url (any go-redis URL: redis://, rediss://, unix://), creates
-// the clients for consumers consumers, and checks that Redis answers.
+// Dial parses url (see [ParseEndpoint]), creates the clients for consumers
+// consumers, and checks that Redis answers. A plain redis:// URL that turns
+// out to point at a Redis Cluster node is served as a cluster.
 func Dial(ctx context.Context, url string, consumers int) (*Clients, error) {
-	opt, err := redis.ParseURL(url)
+	ep, err := ParseEndpoint(url)
 	if err != nil {
-		return nil, fmt.Errorf("%w %q: %v", ErrBadURL, url, err)
+		return nil, err
 	}
-	// RESP2: redpush needs no push notifications, and with RESP3 go-redis
-	// checks the socket for them around every command (measured: 16% of
-	// the CPU at 2,000 msg/s).
-	opt.Protocol = 2
-	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	cmdOpt := *opt
-	blockOpt := *opt
-	// One idle consumer holds one connection for its whole life: 32 KiB read
-	// and write buffers (the go-redis default) would cost 64 KiB per online
-	// user. This client only sends BLMOVE and reads one message per reply;
-	// larger replies are still read in full, past the buffer.
-	blockOpt.PoolSize = consumers
-	blockOpt.ReadBufferSize = 1024
-	blockOpt.WriteBufferSize = 512
-	blockOpt.PipelinePoolSize = -1
-	blockOpt.PoolTimeout = 2 * time.Second
-	// Consumers retry with their own capped backoff; go-redis retries would
-	// only hide an outage from them for longer.
-	blockOpt.MaxRetries = -1
-
-	c := &Clients{Blocking: redis.NewClient(&blockOpt), Command: redis.NewClient(&cmdOpt)}
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
+	if ep.single != nil {
+		if ep, err = ep.detectCluster(pctx, url); err != nil {
+			return nil, err
+		}
+	}
+	c := &Clients{
+		Topology: ep.Topology(),
+		Command:  ep.client(tuning{}),
+		// One idle consumer holds one connection for its whole life: 32
+		// KiB read and write buffers (the go-redis default) would cost 64
+		// KiB per online user. This client only sends BLMOVE and reads one
+		// message per reply; larger replies are still read in full, past
+		// the buffer. Consumers retry with their own capped backoff;
+		// go-redis retries would only hide an outage from them for longer.
+		Blocking: ep.client(tuning{poolSize: consumers, readBuf: 1024, writeBuf: 512,
+			pipelinePool: -1, poolTimeout: 2 * time.Second, maxRetries: -1}),
+	}
 	if err := c.Command.Ping(pctx).Err(); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, opt.Addr, err)
+		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, ep.addrs(), err)
 	}
 	return c, nil
 }
@@ -74,4 +73,20 @@ type slogLogger struct{ log *slog.Logger }
 
 func (l slogLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.log.DebugContext(ctx, "go-redis: "+fmt.Sprintf(format, v...))
+}
+
+// detectCluster asks a single server whether it is a cluster node and, if
+// so, returns the cluster form of url with that node as the seed.
+func (e Endpoint) detectCluster(ctx context.Context, url string) (Endpoint, error) {
+	c := e.client(tuning{poolSize: 1})
+	defer c.Close()
+	info, err := c.Info(ctx, "cluster").Result()
+	if err != nil || !strings.Contains(info, "cluster_enabled:1") {
+		return e, nil // not a cluster, or unreachable: Dial's PING reports that
+	}
+	o, err := redis.ParseClusterURL(url)
+	if err != nil {
+		return e, fmt.Errorf("%w %q: a Redis Cluster node, but not a cluster URL: %v", ErrBadURL, url, err)
+	}
+	return Endpoint{cluster: o}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -242,11 +243,17 @@ func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
 }
 
 // forEachMaster runs fn on every node that holds keys: each master of a
-// cluster, or the one server otherwise.
+// cluster, or the one server otherwise. Calls never overlap (go-redis runs
+// them on a goroutine per master), so fn may update its caller's counters.
 func forEachMaster(ctx context.Context, c redis.UniversalClient, fn func(context.Context, *redis.Client) error) error {
 	switch c := c.(type) {
 	case *redis.ClusterClient:
-		return c.ForEachMaster(ctx, fn)
+		var mu sync.Mutex
+		return c.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return fn(ctx, node)
+		})
 	case *redis.Client:
 		return fn(ctx, c)
 	default:

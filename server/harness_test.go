@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -22,8 +22,8 @@ type gateway struct {
 	t    *testing.T
 	srv  *server.Server
 	addr string
-	rds  *testutil.Redis
-	rc   *redis.Client // the test's producer
+	rds  *testutil.Redis       // nil for a gateway on a cluster or a Sentinel
+	rc   redis.UniversalClient // the test's producer
 	logs *testutil.SyncBuffer
 	stop context.CancelFunc
 	done chan error
@@ -35,7 +35,16 @@ func startGateway(t *testing.T, rds *testutil.Redis, cfg server.Config) *gateway
 	if rds == nil {
 		rds = testutil.StartRedis(t)
 	}
-	clients, err := redisq.Dial(context.Background(), rds.URL(), 64)
+	g := startGatewayAt(t, rds.URL(), rds.Client(), cfg)
+	g.rds = rds
+	return g
+}
+
+// startGatewayAt starts a gateway on the Redis that url names; rc is the
+// test's producer client for that Redis.
+func startGatewayAt(t *testing.T, url string, rc redis.UniversalClient, cfg server.Config) *gateway {
+	t.Helper()
+	clients, err := redisq.Dial(context.Background(), url, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +63,7 @@ func startGateway(t *testing.T, rds *testutil.Redis, cfg server.Config) *gateway
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := &gateway{t: t, srv: srv, addr: ln.Addr().String(), rds: rds, rc: rds.Client(),
+	g := &gateway{t: t, srv: srv, addr: ln.Addr().String(), rc: rc,
 		logs: logs, stop: cancel, done: make(chan error, 1)}
 	go func() { g.done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(func() {

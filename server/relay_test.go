@@ -2,8 +2,11 @@ package server_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/redpush/redpush/internal/testutil"
 	"github.com/redpush/redpush/server"
@@ -13,28 +16,44 @@ import (
 // (three devices): every connection receives every message once.
 func TestEveryConnectionOnEveryInstanceGetsEveryMessage(t *testing.T) {
 	rds := testutil.StartRedis(t)
-	var conns []*testutil.Client
+	var gws []*gateway
 	for i := range 3 {
-		g := startGateway(t, rds, server.Config{Instance: fmt.Sprint("inst", i), Format: server.FormatRaw})
-		conns = append(conns, g.dialReady("42"))
-		defer func() {
-			if t.Failed() {
-				t.Logf("instance %d log:\n%s", i, g.logs.String())
-			}
-		}()
+		gws = append(gws, startGateway(t, rds, server.Config{Instance: fmt.Sprint("inst", i), Format: server.FormatRaw}))
 	}
-	g := &gateway{t: t, rc: rds.Client()}
-	// Subscriptions are asynchronous: wait until all three instances listen.
+	everyConnectionGetsEveryMessage(t, rds.Client(), []*redis.Client{rds.Client()}, "42", gws...)
+}
+
+// everyConnectionGetsEveryMessage connects user to each gateway, waits until
+// every gateway subscribed to the user's relay channel (counted on each of
+// nodes: on a cluster a subscription lives on one node), pushes messages
+// one LPUSH each, so that batches are popped on different instances, and
+// checks that every connection received each message exactly once.
+func everyConnectionGetsEveryMessage(t *testing.T, producer redis.UniversalClient, nodes []*redis.Client, user string, gws ...*gateway) {
+	t.Helper()
+	var conns []*testutil.Client
+	for _, g := range gws {
+		conns = append(conns, g.dialReady(user))
+	}
+	channel := "{user_" + user + "_messages}:relay"
 	testutil.Eventually(t, 5*time.Second, func() error {
-		n, err := g.rc.PubSubNumSub(t.Context(), "{user_42_messages}:relay").Result()
-		if err != nil || n["{user_42_messages}:relay"] != 3 {
-			return fmt.Errorf("subscribers %v (%v)", n, err)
+		var n int64
+		for _, node := range nodes {
+			subs, err := node.PubSubNumSub(t.Context(), channel).Result()
+			if err != nil {
+				return err
+			}
+			n += subs[channel]
+		}
+		if n != int64(len(gws)) {
+			return fmt.Errorf("%d subscribers, want %d", n, len(gws))
 		}
 		return nil
 	})
 	msgs := testutil.Seq("m", 300)
-	for _, m := range msgs { // one LPUSH each: batches land on different instances
-		g.push("42", m)
+	for _, m := range msgs {
+		if err := producer.LPush(t.Context(), "user_"+user+"_messages", m).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for i, c := range conns {
 		seen := map[string]int{}
@@ -43,7 +62,13 @@ func TestEveryConnectionOnEveryInstanceGetsEveryMessage(t *testing.T) {
 		}
 		for _, m := range msgs {
 			if seen[m] != 1 {
-				t.Fatalf("connection on instance %d saw %q %d times", i, m, seen[m])
+				var odd []string
+				for k, n := range seen {
+					if n != 1 || !strings.HasPrefix(k, "m-") {
+						odd = append(odd, fmt.Sprintf("%q×%d", k, n))
+					}
+				}
+				t.Fatalf("connection on instance %d saw %q %d times; odd frames: %v", i, m, seen[m], odd)
 			}
 		}
 	}

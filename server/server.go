@@ -130,7 +130,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.acceptLoop(ln)
 	}()
 	s.log.Info("redpush listening", "addr", ln.Addr().String(), "workers", s.pool.Cap(),
-		"instance", s.cfg.Instance, "format", s.cfg.Format, "tls", s.cfg.TLS != nil, "auth", s.cfg.Auth != nil)
+		"instance", s.cfg.Instance, "redis", s.clients.Topology, "format", s.cfg.Format, "tls", s.cfg.TLS != nil, "auth", s.cfg.Auth != nil)
 	if s.cfg.Auth == nil {
 		s.log.Warn("NO AUTHENTICATION: clients name their user in ?user_id=, so any client can read any user's messages; set -jwt-secret or -jwt-public-key in production")
 	}

@@ -36,7 +36,7 @@ func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*o
 	fs := flag.NewFlagSet("redpush", flag.ContinueOnError)
 	c := &o.cfg
 	fs.StringVar(&c.Addr, "addr", "0.0.0.0:9502", "listen address")
-	fs.StringVar(&o.redis, "redis", "redis://127.0.0.1:6379", "Redis URL (redis://, rediss://, unix://), or \"embedded\" for an in-process Redis (quick start only)")
+	fs.StringVar(&o.redis, "redis", "redis://127.0.0.1:6379", "Redis URL: redis://host:6379/0 (also rediss://, unix://); Sentinel: redis://sentinel:26379?master_name=NAME[&addr=sentinel2:26379]; Cluster: redis://node1:7000?addr=node2:7000[&addr=...]; or \"embedded\" for an in-process Redis (quick start only)")
 	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num (0: from the open-file limit, at most 10000)")
 	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
 	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")

@@ -16,6 +16,7 @@ import (
 type Redis struct {
 	t    testing.TB
 	Port int
+	args []string // extra redis-server arguments, kept for Restart
 	cmd  *exec.Cmd
 	exit chan struct{}
 }
@@ -27,8 +28,8 @@ func StartRedis(t testing.TB, extraArgs ...string) *Redis {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server not found (run `make test`, which installs it): %v", err)
 	}
-	r := &Redis{t: t, Port: FreePort(t)}
-	r.start(extraArgs...)
+	r := &Redis{t: t, Port: FreePort(t), args: extraArgs}
+	r.start()
 	t.Cleanup(r.Stop)
 	return r
 }
@@ -46,13 +47,13 @@ func (r *Redis) Client() *redis.Client {
 	return c
 }
 
-func (r *Redis) start(extraArgs ...string) {
+func (r *Redis) start() {
 	r.t.Helper()
 	args := append([]string{
 		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--protected-mode", "no",
 		"--maxclients", "20000", "--loglevel", "warning",
-	}, extraArgs...)
+	}, r.args...)
 	r.cmd = exec.Command("redis-server", args...)
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatalf("starting redis-server: %v", err)
@@ -81,7 +82,8 @@ func (r *Redis) Stop() {
 	r.cmd = nil
 }
 
-// Restart stops the server and starts a new, empty one on the same port.
+// Restart stops the server and starts a new one on the same port, with the
+// same arguments: empty, as persistence is off.
 func (r *Redis) Restart() {
 	r.Stop()
 	r.start()

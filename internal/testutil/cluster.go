@@ -1,0 +1,98 @@
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Cluster is a Redis Cluster of three masters, no replicas, owned by one
+// test.
+type Cluster struct {
+	t     testing.TB
+	Nodes []*Redis
+}
+
+// StartCluster starts three cluster-enabled redis-servers on free loopback
+// ports, joins them with `redis-cli --cluster create`, and waits until every
+// node reports cluster_state:ok.
+func StartCluster(t testing.TB) *Cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &Cluster{t: t}
+	addrs := make([]string, 3)
+	for i := range addrs {
+		bus := strconv.Itoa(FreePort(t))
+		n := StartRedis(t, "--cluster-enabled", "yes", "--cluster-port", bus,
+			"--cluster-config-file", filepath.Join(dir, "nodes-"+bus+".conf"),
+			"--dir", dir, "--cluster-node-timeout", "5000")
+		c.Nodes = append(c.Nodes, n)
+		addrs[i] = n.Addr()
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	out, err := exec.Command("redis-cli", append(args, "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	for _, n := range c.Nodes {
+		rc := n.Client()
+		Eventually(t, 20*time.Second, func() error {
+			info, err := rc.ClusterInfo(context.Background()).Result()
+			if err == nil && !strings.Contains(info, "cluster_state:ok") {
+				err = fmt.Errorf("node %s: cluster not ok yet", n.Addr())
+			}
+			if err != nil {
+				return err
+			}
+			nodes, err := rc.ClusterNodes(context.Background()).Result()
+			if err == nil && strings.Count(nodes, " connected") != 3 {
+				err = fmt.Errorf("node %s: links not all up:\n%s", n.Addr(), nodes)
+			}
+			return err
+		})
+	}
+	return c
+}
+
+// URL is the -redis URL of the cluster in go-redis's cluster form: the
+// first node, the others as addr parameters.
+func (c *Cluster) URL() string {
+	return "redis://" + c.Nodes[0].Addr() + "?addr=" + c.Nodes[1].Addr() + "&addr=" + c.Nodes[2].Addr()
+}
+
+// Client returns a cluster client for the test's own commands.
+func (c *Cluster) Client() *redis.ClusterClient {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs: []string{c.Nodes[0].Addr(), c.Nodes[1].Addr(), c.Nodes[2].Addr()},
+	})
+	c.t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// MasterOf returns the address of the node that serves key.
+func (c *Cluster) MasterOf(key string) string {
+	c.t.Helper()
+	rc := c.Nodes[0].Client()
+	slot, err := rc.ClusterKeySlot(context.Background(), key).Result()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	slots, err := rc.ClusterSlots(context.Background()).Result()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, s := range slots {
+		if int64(s.Start) <= slot && slot <= int64(s.End) {
+			return s.Nodes[0].Addr
+		}
+	}
+	c.t.Fatalf("no node serves slot %d", slot)
+	return ""
+}

@@ -1,0 +1,178 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/server"
+)
+
+// The core delivery behaviour on a real 3-master Redis Cluster, for users
+// whose queues live on each of the three masters, and across two instances.
+func TestOnRedisCluster(t *testing.T) {
+	cl := testutil.StartCluster(t)
+	rc := cl.Client()
+	var users []string // one user per master
+	masters := map[string]bool{}
+	for i := 0; len(users) < 3 && i < 1000; i++ {
+		u := fmt.Sprint("c", i)
+		if m := cl.MasterOf("user_" + u + "_messages"); !masters[m] {
+			masters[m] = true
+			users = append(users, u)
+		}
+	}
+	if len(users) != 3 {
+		t.Fatalf("found users on %d masters, want 3", len(users))
+	}
+	g := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "cl-a", Format: server.FormatRaw})
+	coreDelivery(t, g, users)
+
+	t.Run("relay across instances", func(t *testing.T) {
+		h := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "cl-b", Format: server.FormatRaw})
+		var nodes []*redis.Client
+		for _, n := range cl.Nodes {
+			nodes = append(nodes, n.Client())
+		}
+		// A fresh user: relays cross the cluster bus with a lag of up to
+		// ~40 ms here, so a new subscriber of a user who was just busy can
+		// also get batches popped a moment before it subscribed.
+		everyConnectionGetsEveryMessage(t, rc, nodes, "fresh", g, h)
+	})
+}
+
+// The core delivery behaviour through a Sentinel, then a master failover
+// while a producer pushes: delivery resumes and nothing Redis acknowledged
+// as replicated (WAIT 1) is lost.
+func TestOnRedisSentinel(t *testing.T) {
+	sn := testutil.StartSentinel(t)
+	rc := sn.Client()
+	g := startGatewayAt(t, sn.URL(), rc, server.Config{Instance: "sn", Format: server.FormatRaw})
+	coreDelivery(t, g, []string{"s1", "s2"})
+
+	t.Run("failover", func(t *testing.T) {
+		c := g.dialReady("f")
+		failedOver := make(chan struct{})
+		acked := make(chan string, 100000)
+		retries := 0
+		go func() { // the producer: every 2 ms until 50 messages after the failover
+			defer close(acked)
+			tick := time.NewTicker(2 * time.Millisecond)
+			defer tick.Stop()
+			after := -1
+			for i := 0; after < 50 && i < cap(acked); i++ {
+				<-tick.C
+				m := fmt.Sprint("f-", i)
+				for !pushReplicated(t.Context(), rc, "user_f_messages", m) {
+					retries++
+					<-tick.C
+				}
+				acked <- m
+				select {
+				case <-failedOver:
+					after++
+				default:
+				}
+			}
+		}()
+		seen := map[string]bool{}
+		for len(seen) < 100 { // delivery runs before the failover
+			seen[c.MustRead()] = true
+		}
+		began := time.Now()
+		sn.Failover()
+		close(failedOver)
+		t.Logf("failover took %v", time.Since(began))
+		var want []string
+		for m := range acked {
+			want = append(want, m)
+		}
+		produced := time.Since(began)
+		for len(seen) < len(want) {
+			seen[c.MustRead()] = true
+		}
+		for _, m := range want {
+			if !seen[m] {
+				t.Fatalf("%q was acknowledged by Redis and its replica but never delivered", m)
+			}
+		}
+		t.Logf("%d messages, %d pushes retried; the producer was done %v after the failover began, the client had all %v after",
+			len(want), retries, produced, time.Since(began))
+	})
+}
+
+// pushReplicated LPUSHes m and WAITs for one replica to acknowledge it, on
+// one connection (WAIT counts the writes of its own connection). It reports
+// false when either failed, as during a failover: the producer retries,
+// which may push m twice, never zero times.
+func pushReplicated(ctx context.Context, rc interface {
+	Pipelined(context.Context, func(redis.Pipeliner) error) ([]redis.Cmder, error)
+}, key, m string) bool {
+	var wait *redis.Cmd
+	_, err := rc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.LPush(ctx, key, m)
+		wait = p.Do(ctx, "WAIT", 1, 200) // one replica, 200 ms
+		return nil
+	})
+	n, _ := wait.Int64()
+	return err == nil && n >= 1
+}
+
+// coreDelivery runs the core behaviour against g for users: backlog in
+// order on connect, the greeting and echo, FIFO pushes, two tabs, and the
+// consumer stopping when the user leaves, with later messages kept.
+func coreDelivery(t *testing.T, g *gateway, users []string) {
+	t.Run("core delivery", func(t *testing.T) {
+		backlog := testutil.Seq("old", 20)
+		for _, u := range users {
+			g.push(u, backlog...)
+		}
+		conns := map[string]*testutil.Client{}
+		for _, u := range users {
+			conns[u] = g.dialReady(u)
+			expect(t, conns[u], backlog)
+			conns[u].Send("hi")
+			expect(t, conns[u], []string{"hello"})
+		}
+		msgs := testutil.Seq("new", 100)
+		for _, m := range msgs { // one LPUSH each: many small batches
+			for _, u := range users {
+				g.push(u, u+m)
+			}
+		}
+		for _, u := range users {
+			for _, m := range msgs {
+				expect(t, conns[u], []string{u + m})
+			}
+		}
+		u := users[0]
+		tab2 := g.dialReady(u)
+		g.push(u, "both")
+		expect(t, conns[u], []string{"both"})
+		expect(t, tab2, []string{"both"})
+
+		for _, c := range conns {
+			c.SendClose()
+		}
+		tab2.Reset()
+		g.awaitConsumers(0, 5*time.Second)
+		g.push(u, "later")
+		if n, err := g.rc.LLen(t.Context(), "user_"+u+"_messages").Result(); err != nil || n != 1 {
+			t.Fatalf("queue length = %d (%v), want the message to wait in Redis", n, err)
+		}
+		expect(t, g.dialReady(u), []string{"later"})
+	})
+}
+
+func expect(t *testing.T, c *testutil.Client, want []string) {
+	t.Helper()
+	for _, w := range want {
+		if got := c.MustRead(); got != w {
+			t.Fatalf("got %q, want %q", got, w)
+		}
+	}
+}
