@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,7 +47,8 @@ type Queue struct {
 	batch     int
 	round     time.Duration
 	wakeRound time.Duration
-	noWake    atomic.Bool // the server has no CLIENT ID / CLIENT UNBLOCK
+	noWake    atomic.Bool   // the server has no CLIENT ID / CLIENT UNBLOCK
+	token     atomic.Uint64 // the last ackPop token; starts at random
 }
 
 // ackPop drops the processing list KEYS[2] (the previous batch was
@@ -56,11 +58,26 @@ type Queue struct {
 // script: one round trip per batch, ack included.
 //
 // Before dropping a delivered batch it publishes it on the relay channel
-// ARGV[3] (a channel is not a key, so it is not in KEYS), so that other instances holding connections of the same user
-// write it to them too: "<origin instance>\n" then each message, oldest
-// first, as "<length>:<bytes>" (binary safe). With nobody subscribed, Redis
-// drops it at once.
+// ARGV[3] (a channel is not a key, so it is not in KEYS), so that other
+// instances holding connections of the same user write it to them too:
+// "<origin instance>\n" then each message, oldest first, as
+// "<length>:<bytes>" (binary safe). With nobody subscribed, Redis drops it at
+// once.
+//
+// Run twice, the script would ack the batch the first run popped and nobody
+// delivered, and go-redis does run a command twice when the connection
+// breaks between the request and the reply (a cluster client retries such
+// errors whatever MaxRetries says). So each call carries a token ARGV[4]
+// that the script stores in the fence key KEYS[3] for a minute; a call whose
+// token is already there is such a retry, and gets the batch the first run
+// popped, still in the processing list, instead.
 var ackPop = redis.NewScript(`
+local out = {}
+if redis.call('GET', KEYS[3]) == ARGV[4] then
+  local held = redis.call('LRANGE', KEYS[2], 0, -1)
+  for i = #held, 1, -1 do out[#out + 1] = held[i] end
+  return out
+end
 local prev = redis.call('LRANGE', KEYS[2], 0, -1)
 if #prev > 0 then
   local parts = {ARGV[2], '\n'}
@@ -70,11 +87,13 @@ if #prev > 0 then
   redis.call('PUBLISH', ARGV[3], table.concat(parts))
   redis.call('DEL', KEYS[2])
 end
-local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not v then break end
   out[i] = v
+end
+if #out > 0 then
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', 60000)
 end
 return out`)
 
@@ -109,13 +128,17 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	if cfg.WakeRound <= 0 {
 		cfg.WakeRound = 10 * time.Second
 	}
-	return &Queue{
+	q := &Queue{
 		blocking: blocking, cmd: cmd,
 		prefix: prefix, suffix: suffix,
 		procTail: "}:processing:" + cfg.Instance,
 		instance: cfg.Instance,
 		batch:    cfg.Batch, round: cfg.Round, wakeRound: cfg.WakeRound,
-	}, nil
+	}
+	// Random, so that a restart of the same instance does not reuse the
+	// token of a call made just before it died.
+	q.token.Store(rand.Uint64())
+	return q, nil
 }
 
 // Key returns the queue key of user, e.g. "user_42_messages".
@@ -151,12 +174,22 @@ func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {
 }
 
 func (q *Queue) ackPop(ctx context.Context, user string, n int) ([]string, error) {
-	keys := []string{q.Key(user), q.ProcessingKey(user)}
-	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user)).StringSlice()
+	return q.ackPopToken(ctx, user, n, q.token.Add(1))
+}
+
+func (q *Queue) ackPopToken(ctx context.Context, user string, n int, token uint64) ([]string, error) {
+	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user)}
+	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
 	return msgs, err
+}
+
+// fenceKey holds the token of the last ackPop of user on this instance,
+// e.g. "{user_42_messages}:ack:host-9502".
+func (q *Queue) fenceKey(user string) string {
+	return "{" + q.Key(user) + "}:ack:" + q.instance
 }
 
 // RelayChannel is the pub/sub channel on which acknowledged batches of user

@@ -308,3 +308,27 @@ func TestAckRelaysTheDeliveredBatch(t *testing.T) {
 		}
 	}
 }
+
+// go-redis runs a command again when the connection broke before the reply
+// came; AckPop run twice must not ack the batch its first run popped.
+func TestReplayedAckPopReturnsTheSameBatch(t *testing.T) {
+	q, rds := newQueue(t, 2)
+	rc := rds.Client()
+	ctx := context.Background()
+	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3", "m4")
+	first, err := q.AckPopToken(ctx, "u", 2, 7)
+	if err != nil || !slices.Equal(first, []string{"m1", "m2"}) {
+		t.Fatalf("AckPop = %v, %v", first, err)
+	}
+	again, err := q.AckPopToken(ctx, "u", 2, 7) // the reply was lost; go-redis retries
+	if err != nil || !slices.Equal(again, first) {
+		t.Fatalf("replayed AckPop = %v, %v; want the same batch %v", again, err, first)
+	}
+	if q := rc.LRange(ctx, q.Key("u"), 0, -1).Val(); !slices.Equal(q, []string{"m4", "m3"}) {
+		t.Fatalf("queue = %v after the replay, want it untouched", q)
+	}
+	next, err := q.AckPopToken(ctx, "u", 2, 8)
+	if err != nil || !slices.Equal(next, []string{"m3", "m4"}) {
+		t.Fatalf("next AckPop = %v, %v", next, err)
+	}
+}
