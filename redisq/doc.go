@@ -2,10 +2,11 @@
 //
 // Producers LPUSH into a user's queue (user_{id}_messages by default); the
 // oldest message sits at the right end. A consumer takes messages with
-// [Queue.Pop], which moves them atomically (BLMOVE / LMOVE) from the right of
-// the queue into a processing list owned by this instance and this user. After
-// the messages were written to the user's sockets the consumer calls
-// [Queue.Ack], which drops the processing list; if the write failed it calls
+// [Queue.AckPop] (a batch, LMOVE in a script) or [Blocker.Pop] (BLMOVE when
+// the queue is empty), which move them atomically from the right of the queue
+// into a processing list owned by this instance and this user. After the
+// messages were written to the user's sockets, the consumer's next AckPop (or
+// [Queue.Ack]) drops the processing list; if the write failed it calls
 // [Queue.Requeue], which moves them back to the right end of the queue, oldest
 // last so that it is read first again. A message is therefore always in exactly
 // one of the two lists until it was delivered: a crash between pop and write
@@ -19,12 +20,20 @@
 // Blocking: each consumer pops through its own [Blocker], a dedicated
 // connection whose CLIENT ID lets [Blocker.Wake] end a blocked BLMOVE at
 // once (CLIENT UNBLOCK). Consumers therefore block in long rounds and still
-// stop at once when their user leaves; where a dedicated connection is not
-// available (cluster clients) they block in 1 s rounds instead.
+// stop at once when their user leaves; on a cluster the connection goes to
+// the master of the user's slot. Where CLIENT ID is refused (the embedded
+// quick-start Redis) they block in 1 s rounds instead.
 //
-// Entry points: [Dial] builds the two go-redis clients the design asks for
-// (one sized for blocking consumers, one small for commands); [New] builds a
-// [Queue] over them.
+// Several instances: the ack script publishes each acknowledged batch on the
+// user's relay channel ([Queue.RelayChannel], [ParseRelay]); a token fences
+// it so that a go-redis retry cannot ack a batch nobody delivered. An
+// instance that died for good is found by its expired heartbeat
+// ([Queue.Heartbeat], [Queue.ReclaimDead]).
+//
+// Entry points: [Dial] parses a -redis URL ([ParseEndpoint]: one server, a
+// Sentinel-managed master, or a Cluster) and builds the two go-redis clients
+// the design asks for (one sized for blocking consumers, one small for
+// commands); [New] builds a [Queue] over them.
 //
 // Concurrency: a Queue is safe for concurrent use. The processing list of a
 // user is owned by one consumer at a time: callers must not run Pop, Ack or

@@ -29,4 +29,11 @@
 //     or, where that is unavailable, within one 1 s round. It never writes
 //     to a connection of another user: connections are found through the
 //     user's own session only, and fds are never reused.
+//   - Several instances on one Redis (relay.go): an instance subscribes to
+//     the relay channel of each user online there; the ack script publishes
+//     every acknowledged batch on it, and the relay goroutine writes what
+//     other instances published to the local connections of that user, each
+//     batch on a goroutine of its own (at most 1,024 at once), so a slow
+//     client holds up neither the relay nor the consumer. Subscription
+//     changes are made by one goroutine, never under the hub's lock.
 package server
