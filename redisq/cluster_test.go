@@ -25,14 +25,7 @@ func TestQueueOnACluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	var users []string
-	masters := map[string]bool{}
-	for i := 0; len(users) < 3; i++ {
-		if u := fmt.Sprint("u", i); !masters[cl.MasterOf(q.Key(u))] {
-			masters[cl.MasterOf(q.Key(u))] = true
-			users = append(users, u)
-		}
-	}
+	users := cl.UsersOnEachMaster("u", q.Key)
 	for _, u := range users {
 		b := q.Blocker()
 		popped := make(chan error, 1)

@@ -96,3 +96,22 @@ func (c *Cluster) MasterOf(key string) string {
 	c.t.Fatalf("no node serves slot %d", slot)
 	return ""
 }
+
+// UsersOnEachMaster returns three user ids whose queues, named by key, live
+// on the three different masters.
+func (c *Cluster) UsersOnEachMaster(prefix string, key func(user string) string) []string {
+	c.t.Helper()
+	var users []string
+	masters := map[string]bool{}
+	for i := 0; len(users) < len(c.Nodes) && i < 1000; i++ {
+		u := prefix + strconv.Itoa(i)
+		if m := c.MasterOf(key(u)); !masters[m] {
+			masters[m] = true
+			users = append(users, u)
+		}
+	}
+	if len(users) != len(c.Nodes) {
+		c.t.Fatalf("found users on %d masters, want %d", len(users), len(c.Nodes))
+	}
+	return users
+}
