@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -16,8 +17,9 @@ import (
 // server. A consumer then notices at once that its user left or that the
 // server shuts down, and an idle user costs one command per long round (10 s)
 // instead of one a second. On a cluster the connection goes to the master of
-// the user's slot; when the slot moves, BLMOVE fails with MOVED, and the next
-// Pop dials the new master once go-redis has reloaded the slot map. Where
+// the user's slot; when the slot moves, BLMOVE fails with MOVED, Pop returns
+// [ErrSlotMoved] after asking go-redis to reload the slot map, and the next
+// Pop dials the new master. Where
 // CLIENT ID is refused (the embedded quick-start Redis) Wake reports false
 // and rounds stay short (1 s).
 //
@@ -49,6 +51,12 @@ func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
 				// A broken dedicated connection stays broken: dial a new
 				// one (with a new CLIENT ID) next time.
 				b.reset()
+			}
+			if isRedirect(err) {
+				// The slot moved: let both cluster clients learn where,
+				// so that the next Pop blocks on the new master.
+				b.q.reloadSlots(ctx)
+				err = fmt.Errorf("%w: %v", ErrSlotMoved, err)
 			}
 			return msgs, err
 		}
@@ -83,6 +91,27 @@ func (b *Blocker) conn(ctx context.Context, user string) (*redis.Conn, error) {
 	}
 	b.cn, b.id, b.unblock = cn, id, cmd
 	return cn, nil
+}
+
+// isRedirect reports whether err is a cluster node's MOVED or ASK answer.
+func isRedirect(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	msg := rerr.Error()
+	return strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")
+}
+
+// reloadSlots makes the cluster clients, if any, reload the slot map in the
+// background (go-redis only does so by itself when a command through the
+// cluster client meets a redirect, or once a minute).
+func (q *Queue) reloadSlots(ctx context.Context) {
+	for _, c := range []redis.UniversalClient{q.blocking, q.cmd} {
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			cc.ReloadState(ctx)
+		}
+	}
 }
 
 // servers returns the blocking and the command client of the server that

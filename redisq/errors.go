@@ -13,6 +13,9 @@ var (
 	ErrBadURL = errors.New("redisq: bad redis URL")
 	// errBadRelay: a relay publication that ParseRelay cannot read.
 	errBadRelay = errors.New("redisq: malformed relay message")
+	// ErrSlotMoved is returned by Blocker.Pop when the user's cluster slot
+	// moved to another master: not an outage; the next Pop blocks there.
+	ErrSlotMoved = errors.New("redisq: cluster slot moved")
 	// ErrUnreachable is returned by Dial when Redis does not answer PING.
 	ErrUnreachable = errors.New("redisq: redis unreachable")
 )

@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"time"
+
+	"github.com/redpush/redpush/redisq"
 )
 
 // consume is the task of one online user: pop a batch, write it to every
@@ -50,7 +53,11 @@ func (h *hub) consume(ctx context.Context, s *session) {
 			msgs, err = b.Pop(ctx, s.user)
 		}
 		if err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, redisq.ErrSlotMoved):
+				h.log.Debug("cluster slot moved", "user", s.user, "err", err)
+			default:
 				h.health.fail(err)
 			}
 			// Whether the ack happened, and whether Redis moved messages

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,6 +32,59 @@ func TestOnRedisCluster(t *testing.T) {
 		// ~40 ms here, so a new subscriber of a user who was just busy can
 		// also get batches popped a moment before it subscribed.
 		everyConnectionGetsEveryMessage(t, rc, nodes, "fresh", g, h)
+	})
+
+	t.Run("slot moves while delivering", func(t *testing.T) {
+		// A gateway of its own, whose Redis clients carry a name, so that
+		// CLIENT LIST tells its one consumer from the others.
+		k := startGatewayAt(t, cl.URL()+"&client_name=mv-gw", rc, server.Config{Instance: "cl-c", Format: server.FormatRaw})
+		c := k.dialReady("mv")
+		const total = 300
+		moved := make(chan struct{})
+		go func() { // the producer, through the cluster client, which follows the slot
+			defer close(moved)
+			tick := time.NewTicker(2 * time.Millisecond)
+			defer tick.Stop()
+			for i := range total {
+				<-tick.C
+				for rc.LPush(t.Context(), "user_mv_messages", fmt.Sprint("mv-", i)).Err() != nil {
+					<-tick.C
+				}
+			}
+		}()
+		seen := map[string]bool{}
+		for len(seen) < total/3 {
+			seen[c.MustRead()] = true
+		}
+		from := cl.MasterOf("user_mv_messages")
+		to := cl.MoveSlotOf(t, "user_mv_messages")
+		t.Logf("moved the slot from %s to %s after %d messages", from, to, len(seen))
+		<-moved
+		for len(seen) < total {
+			seen[c.MustRead()] = true
+		}
+		for i := range total {
+			if m := fmt.Sprint("mv-", i); !seen[m] {
+				t.Fatalf("%s never arrived", m)
+			}
+		}
+		// Idle again, the consumer blocks on the new master, and a moved
+		// slot was not reported as an outage.
+		testutil.Eventually(t, 5*time.Second, func() error {
+			for _, n := range cl.Nodes {
+				blocked := false
+				for _, line := range strings.Split(n.Client().ClientList(t.Context()).Val(), "\n") {
+					blocked = blocked || strings.Contains(line, "name=mv-gw ") && strings.Contains(line, " flags=b ")
+				}
+				if blocked != (n.Addr() == to) {
+					return fmt.Errorf("%s: consumer blocked here %v, want it on %s only", n.Addr(), blocked, to)
+				}
+			}
+			return nil
+		})
+		if strings.Contains(k.logs.String(), "unreachable") {
+			t.Errorf("a moved slot was logged as an outage:\n%s", k.logs.String())
+		}
 	})
 }
 

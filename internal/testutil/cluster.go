@@ -115,3 +115,50 @@ func (c *Cluster) UsersOnEachMaster(prefix string, key func(user string) string)
 	}
 	return users
 }
+
+// MoveSlotOf migrates the slot of key to another master, keys and all, the
+// way redis-cli --cluster reshard does: IMPORTING on the target, MIGRATING
+// on the source, MIGRATE of every key in the slot, then SETSLOT NODE on
+// every node. It returns the new master's address; failures fail t.
+func (c *Cluster) MoveSlotOf(t testing.TB, key string) string {
+	t.Helper()
+	ctx := context.Background()
+	byAddr := map[string]*Redis{}
+	for _, n := range c.Nodes {
+		byAddr[n.Addr()] = n
+	}
+	src := byAddr[c.MasterOf(key)]
+	var dst *Redis
+	for _, n := range c.Nodes {
+		if n != src {
+			dst = n
+			break
+		}
+	}
+	sc, dc := src.Client(), dst.Client()
+	slot := sc.ClusterKeySlot(ctx, key).Val()
+	srcID, dstID := sc.Do(ctx, "CLUSTER", "MYID").Val(), dc.Do(ctx, "CLUSTER", "MYID").Val()
+	must := func(err error) {
+		if err != nil {
+			t.Fatalf("moving slot %d: %v", slot, err)
+		}
+	}
+	must(dc.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err())
+	must(sc.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err())
+	for {
+		keys, err := sc.ClusterGetKeysInSlot(ctx, int(slot), 100).Result()
+		must(err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", "127.0.0.1", dst.Port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must(sc.Do(ctx, args...).Err())
+	}
+	for _, n := range c.Nodes {
+		must(n.Client().Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	}
+	return dst.Addr()
+}
