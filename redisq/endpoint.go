@@ -66,6 +66,12 @@ func (e Endpoint) addrs() string {
 	return e.single.Addr
 }
 
+// NewClient returns a go-redis client for the endpoint with poolSize
+// connections (per node, on a cluster), for tools such as redpush-bench.
+func (e Endpoint) NewClient(poolSize int) redis.UniversalClient {
+	return e.client(tuning{poolSize: poolSize})
+}
+
 // tuning overrides pool options; zero fields keep the URL's (or go-redis's)
 // value.
 type tuning struct {

@@ -17,11 +17,18 @@ import (
 	"github.com/redpush/redpush/server"
 )
 
-// startGateway runs a redpush in-process on a loopback port.
+// startGateway runs a redpush in-process on a loopback port, on a fresh
+// redis-server.
 func startGateway(t *testing.T) (url, redisURL string) {
 	t.Helper()
-	rds := testutil.StartRedis(t)
-	clients, err := redisq.Dial(context.Background(), rds.URL(), 64)
+	return startGatewayAt(t, testutil.StartRedis(t).URL())
+}
+
+// startGatewayAt runs a redpush in-process on a loopback port, on the Redis
+// that redisURL names.
+func startGatewayAt(t *testing.T, redisURL string) (url, _ string) {
+	t.Helper()
+	clients, err := redisq.Dial(context.Background(), redisURL, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +45,24 @@ func startGateway(t *testing.T) (url, redisURL string) {
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return "ws://" + ln.Addr().String() + "/", rds.URL()
+	return "ws://" + ln.Addr().String() + "/", redisURL
+}
+
+// The bench's producers take the same -redis URL forms as redpush: here a
+// cluster, with users' queues on all three masters.
+func TestRunOnACluster(t *testing.T) {
+	url, redisURL := startGatewayAt(t, testutil.StartCluster(t).URL())
+	cfg, err := parseFlags([]string{"-url", url, "-redis", redisURL, "-users", "30", "-messages", "20"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Connected != 30 || r.Sent != 600 || r.Delivered != 600 || verdict(cfg, r) != "" {
+		t.Fatalf("result %+v", r)
+	}
 }
 
 func TestRunMatchesEveryMessage(t *testing.T) {

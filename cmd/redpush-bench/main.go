@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/redpush/redpush/redisq"
 )
 
 type config struct {
@@ -156,12 +156,11 @@ func cmpOr(a, b string) string {
 }
 
 func run(ctx context.Context, cfg *config) (*result, error) {
-	opt, err := redis.ParseURL(cfg.redis)
+	ep, err := redisq.ParseEndpoint(cfg.redis)
 	if err != nil {
 		return nil, fmt.Errorf("-redis: %v", err)
 	}
-	opt.PoolSize = cfg.producers + 2
-	rc := redis.NewClient(opt)
+	rc := ep.NewClient(cfg.producers + 2)
 	defer rc.Close()
 	if err := rc.Ping(ctx).Err(); err != nil {
 		return nil, fmt.Errorf("redis: %v", err)

@@ -13,7 +13,7 @@ import (
 // code would: one message per LPUSH, pipelined up to pipe commands.
 type producers struct {
 	cfg  *config
-	rc   *redis.Client
+	rc   redis.UniversalClient
 	sent []int64 // per user index; each user is owned by one producer
 	all  atomic.Int64
 	errs atomic.Int64

@@ -68,7 +68,7 @@ type serverStat struct {
 }
 
 func buildResult(ctx context.Context, cfg *config, tr *tracker, cs *clients, pr *producers, mon *monitor,
-	rc *redis.Client, start, sendDone time.Time, connectTime time.Duration) *result {
+	rc redis.UniversalClient, start, sendDone time.Time, connectTime time.Duration) *result {
 	h := tr.merged()
 	r := &result{
 		Schema: 1, URL: cfg.url, Users: cfg.users, ConnsPerUser: cfg.connsPerUser, Payload: cfg.payload, Rate: cfg.rate,
@@ -98,7 +98,7 @@ func latencyOf(h *hdrhistogram.Histogram) latency {
 
 // countLost counts, per connection, messages sent to its user that it never
 // received and that are no longer in Redis (queue or processing lists).
-func countLost(ctx context.Context, cfg *config, cs *clients, pr *producers, rc *redis.Client) (lost, inRedis int64) {
+func countLost(ctx context.Context, cfg *config, cs *clients, pr *producers, rc redis.UniversalClient) (lost, inRedis int64) {
 	left := map[string]int64{} // user → messages still in Redis
 	for u := range cfg.users {
 		user := userName(cfg.firstUser + u)
