@@ -19,9 +19,8 @@ import (
 // instead of one a second. On a cluster the connection goes to the master of
 // the user's slot; when the slot moves, BLMOVE fails with MOVED, Pop returns
 // [ErrSlotMoved] after asking go-redis to reload the slot map, and the next
-// Pop dials the new master. Where
-// CLIENT ID is refused (the embedded quick-start Redis) Wake reports false
-// and rounds stay short (1 s).
+// Pop dials the new master. Where CLIENT ID is refused (the embedded
+// quick-start Redis) Wake reports false and rounds stay short (1 s).
 //
 // A Blocker is used by one consumer goroutine; Wake may be called from any.
 type Blocker struct {

@@ -23,7 +23,8 @@ type Clients struct {
 
 // Dial parses url (see [ParseEndpoint]), creates the clients for consumers
 // consumers, and checks that Redis answers. A plain redis:// URL that turns
-// out to point at a Redis Cluster node is served as a cluster.
+// out to point at a Redis Cluster node is served as the cluster, with that
+// node as the seed.
 func Dial(ctx context.Context, url string, consumers int) (*Clients, error) {
 	ep, err := ParseEndpoint(url)
 	if err != nil {
@@ -31,26 +32,39 @@ func Dial(ctx context.Context, url string, consumers int) (*Clients, error) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if ep.single != nil {
-		if ep, err = ep.detectCluster(pctx, url); err != nil {
-			return nil, err
-		}
+	c, err := ep.dial(pctx, consumers)
+	if err != nil || ep.single == nil {
+		return c, err
 	}
+	info, err := c.Command.Info(pctx, "cluster").Result()
+	if err != nil || !strings.Contains(info, "cluster_enabled:1") {
+		return c, nil // not a cluster node (or a server without INFO cluster)
+	}
+	c.Close()
+	o, err := redis.ParseClusterURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: a Redis Cluster node, but not a cluster URL: %v", ErrBadURL, url, err)
+	}
+	return Endpoint{cluster: o}.dial(pctx, consumers)
+}
+
+// dial creates the two clients of the endpoint and PINGs Redis.
+func (e Endpoint) dial(ctx context.Context, consumers int) (*Clients, error) {
 	c := &Clients{
-		Topology: ep.Topology(),
-		Command:  ep.client(tuning{}),
+		Topology: e.Topology(),
+		Command:  e.client(tuning{}),
 		// One idle consumer holds one connection for its whole life: 32
 		// KiB read and write buffers (the go-redis default) would cost 64
 		// KiB per online user. This client only sends BLMOVE and reads one
 		// message per reply; larger replies are still read in full, past
 		// the buffer. Consumers retry with their own capped backoff;
 		// go-redis retries would only hide an outage from them for longer.
-		Blocking: ep.client(tuning{poolSize: consumers, readBuf: 1024, writeBuf: 512,
+		Blocking: e.client(tuning{poolSize: consumers, readBuf: 1024, writeBuf: 512,
 			pipelinePool: -1, poolTimeout: 2 * time.Second, maxRetries: -1}),
 	}
-	if err := c.Command.Ping(pctx).Err(); err != nil {
+	if err := c.Command.Ping(ctx).Err(); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, ep.addrs(), err)
+		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, e.addrs(), err)
 	}
 	return c, nil
 }
@@ -73,20 +87,4 @@ type slogLogger struct{ log *slog.Logger }
 
 func (l slogLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.log.DebugContext(ctx, "go-redis: "+fmt.Sprintf(format, v...))
-}
-
-// detectCluster asks a single server whether it is a cluster node and, if
-// so, returns the cluster form of url with that node as the seed.
-func (e Endpoint) detectCluster(ctx context.Context, url string) (Endpoint, error) {
-	c := e.client(tuning{poolSize: 1})
-	defer c.Close()
-	info, err := c.Info(ctx, "cluster").Result()
-	if err != nil || !strings.Contains(info, "cluster_enabled:1") {
-		return e, nil // not a cluster, or unreachable: Dial's PING reports that
-	}
-	o, err := redis.ParseClusterURL(url)
-	if err != nil {
-		return e, fmt.Errorf("%w %q: a Redis Cluster node, but not a cluster URL: %v", ErrBadURL, url, err)
-	}
-	return Endpoint{cluster: o}, nil
 }

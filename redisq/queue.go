@@ -72,17 +72,16 @@ type Queue struct {
 // token is already there is such a retry, and gets the batch the first run
 // popped, still in the processing list, instead.
 var ackPop = redis.NewScript(`
+local held = redis.call('LRANGE', KEYS[2], 0, -1)
 local out = {}
 if redis.call('GET', KEYS[3]) == ARGV[4] then
-  local held = redis.call('LRANGE', KEYS[2], 0, -1)
   for i = #held, 1, -1 do out[#out + 1] = held[i] end
   return out
 end
-local prev = redis.call('LRANGE', KEYS[2], 0, -1)
-if #prev > 0 then
+if #held > 0 then
   local parts = {ARGV[2], '\n'}
-  for i = #prev, 1, -1 do
-    parts[#parts + 1] = #prev[i] .. ':' .. prev[i]
+  for i = #held, 1, -1 do
+    parts[#parts + 1] = #held[i] .. ':' .. held[i]
   end
   redis.call('PUBLISH', ARGV[3], table.concat(parts))
   redis.call('DEL', KEYS[2])
