@@ -152,9 +152,7 @@ func TestOnRedisSentinel(t *testing.T) {
 // one connection (WAIT counts the writes of its own connection). It reports
 // false when either failed, as during a failover: the producer retries,
 // which may push m twice, never zero times.
-func pushReplicated(ctx context.Context, rc interface {
-	Pipelined(context.Context, func(redis.Pipeliner) error) ([]redis.Cmder, error)
-}, key, m string) bool {
+func pushReplicated(ctx context.Context, rc redis.Cmdable, key, m string) bool {
 	var wait *redis.Cmd
 	_, err := rc.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.LPush(ctx, key, m)

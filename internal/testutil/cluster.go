@@ -123,16 +123,13 @@ func (c *Cluster) UsersOnEachMaster(prefix string, key func(user string) string)
 func (c *Cluster) MoveSlotOf(t testing.TB, key string) string {
 	t.Helper()
 	ctx := context.Background()
-	byAddr := map[string]*Redis{}
+	from := c.MasterOf(key)
+	var src, dst *Redis
 	for _, n := range c.Nodes {
-		byAddr[n.Addr()] = n
-	}
-	src := byAddr[c.MasterOf(key)]
-	var dst *Redis
-	for _, n := range c.Nodes {
-		if n != src {
+		if n.Addr() == from {
+			src = n
+		} else if dst == nil {
 			dst = n
-			break
 		}
 	}
 	sc, dc := src.Client(), dst.Client()
