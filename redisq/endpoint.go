@@ -67,9 +67,11 @@ func (e Endpoint) addrs() string {
 }
 
 // NewClient returns a go-redis client for the endpoint with poolSize
-// connections (per node, on a cluster), for tools such as redpush-bench.
+// connections (per node, on a cluster), for tools such as redpush-bench. It
+// never re-sends a command after a network error (MaxRetries -1): a caller
+// that must know how often an LPUSH ran cannot have go-redis repeat it.
 func (e Endpoint) NewClient(poolSize int) redis.UniversalClient {
-	return e.client(tuning{poolSize: poolSize})
+	return e.client(tuning{poolSize: poolSize, maxRetries: -1})
 }
 
 // tuning overrides pool options; zero fields keep the URL's (or go-redis's)

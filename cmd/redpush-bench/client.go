@@ -139,12 +139,12 @@ func (cs *clients) read(c net.Conn, r *bufio.Reader, st *connState, greeted chan
 			close(greeted)
 			continue
 		}
-		user, seq, nanos, err := parseFrame(cs.cfg.format, p)
+		s, err := parseFrame(cs.cfg.format, p)
 		if err != nil {
 			cs.tr.garbage.Add(1)
 			continue
 		}
-		cs.tr.record(st, user, seq, nanos, now)
+		cs.tr.record(st, s, now)
 	}
 }
 

@@ -4,58 +4,108 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
-// monitor prints one progress line a second, records the latency timeline
-// and samples the server process.
+// monitor prints one progress line a second, records the latency timeline,
+// and samples the server's process tree, the Redis processes and Redis's
+// client counts.
+//
+// CPU per message divides like with like: the CPU spent between markFrom
+// (sending starts; for a backlog drain, connecting starts) and markTo (the
+// last message arrived, or the grace period ran out) by the messages
+// delivered in that interval.
 type monitor struct {
-	cfg  *config
-	tr   *tracker
-	cs   *clients
-	pr   *producers
-	t0   time.Time
-	done chan struct{}
-	wg   sync.WaitGroup
+	cfg       *config
+	tr        *tracker // nil in a -spawn parent: the children print progress
+	cs        *clients
+	pr        *producers
+	rc        redis.UniversalClient
+	redisPIDs []int
+	t0        time.Time
+	done      chan struct{}
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
 
 	mu                         sync.Mutex
+	haveServer, haveRedis      bool
+	procs                      int
 	rssStart, rssIdle, rssPeak int64
 	rssEnd                     int64
-	cpuStart, cpuEnd           float64
-	cpuSendStart               float64
-	haveServer                 bool
+	cpuFrom, cpuTo             usage
+	stopped                    bool // markTo was called: cpuTo is final
+	clients                    clientStat
 }
 
-func newMonitor(cfg *config, tr *tracker, cs *clients, pr *producers) *monitor {
-	m := &monitor{cfg: cfg, tr: tr, cs: cs, pr: pr, t0: time.Now(), done: make(chan struct{})}
-	if s, ok := m.sample(); ok {
-		m.rssStart, m.rssPeak, m.cpuStart, m.haveServer = s.rss, s.rss, s.cpu, true
+// usage is CPU seconds of the server tree and of Redis at one moment.
+type usage struct{ server, redis float64 }
+
+func newMonitor(ctx context.Context, cfg *config, tr *tracker, cs *clients, pr *producers, rc redis.UniversalClient) *monitor {
+	m := &monitor{cfg: cfg, tr: tr, cs: cs, pr: pr, rc: rc, t0: time.Now(), done: make(chan struct{})}
+	switch {
+	case len(cfg.redisPIDs) > 0:
+		m.redisPIDs = cfg.redisPIDs
+	case !cfg.child && rc != nil:
+		m.redisPIDs, _ = findRedisPIDs(ctx, rc)
 	}
+	if s, ok := m.sample(); ok {
+		m.rssStart, m.rssPeak, m.haveServer = s.rss, s.rss, true
+	}
+	m.markFrom()
 	return m
 }
 
+// sample reads the server tree and the Redis processes, and keeps the
+// latest CPU figures in cpuTo until markTo freezes them.
 func (m *monitor) sample() (procSample, bool) {
-	if m.cfg.serverPID == 0 {
-		return procSample{}, false
+	var s procSample
+	ok := false
+	if m.cfg.serverPID != 0 {
+		s, ok = sampleTree(m.cfg.serverPID)
 	}
-	s, ok := sampleProc(m.cfg.serverPID)
+	r, rok := sampleProcs(m.redisPIDs)
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if ok {
-		m.mu.Lock()
 		m.rssPeak = max(m.rssPeak, s.rss)
-		m.rssEnd, m.cpuEnd = s.rss, s.cpu
-		m.mu.Unlock()
+		m.rssEnd, m.procs = s.rss, max(m.procs, s.procs)
+		if !m.stopped {
+			m.cpuTo.server = s.cpu
+		}
+	}
+	if rok {
+		m.haveRedis = true
+		if !m.stopped {
+			m.cpuTo.redis = r.cpu
+		}
 	}
 	return s, ok
 }
 
-func (m *monitor) markConnected() { m.sample() }
+// markFrom starts the CPU interval.
+func (m *monitor) markFrom() {
+	m.sample()
+	m.mu.Lock()
+	m.cpuFrom = m.cpuTo
+	m.mu.Unlock()
+}
 
 // markIdle records the RSS with every connection open and idle.
 func (m *monitor) markIdle() {
 	if s, ok := m.sample(); ok {
 		m.mu.Lock()
-		m.rssIdle, m.cpuSendStart = s.rss, s.cpu
+		m.rssIdle = s.rss
 		m.mu.Unlock()
 	}
+}
+
+// markTo ends the CPU interval: later samples only track RSS.
+func (m *monitor) markTo() {
+	m.sample()
+	m.mu.Lock()
+	m.stopped = true
+	m.mu.Unlock()
 }
 
 // start runs the monitor until stop.
@@ -79,8 +129,9 @@ func (m *monitor) run(ctx context.Context) {
 			return
 		}
 		m.sample()
+		m.sampleClients(ctx)
 		if m.tr == nil {
-			continue // a -spawn parent: the children print progress
+			continue
 		}
 		recv := m.tr.received.Load()
 		m.tr.snapshotWindow(time.Since(m.t0).Seconds(), win)
@@ -96,10 +147,37 @@ func (m *monitor) run(ctx context.Context) {
 	}
 }
 
+// sampleClients keeps the largest connected and blocked client counts
+// that Redis reported.
+func (m *monitor) sampleClients(ctx context.Context) {
+	if m.rc == nil || m.cfg.child {
+		return // a -spawn parent samples for its children
+	}
+	cc, ok := sampleClients(ctx, m.rc)
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	m.clients.Samples++
+	m.clients.ConnectedMax = max(m.clients.ConnectedMax, cc.connected)
+	m.clients.BlockedMax = max(m.clients.BlockedMax, cc.blocked)
+	m.mu.Unlock()
+}
+
+// stop ends the sampling; it may be called more than once.
 func (m *monitor) stop() {
-	close(m.done)
-	m.wg.Wait()
-	m.sample()
+	m.stopOnce.Do(func() {
+		close(m.done)
+		m.wg.Wait()
+		m.sample()
+	})
+}
+
+// cpuUsed is the CPU of the interval from markFrom to markTo (or to now).
+func (m *monitor) cpuUsed() usage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return usage{server: m.cpuTo.server - m.cpuFrom.server, redis: m.cpuTo.redis - m.cpuFrom.redis}
 }
 
 // serverStats turns the samples into the result's server figures.
@@ -108,15 +186,40 @@ func (m *monitor) serverStats(connected, delivered int64) serverStat {
 	if !m.haveServer {
 		return s
 	}
+	cpu := m.cpuUsed().server
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s.PID, s.RSSStart, s.RSSIdle, s.RSSPeak, s.RSSEnd = m.cfg.serverPID, m.rssStart, m.rssIdle, m.rssPeak, m.rssEnd
-	s.CPUSeconds = m.cpuEnd - m.cpuStart
+	s.PID, s.Processes = m.cfg.serverPID, m.procs
+	s.RSSStart, s.RSSIdle, s.RSSPeak, s.RSSEnd = m.rssStart, m.rssIdle, m.rssPeak, m.rssEnd
+	s.CPUSeconds = cpu
 	if connected > 0 {
 		s.RSSPerConn = (m.rssIdle - m.rssStart) / connected
 	}
 	if delivered > 0 {
-		s.CPUMicrosPerMsg = (m.cpuEnd - m.cpuSendStart) * 1e6 / float64(delivered)
+		s.CPUMicrosPerMsg = cpu * 1e6 / float64(delivered)
 	}
 	return s
+}
+
+// redisStats is Redis's CPU in the same interval, or nil when the Redis
+// processes are unknown (not on this machine, or in a container).
+func (m *monitor) redisStats(delivered int64) *redisStat {
+	m.mu.Lock()
+	have := m.haveRedis
+	m.mu.Unlock()
+	if !have {
+		return nil
+	}
+	cpu := m.cpuUsed().redis
+	r := &redisStat{PIDs: m.redisPIDs, CPUSeconds: cpu}
+	if delivered > 0 {
+		r.CPUMicrosPerMsg = cpu * 1e6 / float64(delivered)
+	}
+	return r
+}
+
+func (m *monitor) clientStats() clientStat {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.clients
 }

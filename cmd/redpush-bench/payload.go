@@ -7,13 +7,30 @@ import (
 	"strconv"
 )
 
-// makePayload builds "<user>|<seq>|<nanos>|" padded with 'x' to size.
-func makePayload(dst []byte, user string, seq int64, nanos int64, size int) []byte {
+// stamp is what a payload carries: whose it is, its place in the user's
+// sequence, when it was scheduled to be pushed (unix nanos) and how late
+// its producer actually pushed it (µs; 0 outside -rate mode).
+type stamp struct {
+	user      []byte
+	seq       int64
+	scheduled int64
+	lagMicros int64
+}
+
+// maxSeq bounds the sequence numbers a frame may claim, so that a garbled
+// frame cannot make the tracker allocate a huge bitset.
+const maxSeq = 1 << 32
+
+// makePayload builds "<user>|<seq>|<scheduled-nanos>|<lag-µs>|" padded with
+// 'x' to size.
+func makePayload(dst []byte, user string, seq, scheduled, lagMicros int64, size int) []byte {
 	dst = append(dst[:0], user...)
 	dst = append(dst, '|')
 	dst = strconv.AppendInt(dst, seq, 10)
 	dst = append(dst, '|')
-	dst = strconv.AppendInt(dst, nanos, 10)
+	dst = strconv.AppendInt(dst, scheduled, 10)
+	dst = append(dst, '|')
+	dst = strconv.AppendInt(dst, lagMicros, 10)
 	dst = append(dst, '|')
 	for len(dst) < size {
 		dst = append(dst, 'x')
@@ -26,36 +43,48 @@ var errFrame = errors.New("frame does not carry a bench payload")
 // swooleMarker ends the original's prefix "redis 的 <queue> 队列发送消息:".
 var swooleMarker = []byte("队列发送消息:")
 
-// parseFrame extracts user, seq and send time from a pushed frame without
-// allocating (except for json): the bench must not be what it measures.
-func parseFrame(format string, frame []byte) (user []byte, seq, nanos int64, err error) {
+// parseFrame extracts the stamp from a pushed frame without allocating
+// (except for json): the bench must not be what it measures.
+func parseFrame(format string, frame []byte) (stamp, error) {
 	p := frame
 	switch format {
 	case "swoole":
 		i := bytes.Index(p, swooleMarker)
 		if i < 0 {
-			return nil, 0, 0, errFrame
+			return stamp{}, errFrame
 		}
 		p = p[i+len(swooleMarker):]
 	case "json":
 		var v struct{ Data string }
 		if json.Unmarshal(p, &v) != nil {
-			return nil, 0, 0, errFrame
+			return stamp{}, errFrame
 		}
 		p = []byte(v.Data)
 	}
-	user, p, ok1 := bytes.Cut(p, sep)
-	seqB, p, ok2 := bytes.Cut(p, sep)
-	nanoB, _, ok3 := bytes.Cut(p, sep)
-	if !ok1 || !ok2 || !ok3 {
-		return nil, 0, 0, errFrame
+	return parsePayload(p)
+}
+
+// parsePayload reads a payload that makePayload built.
+func parsePayload(p []byte) (stamp, error) {
+	var s stamp
+	var f [3][]byte
+	var ok bool
+	if s.user, p, ok = bytes.Cut(p, sep); !ok {
+		return stamp{}, errFrame
 	}
-	seq, ok1 = atoi(seqB)
-	nanos, ok2 = atoi(nanoB)
-	if !ok1 || !ok2 {
-		return nil, 0, 0, errFrame
+	for i := range f {
+		if f[i], p, ok = bytes.Cut(p, sep); !ok {
+			return stamp{}, errFrame
+		}
 	}
-	return user, seq, nanos, nil
+	var ok1, ok2, ok3 bool
+	s.seq, ok1 = atoi(f[0])
+	s.scheduled, ok2 = atoi(f[1])
+	s.lagMicros, ok3 = atoi(f[2])
+	if !ok1 || !ok2 || !ok3 || s.seq >= maxSeq {
+		return stamp{}, errFrame
+	}
+	return s, nil
 }
 
 var sep = []byte("|")

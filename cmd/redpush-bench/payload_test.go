@@ -7,7 +7,7 @@ import (
 
 func TestPayloadRoundTripsThroughEveryFormat(t *testing.T) {
 	now := time.Now().UnixNano()
-	p := string(makePayload(nil, "42", 7, now, 100))
+	p := string(makePayload(nil, "42", 7, now, 1234, 100))
 	if len(p) != 100 {
 		t.Fatalf("payload is %d bytes, want 100", len(p))
 	}
@@ -16,13 +16,13 @@ func TestPayloadRoundTripsThroughEveryFormat(t *testing.T) {
 		"swoole": "redis 的 user_42_messages 队列发送消息:" + p,
 		"json":   `{"user":"42","queue":"user_42_messages","data":"` + p + `"}`,
 	} {
-		user, seq, nanos, err := parseFrame(format, []byte(frame))
-		if err != nil || string(user) != "42" || seq != 7 || nanos != now {
-			t.Errorf("%s: got %q %d %d %v", format, user, seq, nanos, err)
+		s, err := parseFrame(format, []byte(frame))
+		if err != nil || string(s.user) != "42" || s.seq != 7 || s.scheduled != now || s.lagMicros != 1234 {
+			t.Errorf("%s: got %+v %v", format, s, err)
 		}
 	}
-	for _, bad := range []string{"", "hello;\n", "hello", "42|x|1|", "42|1|", "42|1|1"} {
-		if _, _, _, err := parseFrame("raw", []byte(bad)); err == nil {
+	for _, bad := range []string{"", "hello;\n", "hello", "42|x|1|0|", "42|1|1|", "42|1|1|1", "42|99999999999|1|0|"} {
+		if _, err := parseFrame("raw", []byte(bad)); err == nil {
 			t.Errorf("parsed %q", bad)
 		}
 	}

@@ -13,20 +13,34 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/redpush/redpush/redisq"
 )
 
 // -spawn: one process may open 20,000 files here, so a run of more than
 // ~19,000 connections is split over child processes, each with its own
-// range of users. Children connect, report READY, and start sending when
-// every child is connected (GO on stdin), so that load begins at once.
+// range of users. The children move through the phases of a run together:
+// each reports a phase on stdout and, except after the last, waits for GO
+// on stdin; the parent samples the server between phases, so that its CPU
+// and memory figures cover the same interval as the children's messages.
+const (
+	phaseLoaded = "LOADED" // -backlog queued; about to connect
+	phaseReady  = "READY"  // connected (and held): about to send
+	phaseDone   = "DONE"   // every message arrived, or the grace ran out
+	goLine      = "GO"
+)
 
-const readyLine, goLine = "READY", "GO"
+var childIn = bufio.NewReader(os.Stdin)
 
-// awaitGo is the child's side of the barrier.
-func awaitGo() {
-	fmt.Println(readyLine)
-	line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+// childPhase is the child's side of the barrier.
+func childPhase(cfg *config, phase string) {
+	if !cfg.child {
+		return
+	}
+	fmt.Println(phase)
+	if phase == phaseDone {
+		return
+	}
+	line, _ := childIn.ReadString('\n')
 	if line != goLine+"\n" {
 		logf("redpush-bench: child: no GO from the parent (%q)", line)
 		os.Exit(2)
@@ -37,7 +51,27 @@ type childProc struct {
 	cmd   *exec.Cmd
 	out   string // its -json file
 	stdin io.WriteCloser
-	ready chan error
+	lines chan string // what it says on stdout
+}
+
+// await waits until every child reported phase.
+func await(kids []*childProc, phase string) error {
+	for _, k := range kids {
+		line, ok := <-k.lines
+		if !ok {
+			return fmt.Errorf("child %d exited before %s", k.cmd.Process.Pid, phase)
+		}
+		if line != phase {
+			return fmt.Errorf("child said %q, want %s", line, phase)
+		}
+	}
+	return nil
+}
+
+func release(kids []*childProc) {
+	for _, k := range kids {
+		fmt.Fprintln(k.stdin, goLine)
+	}
 }
 
 func runSpawned(ctx context.Context, cfg *config) (*result, error) {
@@ -50,53 +84,83 @@ func runSpawned(ctx context.Context, cfg *config) (*result, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	mon := newMonitor(cfg, nil, nil, nil) // samples the server; children print progress
-	mon.start(ctx)
+	ep, err := redisq.ParseEndpoint(cfg.redis)
+	if err != nil {
+		return nil, fmt.Errorf("-redis: %v", err)
+	}
+	rc := ep.NewClient(2)
+	defer rc.Close()
+	if err := checkUnused(ctx, cfg, rc, cfg.wipe); err != nil {
+		return nil, err
+	}
 	var kids []*childProc
+	defer func() {
+		for _, k := range kids {
+			_ = k.cmd.Process.Kill()
+			_ = k.cmd.Wait()
+		}
+	}()
 	per := (cfg.users + cfg.spawn - 1) / cfg.spawn
+	nKids := (cfg.users + per - 1) / per
 	for i, first := 0, cfg.firstUser; first < cfg.firstUser+cfg.users; i, first = i+1, first+per {
 		n := min(per, cfg.firstUser+cfg.users-first)
-		k, err := startChild(ctx, self, cfg, filepath.Join(dir, fmt.Sprint(i, ".json")), first, n)
+		k, err := startChild(ctx, self, cfg, filepath.Join(dir, fmt.Sprint(i, ".json")), first, n, nKids)
 		if err != nil {
 			return nil, err
 		}
 		kids = append(kids, k)
 	}
-	for _, k := range kids {
-		if err := <-k.ready; err != nil {
-			return nil, err
-		}
+	if err := await(kids, phaseLoaded); err != nil {
+		return nil, err
+	}
+	mon := newMonitor(ctx, cfg, nil, nil, nil, rc) // a drain's CPU counts from the first connect
+	mon.start(ctx)
+	defer mon.stop()
+	release(kids)
+	if err := await(kids, phaseReady); err != nil {
+		return nil, err
 	}
 	mon.markIdle()
-	for _, k := range kids {
-		fmt.Fprintln(k.stdin, goLine)
+	if cfg.backlog == 0 {
+		mon.markFrom()
 	}
+	release(kids)
+	if err := await(kids, phaseDone); err != nil {
+		return nil, err
+	}
+	mon.markTo()
+	var parts []*result
 	for _, k := range kids {
 		if err := k.cmd.Wait(); err != nil {
 			return nil, fmt.Errorf("child: %v", err)
 		}
-	}
-	mon.stop()
-	var parts []*result
-	for _, k := range kids {
-		b, err := os.ReadFile(k.out)
+		r, err := readResult(k.out)
 		if err != nil {
 			return nil, err
 		}
-		var r result
-		if err := json.Unmarshal(b, &r); err != nil {
-			return nil, err
-		}
-		parts = append(parts, &r)
+		parts = append(parts, r)
 	}
+	kids = nil
 	return merge(cfg, parts, mon), nil
 }
 
-func startChild(ctx context.Context, self string, cfg *config, out string, first, users int) (*childProc, error) {
+func readResult(path string) (*result, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r result
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return &r, nil
+}
+
+func startChild(ctx context.Context, self string, cfg *config, out string, first, users, kids int) (*childProc, error) {
 	// Rates are totals: each child takes its share.
 	args := append(childArgs(os.Args[1:]), "-child", "-json", out,
 		"-first-user", strconv.Itoa(first), "-users", strconv.Itoa(users),
-		"-rate", strconv.Itoa(cfg.rate/cfg.spawn), "-connect-rate", strconv.Itoa(cfg.connectRate/cfg.spawn))
+		"-rate", strconv.Itoa(cfg.rate/kids), "-connect-rate", strconv.Itoa(cfg.connectRate/kids))
 	cmd := exec.CommandContext(ctx, self, args...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -110,28 +174,28 @@ func startChild(ctx context.Context, self string, cfg *config, out string, first
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	k := &childProc{cmd: cmd, out: out, stdin: stdin, ready: make(chan error, 1)}
+	k := &childProc{cmd: cmd, out: out, stdin: stdin, lines: make(chan string, 4)}
 	go func() {
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err == nil && line != readyLine+"\n" {
-			err = fmt.Errorf("child said %q", line)
+		defer close(k.lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			k.lines <- sc.Text()
 		}
-		k.ready <- err
-		_, _ = io.Copy(io.Discard, stdout)
 	}()
 	return k, nil
 }
 
-// childArgs drops the flags the parent sets for each child.
+// childArgs drops the flags the parent sets for each child, and those only
+// the parent acts on (the parent checks or wipes the queues of all users).
 func childArgs(args []string) []string {
-	drop := map[string]bool{"spawn": true, "json": true, "report": true, "server-pid": true,
-		"users": true, "first-user": true, "rate": true, "connect-rate": true}
+	drop := map[string]bool{"spawn": true, "json": true, "report": true, "hgrm": true, "server-pid": true,
+		"redis-pid": true, "users": true, "first-user": true, "rate": true, "connect-rate": true, "wipe": true}
 	var out []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		name, _, hasValue := cut(a, '=')
 		if drop[trimDashes(name)] {
-			if !hasValue {
+			if !hasValue && !isBoolFlag(trimDashes(name)) {
 				i++ // the value is the next argument
 			}
 			continue
@@ -140,6 +204,8 @@ func childArgs(args []string) []string {
 	}
 	return out
 }
+
+func isBoolFlag(name string) bool { return name == "wipe" }
 
 func trimDashes(s string) string {
 	for len(s) > 0 && s[0] == '-' {
@@ -158,29 +224,19 @@ func cut(s string, c byte) (string, string, bool) {
 }
 
 // merge adds the children's counts, merges their latency histograms, and
-// takes the server figures from the parent's own sampling.
+// takes the server and Redis figures from the parent's own sampling.
 func merge(cfg *config, parts []*result, mon *monitor) *result {
-	r := &result{Schema: 1, URL: cfg.url, Users: cfg.users, ConnsPerUser: cfg.connsPerUser,
+	r := &result{Schema: schema, URL: cfg.url, Users: cfg.users, ConnsPerUser: cfg.connsPerUser,
 		Payload: cfg.payload, Rate: cfg.rate, Backlog: cfg.backlog}
-	h := newHist()
+	h, raw := newHist(), newHist()
 	bySecond := map[int]*timePoint{}
 	for _, p := range parts {
-		r.Connected += p.Connected
-		r.ConnectFailed += p.ConnectFailed
-		r.ConnectSeconds = max(r.ConnectSeconds, p.ConnectSeconds)
-		r.Sent += p.Sent
-		r.ProducerErrors += p.ProducerErrors
-		r.Delivered += p.Delivered
-		r.Lost += p.Lost
-		r.StillInRedis += p.StillInRedis
-		r.Duplicated += p.Duplicated
-		r.OutOfOrder += p.OutOfOrder
-		r.Misdelivered += p.Misdelivered
-		r.Garbage += p.Garbage
-		r.SendSeconds = max(r.SendSeconds, p.SendSeconds)
-		r.DeliverSeconds = max(r.DeliverSeconds, p.DeliverSeconds)
-		if ph, err := hdrhistogram.Decode([]byte(p.Histogram)); err == nil {
+		addCounts(r, p)
+		if ph, err := decodeHist(p.Histogram); err == nil {
 			h.Merge(ph)
+		}
+		if ph, err := decodeHist(p.HistogramUncorrected); err == nil {
+			raw.Merge(ph)
 		}
 		// Per second, the worst child's percentiles: conservative.
 		for _, tp := range p.Timeline {
@@ -200,10 +256,33 @@ func merge(cfg *config, parts []*result, mon *monitor) *result {
 	if r.DeliverSeconds > 0 {
 		r.DeliveredPerSec = float64(r.Delivered) / r.DeliverSeconds
 	}
-	r.Latency = latencyOf(h)
-	if enc, err := h.Encode(hdrhistogram.V2CompressedEncodingCookieBase); err == nil {
-		r.Histogram = string(enc)
+	if cfg.rate == 0 {
+		raw = nil
 	}
-	r.Server = mon.serverStats(r.Connected, r.Delivered)
+	r.setLatency(h, raw)
+	r.setCPU(mon)
 	return r
+}
+
+func addCounts(r, p *result) {
+	r.Connected += p.Connected
+	r.ConnectFailed += p.ConnectFailed
+	r.ConnectSeconds = max(r.ConnectSeconds, p.ConnectSeconds)
+	r.Sent += p.Sent
+	r.Unsent += p.Unsent
+	r.ProducerErrors += p.ProducerErrors
+	r.ProducerMaxLag = max(r.ProducerMaxLag, p.ProducerMaxLag)
+	r.Delivered += p.Delivered
+	r.Lost += p.Lost
+	r.Partial += p.Partial
+	r.StillInRedis += p.StillInRedis
+	r.StillInQueue += p.StillInQueue
+	r.StillProcessing += p.StillProcessing
+	r.Duplicated += p.Duplicated
+	r.OutOfOrder += p.OutOfOrder
+	r.Misdelivered += p.Misdelivered
+	r.Garbage += p.Garbage
+	r.LatencyOutOfRange += p.LatencyOutOfRange
+	r.SendSeconds = max(r.SendSeconds, p.SendSeconds)
+	r.DeliverSeconds = max(r.DeliverSeconds, p.DeliverSeconds)
 }

@@ -2,25 +2,25 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"os/signal"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
-// The suite behind `make bench`: it starts its own redis-server and a fresh
-// redpush for every run, runs the fixed scenarios with this binary, and
-// writes BENCHMARKS.md with the machine, each command and its results.
+// The suite behind `make bench`: for every run a fresh redis-server and a
+// fresh redpush, the fixed scenarios run with this binary, and
+// BENCHMARKS.md gets the machine, each command and its results. With
+// -against it runs the side-by-side scenarios instead, redpush against
+// another server (the PHP original), and writes them as the section
+// "Against the PHP original", which a plain run keeps as it is.
 
 type scenario struct {
 	name, goal string
@@ -36,12 +36,55 @@ var scenarios = []scenario{
 		[]string{"-users", "5000", "-hold", "10s", "-connect-rate", "2500"}},
 	{"d) backlog drain: 1,000,000 messages for 1,000 offline users", "≥ half of a)'s rate",
 		[]string{"-users", "1000", "-backlog", "1000", "-grace", "120s"}},
+	{"e) 9,000 users, 2,000 msg/s, 60 s (two bench processes)", "the baseline of the scale work: Redis clients and CPU per message at 9,000 online users",
+		[]string{"-users", "9000", "-rate", "2000", "-duration", "60s", "-connect-rate", "2500", "-spawn", "2"}},
 }
+
+// sideBySide are the scenarios of "Against the PHP original": sized so
+// that the original can run them (one Redis connection per user, under
+// Redis's default maxclients).
+var sideBySide = []scenario{
+	{"a) 1,000 users, fastest rate, 20 s", "", []string{"-users", "1000", "-duration", "20s"}},
+	{"b) 1,000 users, 2,000 msg/s, 20 s", "", []string{"-users", "1000", "-rate", "2000", "-duration", "20s"}},
+	{"c) 5,000 idle users", "", []string{"-users", "5000", "-hold", "10s", "-connect-rate", "2500"}},
+	{"d) 100 users × 100 messages, queued before they connect", "", []string{"-users", "100", "-backlog", "100"}},
+}
+
+const againstHeading = "## Against the PHP original"
 
 type suiteCfg struct {
 	out, serverBin string
 	runs           int
 	only           string
+	against        serverSpec
+}
+
+// suiteMain runs `redpush-bench suite`.
+func suiteMain(args []string) int {
+	sc := suiteCfg{against: serverSpec{name: "PHP original"}}
+	fs := flag.NewFlagSet("redpush-bench suite", flag.ContinueOnError)
+	fs.StringVar(&sc.out, "out", "BENCHMARKS.md", "the Markdown file to write")
+	fs.StringVar(&sc.serverBin, "server", "./redpush", "the redpush binary to start for each run")
+	fs.IntVar(&sc.runs, "runs", 3, "runs per scenario (the tables report each, the median and the worst tails)")
+	fs.StringVar(&sc.only, "only", "", "run only the scenarios whose name starts with this (e.g. \"b)\")")
+	fs.StringVar(&sc.against.cmd, "against", "", "run the side-by-side scenarios against this server command (sh -c; {addr}, {redis} as in compare)")
+	fs.StringVar(&sc.against.addr, "against-addr", "", "where -against listens, for a command without {addr}")
+	fs.StringVar(&sc.against.redisAddr, "against-redis", "", "host:port where -against expects Redis, for a command without {redis}")
+	fs.StringVar(&sc.against.name, "against-name", sc.against.name, "-against's name in the tables")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := runSuite(ctx, sc); err != nil {
+		logf("redpush-bench suite: %v", err)
+		return 1
+	}
+	logf("wrote %s", sc.out)
+	return 0
 }
 
 func runSuite(ctx context.Context, sc suiteCfg) error {
@@ -54,20 +97,18 @@ func runSuite(ctx context.Context, sc suiteCfg) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	redisPort := freePort()
-	rs := exec.CommandContext(ctx, "redis-server", "--port", strconv.Itoa(redisPort), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--maxclients", "20000", "--loglevel", "warning")
-	if err := rs.Start(); err != nil {
-		return fmt.Errorf("redis-server: %v (install it: apt-get install redis-server)", err)
+	env := runEnv{self: self, dir: dir, redisArgs: []string{"--maxclients", "20000"}}
+	redpush := serverSpec{name: "redpush", cmd: sc.serverBin + " -addr {addr} -redis {redis} -log-level warn"}
+	old, _ := os.ReadFile(sc.out)
+	mainPart, againstPart := splitAgainst(string(old))
+	if sc.against.cmd != "" {
+		env.redisArgs = nil // Redis as the original expects it: default maxclients
+		var md strings.Builder
+		if err := runAgainst(ctx, env, sc, redpush, &md); err != nil {
+			return err
+		}
+		return os.WriteFile(sc.out, []byte(strings.TrimRight(mainPart, "\n")+"\n\n"+md.String()), 0o644)
 	}
-	defer func() { _ = rs.Process.Kill(); _ = rs.Wait() }()
-	redisURL := fmt.Sprintf("redis://127.0.0.1:%d", redisPort)
-	rc := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", redisPort)})
-	defer rc.Close()
-	if err := waitFor(func() error { return rc.Ping(ctx).Err() }); err != nil {
-		return err
-	}
-
 	var md strings.Builder
 	writeMachine(&md, sc)
 	for _, s := range scenarios {
@@ -75,98 +116,132 @@ func runSuite(ctx context.Context, sc suiteCfg) error {
 			continue
 		}
 		var results []*result
-		var cmdline string
 		for run := range sc.runs {
 			logf("== %s, run %d of %d", s.name, run+1, sc.runs)
-			r, cl, err := runScenario(ctx, self, sc.serverBin, redisURL, rc, dir, s, run)
+			env.benchArgs = s.args
+			r, err := env.runOnce(ctx, redpush, fmt.Sprintf("%c-%d", s.name[0], run))
 			if err != nil {
 				return fmt.Errorf("%s: %v", s.name, err)
 			}
-			results, cmdline = append(results, r), cl
+			results = append(results, r)
 		}
-		writeScenario(&md, s, cmdline, results)
+		writeScenario(&md, s, results)
+	}
+	if againstPart != "" {
+		md.WriteString("\n" + againstPart)
 	}
 	return os.WriteFile(sc.out, []byte(md.String()), 0o644)
 }
 
-func runScenario(ctx context.Context, self, serverBin, redisURL string, rc *redis.Client, dir string, s scenario, run int) (*result, string, error) {
-	if err := rc.FlushAll(ctx).Err(); err != nil {
-		return nil, "", err
+// splitAgainst cuts a BENCHMARKS.md into its own part and the side-by-side
+// section, which runs from its heading to the end.
+func splitAgainst(md string) (own, against string) {
+	i := strings.Index(md, "\n"+againstHeading+"\n")
+	if i < 0 {
+		return md, ""
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
-	srv := exec.CommandContext(ctx, serverBin, "-addr", addr, "-redis", redisURL, "-log-level", "warn", "-instance", "bench")
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
-		return nil, "", err
-	}
-	defer func() { _ = srv.Process.Signal(os.Interrupt); _ = srv.Wait() }()
-	if err := waitFor(func() error {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
+	return md[:i+1], md[i+1:]
+}
+
+func runAgainst(ctx context.Context, env runEnv, sc suiteCfg, redpush serverSpec, md *strings.Builder) error {
+	fmt.Fprintf(md, "%s\n\nWritten by `redpush-bench suite -against` on %s, on the machine above. Each scenario runs\n", againstHeading, time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(md, "%d times per server, alternating (%s, redpush, %s, …), each run on a fresh `redis-server --save \"\" --appendonly no`\n", sc.runs, sc.against.name, sc.against.name)
+	fmt.Fprintf(md, "(default `maxclients`) and a fresh server process; the whole process tree of each server is sampled, and Redis's CPU beside it.\n\n")
+	fmt.Fprintf(md, "| server | command |\n| --- | --- |\n| %s | `%s` |\n| redpush | `%s` |\n\n", sc.against.name, sc.against.cmd, redpush.cmd)
+	for _, s := range sideBySide {
+		if sc.only != "" && !strings.HasPrefix(s.name, sc.only) {
+			continue
 		}
-		return err
-	}); err != nil {
-		return nil, "", err
+		cc := &compareCfg{a: sc.against, b: redpush, runs: sc.runs, benchArgs: s.args}
+		cmp, err := runCompareEnv(ctx, env, cc)
+		if err != nil {
+			return fmt.Errorf("%s: %v", s.name, err)
+		}
+		writeComparison(md, s, cmp)
 	}
-	out := filepath.Join(dir, fmt.Sprintf("%d.json", run))
-	args := append([]string{"-url", "ws://" + addr + "/", "-redis", redisURL,
-		"-server-pid", strconv.Itoa(srv.Process.Pid), "-json", out}, s.args...)
-	b := exec.CommandContext(ctx, self, args...)
-	b.Stdout, b.Stderr = os.Stderr, os.Stderr
-	if err := b.Run(); err != nil {
-		return nil, "", fmt.Errorf("bench: %v", err)
-	}
-	data, err := os.ReadFile(out)
-	if err != nil {
-		return nil, "", err
-	}
-	var r result
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, "", err
-	}
-	cmdline := "redpush-bench -url ws://HOST:PORT/ -redis REDIS -server-pid PID " + strings.Join(s.args, " ")
-	return &r, cmdline, nil
+	return nil
 }
 
 func writeMachine(md *strings.Builder, sc suiteCfg) {
 	fmt.Fprintf(md, "# Benchmarks\n\nWritten by `make bench` (`redpush-bench suite`) on %s. Every run starts a fresh\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(md, "redpush; redis-server, redpush and the bench (its producers and clients) share the machine.\n")
-	fmt.Fprintf(md, "Runs per scenario: %d; the tables show every run and the median.\n\n", sc.runs)
+	fmt.Fprintf(md, "redis-server and a fresh redpush; redis-server, redpush and the bench (its producers and clients) share the machine.\n")
+	fmt.Fprintf(md, "Runs per scenario: %d; the tables show every run, the median, and the worst run's tail.\n\n", sc.runs)
 	fmt.Fprintf(md, "| machine | |\n| --- | --- |\n")
 	fmt.Fprintf(md, "| CPU | %s, %d cores |\n", cpuModel(), runtime.NumCPU())
 	fmt.Fprintf(md, "| memory | %s |\n", memTotal())
 	fmt.Fprintf(md, "| Go | %s |\n", runtime.Version())
 	fmt.Fprintf(md, "| Redis | %s |\n", commandLine("redis-server", "--version"))
 	fmt.Fprintf(md, "| kernel | %s |\n\n", commandLine("uname", "-sr"))
-	fmt.Fprintf(md, "Server setup: `redis-server --save \"\" --maxclients 20000`, `redpush -redis URL -log-level warn`.\n\n")
+	fmt.Fprintf(md, "Server setup: `redis-server --save \"\" --appendonly no --maxclients 20000`, `redpush -addr ADDR -redis URL -log-level warn`.\n\n")
+	fmt.Fprintf(md, "How to read the figures: latency runs from the message's scheduled push in -rate scenarios (corrected for coordinated\n")
+	fmt.Fprintf(md, "omission), from the LPUSH otherwise, to the client's read; every sample counts, and `out of range` counts those\n")
+	fmt.Fprintf(md, "beyond an hour. CPU per message is the CPU of the server's whole process tree (and of redis-server) from the start of\n")
+	fmt.Fprintf(md, "sending (of connecting, for a drain) to the last delivery, divided by the messages delivered in it. RSS per\n")
+	fmt.Fprintf(md, "connection is the growth of the tree's RSS from before connecting to all connected. A run passes when nothing was\n")
+	fmt.Fprintf(md, "lost, duplicated, misdelivered, reordered, left in Redis or unparsed, every client connected, and every LPUSH succeeded.\n\n")
 }
 
-func writeScenario(md *strings.Builder, s scenario, cmdline string, rs []*result) {
-	fmt.Fprintf(md, "## %s\n\nGoal: %s.\n\n```\n%s\n```\n\n", s.name, s.goal, cmdline)
-	fmt.Fprintf(md, "| run | connected | sent | delivered | lost | dup | ooo | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms | RSS/conn | CPU µs/msg |\n")
-	fmt.Fprintf(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+const runHeader = "| run | verdict | connected (failed) | sent (unsent, producer errors) | delivered | lost | dup | ooo | misdeliv. | partial | left in Redis (queued/processing) | unparsed | out of range | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms | RSS/conn | CPU µs/msg | Redis µs/msg | Redis clients (max connected/blocked) |\n" +
+	"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+
+func runRow(name string, r *result) string {
+	redis := "unknown"
+	if r.Redis != nil {
+		redis = fmt.Sprintf("%.1f", r.Redis.CPUMicrosPerMsg)
+	}
+	return fmt.Sprintf("| %s | %s | %d (%d) | %d (%d, %d) | %d | %d | %d | %d | %d | %d | %d (%d/%d) | %d | %d | %.0f | %.3f | %.3f | %.3f | %.3f | %.1f KiB | %.1f | %s | %d/%d |\n",
+		name, r.Verdict, r.Connected, r.ConnectFailed, r.Sent, r.Unsent, r.ProducerErrors, r.Delivered, r.Lost, r.Duplicated,
+		r.OutOfOrder, r.Misdelivered, r.Partial, r.StillInRedis, r.StillInQueue, r.StillProcessing, r.Garbage, r.LatencyOutOfRange,
+		r.DeliveredPerSec, r.Latency.P50, r.Latency.P99, r.Latency.P999, r.Latency.Max, float64(r.Server.RSSPerConn)/1024,
+		r.Server.CPUMicrosPerMsg, redis, r.RedisClients.ConnectedMax, r.RedisClients.BlockedMax)
+}
+
+// summaryRows are the median and the worst run's tails, under the runs:
+// rows of the same 22 columns, empty where a median says nothing.
+func summaryRows(name string, s *summary) string {
+	med := make([]string, 22)
+	med[0] = strings.TrimSpace("**median " + name + "**")
+	med[13], med[14], med[15], med[16], med[17] = fmt.Sprintf("**%.0f**", s.DeliveredPerSec),
+		fmt.Sprintf("**%.3f**", s.P50), fmt.Sprintf("**%.3f**", s.P99), fmt.Sprintf("**%.3f**", s.P999), fmt.Sprintf("%.3f", s.Max)
+	med[18], med[19], med[20] = fmt.Sprintf("**%.1f KiB**", s.RSSPerConn/1024), fmt.Sprintf("**%.1f**", s.CPU), optNum(s.RedisCPU)
+	med[1] = fmt.Sprintf("%d of %d passed", s.Passed, s.Runs)
+	worst := make([]string, 22)
+	worst[0] = strings.TrimSpace("worst run " + name)
+	worst[16], worst[17] = fmt.Sprintf("%.3f", s.WorstP999), fmt.Sprintf("%.3f", s.WorstMax)
+	return "| " + strings.Join(med, " | ") + " |\n| " + strings.Join(worst, " | ") + " |\n"
+}
+
+func writeScenario(md *strings.Builder, s scenario, rs []*result) {
+	fmt.Fprintf(md, "## %s\n\nGoal: %s.\n\n```\nredpush-bench -url ws://HOST:PORT/ -redis REDIS -server-pid PID -redis-pid PID %s\n```\n\n", s.name, s.goal, strings.Join(s.args, " "))
+	md.WriteString(runHeader)
 	for i, r := range rs {
-		fmt.Fprintf(md, "| %d | %d | %d | %d | %d | %d | %d | %.0f | %.3f | %.3f | %.3f | %.3f | %.1f KiB | %.1f |\n",
-			i+1, r.Connected, r.Sent, r.Delivered, r.Lost, r.Duplicated, r.OutOfOrder, r.DeliveredPerSec,
-			r.Latency.P50, r.Latency.P99, r.Latency.P999, r.Latency.Max, float64(r.Server.RSSPerConn)/1024, r.Server.CPUMicrosPerMsg)
+		md.WriteString(runRow(strconv.Itoa(i+1), r))
 	}
-	med := func(f func(*result) float64) float64 {
-		v := make([]float64, len(rs))
-		for i, r := range rs {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
-	fmt.Fprintf(md, "| **median** | | | | | | | **%.0f** | **%.3f** | **%.3f** | **%.3f** | %.3f | **%.1f KiB** | %.1f |\n\n",
-		med(func(r *result) float64 { return r.DeliveredPerSec }), med(func(r *result) float64 { return r.Latency.P50 }),
-		med(func(r *result) float64 { return r.Latency.P99 }), med(func(r *result) float64 { return r.Latency.P999 }),
-		med(func(r *result) float64 { return r.Latency.Max }), med(func(r *result) float64 { return float64(r.Server.RSSPerConn) / 1024 }),
-		med(func(r *result) float64 { return r.Server.CPUMicrosPerMsg }))
+	md.WriteString(summaryRows("", summarize(rs)) + "\n")
 	if rs[0].Backlog > 0 {
-		fmt.Fprintf(md, "Drain time (first connect to last message), median: %.2f s.\n\n", med(func(r *result) float64 { return r.DeliverSeconds }))
+		fmt.Fprintf(md, "Drain time (first connect to last message), median: %.2f s.\n\n", median(rs, func(r *result) float64 { return r.DeliverSeconds }))
 	}
+}
+
+func writeComparison(md *strings.Builder, s scenario, c *comparison) {
+	fmt.Fprintf(md, "### %s\n\n```\nredpush-bench compare -a '%s' -b '%s' -runs %d %s\n```\n\n", s.name,
+		c.Commands["a"], c.Commands["b"], len(c.A), strings.Join(s.args, " "))
+	md.WriteString(runHeader)
+	for i := range max(len(c.A), len(c.B)) {
+		if i < len(c.A) {
+			md.WriteString(runRow(fmt.Sprintf("%s #%d", c.Names["a"], i+1), c.A[i]))
+		}
+		if i < len(c.B) {
+			md.WriteString(runRow(fmt.Sprintf("%s #%d", c.Names["b"], i+1), c.B[i]))
+		}
+	}
+	md.WriteString(summaryRows(c.Names["a"], c.Median["a"]))
+	md.WriteString(summaryRows(c.Names["b"], c.Median["b"]))
+	r := c.Ratio
+	fmt.Fprintf(md, "\nRatio %s / %s of the medians: delivered/s %s, p50 %s, p99 %s, p99.9 %s, RSS per connection %s, "+
+		"server CPU per message %s, Redis CPU per message %s, server + Redis %s.\n\n", c.Names["b"], c.Names["a"],
+		optRatio(r["delivered_per_sec"]), optRatio(r["p50_ms"]), optRatio(r["p99_ms"]), optRatio(r["p999_ms"]),
+		optRatio(r["rss_per_conn_bytes"]), optRatio(r["cpu_us_per_msg"]), optRatio(r["redis_cpu_us_per_msg"]), optRatio(r["cpu_us_per_msg_total"]))
 }
 
 func cpuModel() string {
@@ -196,25 +271,4 @@ func commandLine(name string, args ...string) string {
 		return "unknown"
 	}
 	return strings.TrimSpace(string(out))
-}
-
-func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// waitFor polls a readiness check for up to 10 s.
-func waitFor(check func() error) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := check()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,22 +10,35 @@ import (
 )
 
 // tracker matches what each connection receives against what was sent.
+//
+// Latency runs from the moment a message was scheduled to be pushed (its
+// stamp) to the client's read. In -rate mode the schedule is fixed in
+// advance, so a producer that falls behind (Redis stalled, say) does not
+// hide the stall: the messages it should have sent meanwhile carry their
+// scheduled time (the correction for coordinated omission that wrk2
+// makes). The uncorrected figure, from the actual LPUSH, is kept beside it.
 type tracker struct {
-	shards   []histShard
-	received atomic.Int64 // frames that carried a bench payload
-	dups     atomic.Int64
-	ooo      atomic.Int64
-	wrong    atomic.Int64 // payload of another user
-	garbage  atomic.Int64 // frames without a bench payload
-	lastRecv atomic.Int64 // unix nanos of the latest matched frame
+	shards     []histShard
+	received   atomic.Int64 // first receipts: each message counted once per connection
+	dups       atomic.Int64 // receipts of a message this connection already had
+	ooo        atomic.Int64
+	wrong      atomic.Int64 // payload of another user
+	garbage    atomic.Int64 // frames without a bench payload
+	outOfRange atomic.Int64 // latencies below 0 or above maxLatency
+	lastRecv   atomic.Int64 // unix nanos of the latest first receipt
 
 	mu       sync.Mutex
-	timeline []timePoint // p99 per second, for the report
+	timeline []timePoint // per second, for the report
 }
+
+// maxLatency is the histograms' highest trackable value: anything slower
+// is counted in outOfRange, never dropped silently.
+const maxLatency = time.Hour
 
 type histShard struct {
 	mu  sync.Mutex
-	h   *hdrhistogram.Histogram // the whole run
+	h   *hdrhistogram.Histogram // the whole run, from the schedule
+	raw *hdrhistogram.Histogram // the whole run, from the actual LPUSH
 	win *hdrhistogram.Histogram // since the last progress line
 }
 
@@ -37,14 +51,13 @@ type timePoint struct {
 }
 
 func newHist() *hdrhistogram.Histogram {
-	return hdrhistogram.New(1, int64(60*time.Second/time.Microsecond), 3)
+	return hdrhistogram.New(1, int64(maxLatency/time.Microsecond), 3)
 }
 
 func newTracker(shards int) *tracker {
 	t := &tracker{shards: make([]histShard, shards)}
 	for i := range t.shards {
-		t.shards[i].h = newHist()
-		t.shards[i].win = newHist()
+		t.shards[i] = histShard{h: newHist(), raw: newHist(), win: newHist()}
 	}
 	return t
 }
@@ -54,7 +67,6 @@ type connState struct {
 	user string
 	seen bitset
 	last int64
-	n    int64
 	sh   *histShard
 }
 
@@ -62,38 +74,48 @@ func (t *tracker) newConn(user string, i int) *connState {
 	return &connState{user: user, last: -1, sh: &t.shards[i%len(t.shards)]}
 }
 
-func (t *tracker) record(c *connState, user []byte, seq, nanos int64, now time.Time) {
-	if string(user) != c.user {
+// record books one parsed frame. Only a first receipt is a delivery: a
+// duplicate is counted as such and nothing else, so it can neither raise
+// the delivery figures nor end the wait for stragglers early.
+func (t *tracker) record(c *connState, s stamp, now time.Time) {
+	if string(s.user) != c.user {
 		t.wrong.Add(1)
+		return
+	}
+	if c.seen.testAndSet(s.seq) {
+		t.dups.Add(1)
 		return
 	}
 	t.received.Add(1)
 	t.lastRecv.Store(now.UnixNano())
-	c.n++
-	if c.seen.testAndSet(seq) {
-		t.dups.Add(1)
-	}
-	if seq < c.last {
+	if s.seq < c.last {
 		t.ooo.Add(1)
 	}
-	c.last = max(c.last, seq)
-	us := now.Sub(time.Unix(0, nanos)).Microseconds()
+	c.last = max(c.last, s.seq)
+	us := now.Sub(time.Unix(0, s.scheduled)).Microseconds()
+	raw := us - s.lagMicros
+	if us < 0 || us > int64(maxLatency/time.Microsecond) || raw < 0 {
+		t.outOfRange.Add(1)
+		return
+	}
 	c.sh.mu.Lock()
-	_ = c.sh.h.RecordValue(max(us, 1))
-	_ = c.sh.win.RecordValue(max(us, 1))
+	_ = c.sh.h.RecordValue(us)
+	_ = c.sh.raw.RecordValue(raw)
+	_ = c.sh.win.RecordValue(us)
 	c.sh.mu.Unlock()
 }
 
-// merged returns all latencies so far in one histogram.
-func (t *tracker) merged() *hdrhistogram.Histogram {
-	h := newHist()
+// merged returns all latencies so far in one histogram, corrected and not.
+func (t *tracker) merged() (corrected, raw *hdrhistogram.Histogram) {
+	corrected, raw = newHist(), newHist()
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		h.Merge(s.h)
+		corrected.Merge(s.h)
+		raw.Merge(s.raw)
 		s.mu.Unlock()
 	}
-	return h
+	return corrected, raw
 }
 
 // snapshotWindow adds the latencies since the last call to the timeline.
@@ -117,6 +139,20 @@ func (t *tracker) snapshotWindow(at float64, win *hdrhistogram.Histogram) {
 
 func ms(us int64) float64 { return float64(us) / 1000 }
 
+// decodeHist reads a histogram that result.Histogram holds. An empty or
+// damaged one is an error: hdrhistogram.Decode itself panics on some.
+func decodeHist(s string) (h *hdrhistogram.Histogram, err error) {
+	if s == "" {
+		return nil, errors.New("no histogram")
+	}
+	defer func() {
+		if recover() != nil {
+			h, err = nil, errors.New("damaged histogram")
+		}
+	}()
+	return hdrhistogram.Decode([]byte(s))
+}
+
 // bitset is a growable set of non-negative ints.
 type bitset []uint64
 
@@ -133,5 +169,15 @@ func (b *bitset) testAndSet(i int64) bool {
 
 func (b bitset) has(i int64) bool {
 	w := int(i / 64)
-	return w < len(b) && b[w]&(1<<(i%64)) != 0
+	return i >= 0 && w < len(b) && b[w]&(1<<(i%64)) != 0
+}
+
+// or adds every member of o.
+func (b *bitset) or(o bitset) {
+	for len(*b) < len(o) {
+		*b = append(*b, 0)
+	}
+	for i, w := range o {
+		(*b)[i] |= w
+	}
 }

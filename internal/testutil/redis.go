@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,11 +84,35 @@ func (r *Redis) Stop() {
 }
 
 // Restart stops the server and starts a new one on the same port, with the
-// same arguments: empty, as persistence is off.
+// same arguments: empty, unless the test turned persistence on.
 func (r *Redis) Restart() {
 	r.Stop()
 	r.start()
 }
+
+// Down kills the server, keeps it down for d (the length of the injected
+// outage), and starts it again on the same port with the same arguments.
+func (r *Redis) Down(d time.Duration) {
+	r.Stop()
+	time.Sleep(d)
+	r.start()
+}
+
+// Pause stops the server's process (SIGSTOP) for d, then resumes it: a
+// stall that clients see as a server that neither answers nor hangs up.
+func (r *Redis) Pause(d time.Duration) {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		r.t.Fatalf("SIGSTOP redis-server: %v", err)
+	}
+	time.Sleep(d)
+	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		r.t.Fatalf("SIGCONT redis-server: %v", err)
+	}
+}
+
+// PID is the redis-server's process id.
+func (r *Redis) PID() int { return r.cmd.Process.Pid }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {

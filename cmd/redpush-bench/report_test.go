@@ -1,0 +1,122 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sampleResult is a result with latencies from 1 to 100 ms over 3 seconds.
+func sampleResult(seconds int) *result {
+	tr := newTracker(1)
+	c := tr.newConn("1", 0)
+	now := time.Now()
+	for i := range 100 {
+		tr.record(c, stamp{user: []byte("1"), seq: int64(i), scheduled: now.Add(-time.Duration(i+1) * time.Millisecond).UnixNano()}, now)
+	}
+	for s := range seconds {
+		tr.timeline = append(tr.timeline, timePoint{At: float64(s + 1), P50: 1, P99: 10, Max: 100, N: 30})
+	}
+	r := &result{Schema: schema, Users: 1, ConnsPerUser: 1, Connected: 20, Timeline: tr.timeline,
+		Server: serverStat{PID: 1, Processes: 4, RSSStart: 10 << 20, RSSIdle: 12 << 20, RSSPeak: 13 << 20, RSSPerConn: 100 << 10}}
+	h, raw := tr.merged()
+	r.setLatency(h, raw)
+	judge(nil, r)
+	return r
+}
+
+func TestReportIsReadable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.html")
+	if err := writeReport(path, sampleResult(3)); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	page := string(b)
+	// Each series' legend square has its own colour, set where the
+	// stylesheet's text rule cannot override it.
+	for _, c := range palette[:3] {
+		if !strings.Contains(page, `style="fill:`+c+`"`) {
+			t.Errorf("no legend square in %s", c)
+		}
+	}
+	if strings.Contains(page, `<text x="80"`) || strings.Contains(page, "■") {
+		t.Error("the legend is still a text glyph coloured by an attribute the stylesheet overrides")
+	}
+	for _, want := range []string{"10.0 MiB", "100.0 KiB per connection", "noise: only 20 connections", "4 processes", "pass"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	if strings.Contains(page, "too few points") {
+		t.Error("a 3-second run was called too short")
+	}
+	if err := writeReport(path, sampleResult(0)); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "too few points") {
+		t.Error("a run under a second draws an empty chart without saying why")
+	}
+}
+
+// The y axis' label sits above the plot, clear of the top tick's label.
+func TestAxisLabelClearsTopTick(t *testing.T) {
+	c := timelineChart(sampleResult(3))
+	top := c.YTicks[len(c.YTicks)-1].Pos
+	if labelY := 14.0; top-labelY < 20 {
+		t.Fatalf("top tick at y=%.0f, axis label at y=%.0f: they overlap", top, labelY)
+	}
+}
+
+// -hgrm writes HdrHistogram's percentile distribution, in ms.
+func TestHgrmIsHdrHistogramsFormat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.hgrm")
+	if err := writeHgrm(path, sampleResult(1).Histogram); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	s := string(b)
+	if !strings.HasPrefix(s, " Value\tPercentile\tTotalCount\t1/(1-Percentile)") ||
+		!strings.Contains(s, "#[Max     =      100.") || !strings.Contains(s, "Total count    =          100]") {
+		t.Fatalf("not the percentile distribution format:\n%s", s)
+	}
+	if err := writeHgrm(path, ""); err == nil {
+		t.Fatal("an empty histogram was written")
+	}
+}
+
+// Every make bench table shows each run's verdict figures, the median,
+// and the worst run's p99.9 and max beside it.
+func TestSuiteTableShowsEveryFailureAndTheWorstTail(t *testing.T) {
+	rs := []*result{sampleResult(3), sampleResult(3), sampleResult(3)}
+	rs[1].Latency.P999, rs[1].Latency.Max = 77.5, 88.25
+	rs[2].Lost = 3
+	judge(nil, rs[2])
+	var md strings.Builder
+	writeScenario(&md, scenario{name: "x) test", goal: "none", args: []string{"-users", "1"}}, rs)
+	out := md.String()
+	for _, want := range []string{"lost", "dup", "ooo", "misdeliv.", "partial", "left in Redis", "unparsed", "out of range",
+		"connected (failed)", "unsent, producer errors", "verdict", "fail: 3 lost", "2 of 3 passed", "| 77.500 | 88.250 |"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the table lacks %q:\n%s", want, out)
+		}
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.HasPrefix(line, "|") && strings.Count(line, "|") != 23 {
+			t.Errorf("row of %d cells: %s", strings.Count(line, "|")-1, line)
+		}
+	}
+}
+
+// make bench rewrites BENCHMARKS.md but keeps the side-by-side section.
+func TestSplitAgainstKeepsTheSideBySideSection(t *testing.T) {
+	md := "# Benchmarks\n\n## a) x\n\ntable\n\n" + againstHeading + "\n\nside by side\n### a)\n"
+	own, against := splitAgainst(md)
+	if own != "# Benchmarks\n\n## a) x\n\ntable\n\n" || against != againstHeading+"\n\nside by side\n### a)\n" {
+		t.Fatalf("own %q, against %q", own, against)
+	}
+	if own, against := splitAgainst("# Benchmarks\n"); own != "# Benchmarks\n" || against != "" {
+		t.Fatalf("without the section: %q %q", own, against)
+	}
+}
