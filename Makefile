@@ -7,7 +7,7 @@
 GO ?= go
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test deps vet compose-check build run fuzz bench clean
+.PHONY: test deps vet compose-check build run fuzz bench bench-compare clean
 
 test: deps vet compose-check build
 	$(GO) test -race -count=1 ./...
@@ -42,6 +42,16 @@ bench: deps build
 	$(GO) build -o redpush-bench ./cmd/redpush-bench
 	$(GO) test -run XXX -bench . -benchmem ./server ./redisq
 	./redpush-bench suite -server ./redpush -runs $(RUNS) -out BENCHMARKS.md
+
+# The section "Against the PHP original" of BENCHMARKS.md: the side-by-side
+# scenarios, the original as A and this redpush as B. PHP_ORIGINAL is the
+# command that starts the original's swoole.php (see the README); it listens
+# on 0.0.0.0:9502 and expects Redis at 127.0.0.1:6379.
+bench-compare: deps build
+	@[ -n "$(PHP_ORIGINAL)" ] || { echo "set PHP_ORIGINAL to the command that starts swoole.php"; exit 2; }
+	$(GO) build -o redpush-bench ./cmd/redpush-bench
+	./redpush-bench suite -server ./redpush -runs $(RUNS) -out BENCHMARKS.md \
+		-against "$(PHP_ORIGINAL)" -against-addr 0.0.0.0:9502 -against-redis 127.0.0.1:6379
 
 # The quick start: an in-process Redis, nothing to install.
 run:
