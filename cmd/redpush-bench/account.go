@@ -1,5 +1,7 @@
 package main
 
+import "strconv"
+
 // The final accounting matches every message sent, by user and sequence
 // number, against what the user's connections received and what Redis
 // still holds. Nothing is inferred from totals: a duplicate still in Redis
@@ -7,10 +9,11 @@ package main
 
 // tally is the per-message outcome of a run.
 type tally struct {
-	sent    int64 // LPUSHes that reached Redis (or may have, and left a trace)
-	unsent  int64 // LPUSHes that failed and left no trace: never pushed
-	lost    int64 // sent, received by no connection of the user, not in Redis
-	partial int64 // (connection, message) pairs: a message another connection of the user got and this one did not
+	sent    int64    // LPUSHes that reached Redis (or may have, and left a trace)
+	unsent  int64    // LPUSHes that failed and left no trace: never pushed
+	lost    int64    // sent, received by no connection of the user, not in Redis
+	partial int64    // (connection, message) pairs: a message another connection of the user got and this one did not
+	lostIDs []string // the first lost messages, as user/seq
 }
 
 // account matches per user. conns maps a user to the sets of sequence
@@ -31,6 +34,9 @@ func account(users []string, sent []int64, uncertain []bitset, conns map[string]
 				continue
 			case !seen:
 				t.lost++
+				if len(t.lostIDs) < 20 {
+					t.lostIDs = append(t.lostIDs, user+"/"+strconv.FormatInt(seq, 10))
+				}
 			}
 			t.sent++
 			if !got.has(seq) {

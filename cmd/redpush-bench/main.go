@@ -46,6 +46,7 @@ Usage:
   redpush-bench [flags]                 one run against a running server
   redpush-bench suite [flags]           the scenarios of make bench (BENCHMARKS.md)
   redpush-bench compare -a CMD -b CMD   two servers side by side, alternating runs
+  redpush-bench chaos [flags]           redpush instances under faults: nothing lost?
 
 Flags:
 `
@@ -57,6 +58,8 @@ func main() {
 			os.Exit(suiteMain(os.Args[2:]))
 		case "compare":
 			os.Exit(compareMain(os.Args[2:]))
+		case "chaos":
+			os.Exit(chaosMain(os.Args[2:]))
 		}
 	}
 	os.Exit(benchMain(os.Args[1:]))

@@ -113,8 +113,9 @@ func (p *proc) stop() {
 	<-p.done
 }
 
+// startServer runs cmdline with sh -c, its output appended to logPath.
 func startServer(ctx context.Context, cmdline, logPath string) (*proc, error) {
-	log, err := os.Create(logPath)
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, err
 	}

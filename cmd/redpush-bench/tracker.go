@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +31,8 @@ type tracker struct {
 
 	mu       sync.Mutex
 	timeline []timePoint // per second, for the report
+
+	anomalies *anomalyLog // when duplicates and reorderings happened (chaos runs); nil: not kept
 }
 
 // maxLatency is the histograms' highest trackable value: anything slower
@@ -63,11 +67,20 @@ func newTracker(shards int) *tracker {
 }
 
 // connState is one connection's view: which seqs it saw, the last one.
+// Its reader owns it; mu lets another goroutine look at seen meanwhile.
 type connState struct {
 	user string
+	mu   sync.Mutex
 	seen bitset
 	last int64
 	sh   *histShard
+}
+
+// snapshot returns a copy of the seqs seen so far.
+func (c *connState) snapshot() bitset {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append(bitset(nil), c.seen...)
 }
 
 func (t *tracker) newConn(user string, i int) *connState {
@@ -82,16 +95,24 @@ func (t *tracker) record(c *connState, s stamp, now time.Time) {
 		t.wrong.Add(1)
 		return
 	}
-	if c.seen.testAndSet(s.seq) {
+	c.mu.Lock()
+	dup := c.seen.testAndSet(s.seq)
+	ooo := !dup && s.seq < c.last
+	if !dup {
+		c.last = max(c.last, s.seq)
+	}
+	c.mu.Unlock()
+	if dup {
 		t.dups.Add(1)
+		t.anomalies.note(true, now)
 		return
 	}
 	t.received.Add(1)
 	t.lastRecv.Store(now.UnixNano())
-	if s.seq < c.last {
+	if ooo {
 		t.ooo.Add(1)
+		t.anomalies.note(false, now)
 	}
-	c.last = max(c.last, s.seq)
 	us := now.Sub(time.Unix(0, s.scheduled)).Microseconds()
 	raw := us - s.lagMicros
 	if us < 0 || us > int64(maxLatency/time.Microsecond) || raw < 0 {
@@ -151,6 +172,51 @@ func decodeHist(s string) (h *hdrhistogram.Histogram, err error) {
 		}
 	}()
 	return hdrhistogram.Decode([]byte(s))
+}
+
+// anomalyLog keeps when duplicates and reorderings happened.
+type anomalyLog struct {
+	mu       sync.Mutex
+	dups     []time.Time
+	reorders []time.Time
+}
+
+func (a *anomalyLog) note(dup bool, at time.Time) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	if dup {
+		a.dups = append(a.dups, at)
+	} else {
+		a.reorders = append(a.reorders, at)
+	}
+	a.mu.Unlock()
+}
+
+// bySecond counts them per second since t0, seconds without any left out.
+func (a *anomalyLog) bySecond(t0 time.Time) []timeCount {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := map[int]*timeCount{}
+	get := func(at time.Time) *timeCount {
+		k := int(at.Sub(t0).Seconds())
+		if m[k] == nil {
+			m[k] = &timeCount{At: k}
+		}
+		return m[k]
+	}
+	for _, at := range a.dups {
+		get(at).Duplicated++
+	}
+	for _, at := range a.reorders {
+		get(at).Reordered++
+	}
+	var out []timeCount
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, *m[k])
+	}
+	return out
 }
 
 // bitset is a growable set of non-negative ints.

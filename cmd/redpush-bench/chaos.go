@@ -1,0 +1,579 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redpush/redpush/redisq"
+)
+
+// `redpush-bench chaos`: users connected across several redpush instances
+// on one Redis, a steady load, and faults on a schedule drawn from a fixed
+// seed — Redis killed and restarted, instances killed (SIGKILL) and
+// stopped (SIGTERM) and restarted, client connections dropped (close frame
+// or TCP reset), slow readers and readers that stop. At the end it drains
+// and checks every message of every user with the bench's own accounting.
+
+const chaosSummary = `redpush-bench chaos keeps users connected across several redpush instances
+on one Redis (appendfsync always), pushes a steady load, and injects faults on
+a schedule from a fixed seed: Redis restarts, instance kills and graceful
+stops, dropped client connections, slow and stopped readers. At the end it
+drains and checks, per user, that every message sent reached a connection of
+that user and no other, that no processing list holds anything, and (runs of
+five minutes or more) that no instance's memory, goroutines or open files grew.
+It exits 0 when that held, 1 when not, 2 when it could not run.
+
+Flags:
+`
+
+type chaosCfg struct {
+	serverBin                 string
+	instances, users, rate    int
+	slow, stoppers, payload   int
+	double, dropShare         float64
+	duration, grace, stopFor  time.Duration
+	redisEvery, killEvery     time.Duration
+	termEvery, dropEvery      time.Duration
+	redisDownMin, redisDownMx time.Duration
+	seed                      uint64
+	jsonOut, reportOut        string
+}
+
+func parseChaos(args []string, out io.Writer) (*chaosCfg, error) {
+	c := &chaosCfg{}
+	fs := flag.NewFlagSet("redpush-bench chaos", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.serverBin, "server", "./redpush", "the redpush binary to run the instances with")
+	fs.IntVar(&c.instances, "instances", 3, "redpush instances")
+	fs.IntVar(&c.users, "users", 3000, "users")
+	fs.Float64Var(&c.double, "double", 0.1, "share of users with a second connection, on another instance")
+	fs.IntVar(&c.rate, "rate", 2000, "messages/s in total")
+	fs.IntVar(&c.payload, "payload", 64, "payload bytes")
+	fs.IntVar(&c.slow, "slow", 200, "connections that read a few frames a second")
+	fs.IntVar(&c.stoppers, "stoppers", 50, "connections that stop reading for -stop-for, then read on")
+	fs.DurationVar(&c.stopFor, "stop-for", time.Minute, "how long a stopper stops reading")
+	fs.DurationVar(&c.duration, "duration", 10*time.Minute, "how long to push and break things")
+	fs.DurationVar(&c.grace, "grace", time.Minute, "how long to wait for the last messages after the faults end")
+	fs.DurationVar(&c.redisEvery, "redis-every", time.Minute, "restart Redis this often (0: never)")
+	fs.DurationVar(&c.redisDownMin, "redis-down-min", time.Second, "shortest Redis outage")
+	fs.DurationVar(&c.redisDownMx, "redis-down-max", 5*time.Second, "longest Redis outage")
+	fs.DurationVar(&c.killEvery, "kill-every", 45*time.Second, "SIGKILL and restart an instance this often (0: never)")
+	fs.DurationVar(&c.termEvery, "term-every", 90*time.Second, "SIGTERM and restart an instance this often (0: never)")
+	fs.DurationVar(&c.dropEvery, "drop-every", 10*time.Second, "drop -drop-share of the connections this often (0: never)")
+	fs.Float64Var(&c.dropShare, "drop-share", 0.05, "share of connections dropped each time, half with a close frame, half with a TCP reset")
+	fs.Uint64Var(&c.seed, "seed", 1, "seed of the fault schedule")
+	fs.StringVar(&c.jsonOut, "json", "", "write the figures, the events and the resource samples to this file")
+	fs.StringVar(&c.reportOut, "report", "", "write an HTML page with the resource curves to this file")
+	fs.Usage = func() {
+		fmt.Fprint(out, chaosSummary)
+		fs.VisitAll(func(f *flag.Flag) { printFlag(out, f) })
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case c.instances < 2 || c.users < 1 || c.rate < 1:
+		return nil, fmt.Errorf("-instances must be at least 2, -users and -rate at least 1")
+	case c.slow+c.stoppers > c.users:
+		return nil, fmt.Errorf("-slow + -stoppers exceed -users")
+	case c.redisDownMin <= 0 || c.redisDownMx < c.redisDownMin:
+		return nil, fmt.Errorf("want 0 < -redis-down-min ≤ -redis-down-max")
+	}
+	return c, nil
+}
+
+func chaosMain(args []string) int {
+	c, err := parseChaos(args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		logf("redpush-bench chaos: %v (see -h)", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	res, err := runChaos(ctx, c)
+	if err != nil {
+		logf("redpush-bench chaos: %v", err)
+		return 2
+	}
+	res.printTable(os.Stdout)
+	if c.jsonOut != "" {
+		if err := writeJSON(c.jsonOut, res); err != nil {
+			logf("redpush-bench chaos: %v", err)
+			return 2
+		}
+	}
+	if c.reportOut != "" {
+		if err := writeChaosReport(c.reportOut, res); err != nil {
+			logf("redpush-bench chaos: %v", err)
+			return 2
+		}
+	}
+	if res.Verdict != "pass" {
+		logf("redpush-bench chaos: %s", res.Verdict)
+		return 1
+	}
+	return 0
+}
+
+// chaosEvent is one fault, when it happened.
+type chaosEvent struct {
+	At   float64 `json:"t"`
+	What string  `json:"what"`
+}
+
+// resourcePoint is every instance's resources at one second.
+type resourcePoint struct {
+	At        float64        `json:"t"`
+	Connected int            `json:"connected"` // seats connected
+	Instances []instanceStat `json:"instances"`
+}
+
+// chaosResult is the chaos run's output.
+type chaosResult struct {
+	Seed          uint64          `json:"seed"`
+	Seconds       float64         `json:"seconds"`
+	Instances     int             `json:"instances"`
+	Users         int             `json:"users"`
+	Seats         int             `json:"connections"`
+	Sent          int64           `json:"sent"`
+	Unsent        int64           `json:"unsent"`
+	Delivered     int64           `json:"delivered"`
+	Lost          int64           `json:"lost"`
+	LostIDs       []string        `json:"lost_messages,omitempty"` // the first, as user/seq
+	Misdelivered  int64           `json:"misdelivered"`
+	Duplicated    int64           `json:"duplicated"`
+	Reordered     int64           `json:"reordered"`
+	Partial       int64           `json:"partial"`
+	StillQueued   int64           `json:"still_in_queue"`
+	StillInFlight int64           `json:"still_processing"`
+	Unparsed      int64           `json:"unparsed_frames"`
+	Reconnects    int64           `json:"reconnects"`
+	Faults        map[string]int  `json:"faults"`
+	Events        []chaosEvent    `json:"events"`
+	Anomalies     []timeCount     `json:"duplicates_and_reorderings_by_second"`
+	Growth        []string        `json:"resource_growth"`
+	Resources     []resourcePoint `json:"resources"`
+	Verdict       string          `json:"verdict"`
+}
+
+// timeCount is how many duplicates and reorderings one second saw.
+type timeCount struct {
+	At         int   `json:"t"`
+	Duplicated int64 `json:"duplicated"`
+	Reordered  int64 `json:"reordered"`
+}
+
+// chaosRun is one run's state.
+type chaosRun struct {
+	cfg    *chaosCfg
+	fl     *fleet
+	tr     *tracker
+	seats  []*seat
+	byUser map[string][]*seat
+	t0     time.Time
+
+	mu     sync.Mutex
+	events []chaosEvent
+	faults map[string]int
+	points []resourcePoint
+}
+
+// quietRedis drops go-redis's own log lines: Redis is down on purpose
+// here, and the run logs its faults itself.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
+func runChaos(ctx context.Context, c *chaosCfg) (*chaosResult, error) {
+	redis.SetLogger(quietRedis{})
+	dir, err := os.MkdirTemp("", "redpush-chaos")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	fl, err := newFleet(ctx, c.serverBin, dir, c.instances)
+	if err != nil {
+		return nil, err
+	}
+	defer fl.stop()
+	bcfg := &config{users: c.users, firstUser: 1, rate: c.rate, duration: c.duration, payload: c.payload, producers: 4,
+		keyPrefix: "user_", keySuffix: "_messages", format: "swoole", redis: fl.redisURL()}
+	ep, err := redisq.ParseEndpoint(fl.redisURL())
+	if err != nil {
+		return nil, err
+	}
+	rc := ep.NewClient(bcfg.producers + 2)
+	defer rc.Close()
+	r := &chaosRun{cfg: c, fl: fl, tr: newTracker(8), faults: map[string]int{}}
+	r.tr.anomalies = &anomalyLog{}
+	r.seats = r.makeSeats()
+
+	runCtx, stopSeats := context.WithCancel(ctx)
+	var seatsWG sync.WaitGroup
+	r.t0 = time.Now()
+	rng := rand.New(rand.NewPCG(c.seed, 2))
+	for i, s := range r.seats {
+		seatsWG.Add(1)
+		srng := rand.New(rand.NewPCG(c.seed, uint64(i)+3))
+		go func() {
+			defer seatsWG.Done()
+			s.run(runCtx, r.t0, func(i int) string { return fl.addrs[i] }, "swoole", r.tr, srng)
+		}()
+	}
+	r.awaitConnected(ctx, 30*time.Second)
+	logf("chaos: %d connections to %d instances; pushing %d msg/s for %v", len(r.seats), c.instances, c.rate, c.duration)
+
+	pr := newProducers(bcfg, rc)
+	monCtx, stopMon := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	bg.Add(2)
+	go func() { defer bg.Done(); r.monitor(monCtx) }()
+	faultCtx, stopFaults := context.WithTimeout(ctx, c.duration)
+	go func() { defer bg.Done(); r.breakThings(faultCtx, rng) }()
+	pr.run(ctx)
+	stopFaults()
+	r.healAll(ctx)
+	logf("chaos: sent; waiting for the last messages (at most %v)", c.grace)
+
+	deadline := time.Now().Add(c.grace)
+	r.awaitDrained(ctx, pr, deadline)
+	settle(ctx, bcfg, rc, later(deadline, time.Now().Add(time.Second)))
+	left, err := readLeftovers(ctx, bcfg, rc)
+	stopMon()
+	bg.Wait()
+	stopSeats()
+	for _, s := range r.seats {
+		s.close()
+	}
+	seatsWG.Wait()
+	if err != nil {
+		return nil, fmt.Errorf("reading what is left in Redis: %v", err)
+	}
+	return r.result(bcfg, pr, left), nil
+}
+
+// makeSeats gives every user a connection, and -double of them a second
+// one on the next instance; the first -slow are slow, the next -stoppers
+// stop, at times spread over the first half of the run.
+func (r *chaosRun) makeSeats() []*seat {
+	c := r.cfg
+	var seats []*seat
+	every := 0
+	if c.double > 0 {
+		every = int(1 / c.double)
+	}
+	for u := 1; u <= c.users; u++ {
+		user := userName(u)
+		seats = append(seats, &seat{user: user, inst: u % c.instances})
+		if every > 0 && u%every == 0 {
+			seats = append(seats, &seat{user: user, inst: (u + 1) % c.instances})
+		}
+	}
+	rng := rand.New(rand.NewPCG(c.seed, 1))
+	order := rng.Perm(len(seats))
+	for k, i := range order[:c.slow+c.stoppers] {
+		s := seats[i]
+		s.kind = seatSlow
+		if k >= c.slow {
+			s.kind = seatStopper
+			s.stopAt = time.Duration(rng.Int64N(int64(max(c.duration/2, time.Second))))
+			s.stopFor = c.stopFor
+		}
+	}
+	r.byUser = map[string][]*seat{}
+	for i, s := range seats {
+		s.st = r.tr.newConn(s.user, i)
+		r.byUser[s.user] = append(r.byUser[s.user], s)
+	}
+	return seats
+}
+
+func (r *chaosRun) connectedSeats() int {
+	n := 0
+	for _, s := range r.seats {
+		if s.connected.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *chaosRun) awaitConnected(ctx context.Context, d time.Duration) {
+	_ = waitForUntil(d, func() error {
+		if n := r.connectedSeats(); n < len(r.seats) {
+			return fmt.Errorf("%d of %d connected", n, len(r.seats))
+		}
+		return nil
+	}, ctx.Done())
+}
+
+func (r *chaosRun) since() float64 { return time.Since(r.t0).Seconds() }
+
+func (r *chaosRun) event(kind, what string) {
+	r.mu.Lock()
+	r.events = append(r.events, chaosEvent{At: r.since(), What: what})
+	r.faults[kind]++
+	r.mu.Unlock()
+	logf("chaos %5.0fs: %s", r.since(), what)
+}
+
+// breakThings runs the fault schedule until ctx ends. Each kind of fault
+// has its own clock; faults of different kinds may overlap, as in
+// production.
+func (r *chaosRun) breakThings(ctx context.Context, rng *rand.Rand) {
+	c := r.cfg
+	var mu sync.Mutex // rng
+	pick := func(n int) int { mu.Lock(); defer mu.Unlock(); return rng.IntN(n) }
+	between := func(a, b time.Duration) time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		return a + time.Duration(rng.Int64N(int64(b-a)+1))
+	}
+	var wg sync.WaitGroup
+	every := func(d time.Duration, f func()) {
+		if d <= 0 {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(d)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					f()
+				}
+			}
+		}()
+	}
+	every(c.redisEvery, func() {
+		down := between(c.redisDownMin, c.redisDownMx)
+		r.event("redis_restart", fmt.Sprintf("Redis killed, down for %v", down.Round(time.Millisecond)))
+		if err := r.fl.restartRedis(ctx, down); err != nil {
+			logf("chaos: restarting Redis: %v", err)
+		}
+	})
+	every(c.killEvery, func() {
+		i := pick(c.instances)
+		r.event("instance_kill", fmt.Sprintf("instance %d SIGKILLed and restarted", i))
+		if err := r.fl.restartInstance(ctx, i, syscall.SIGKILL); err != nil {
+			logf("chaos: restarting instance %d: %v", i, err)
+		}
+	})
+	every(c.termEvery, func() {
+		i := pick(c.instances)
+		r.event("instance_term", fmt.Sprintf("instance %d SIGTERMed and restarted", i))
+		if err := r.fl.restartInstance(ctx, i, syscall.SIGTERM); err != nil {
+			logf("chaos: restarting instance %d: %v", i, err)
+		}
+	})
+	every(c.dropEvery, func() {
+		n := int(float64(len(r.seats)) * c.dropShare)
+		dropped := 0
+		for k := range n {
+			if r.seats[pick(len(r.seats))].drop(k%2 == 1) {
+				dropped++
+			}
+		}
+		r.event("connection_drops", fmt.Sprintf("%d connections dropped (half closed, half reset)", dropped))
+	})
+	wg.Wait()
+}
+
+// healAll makes sure Redis and every instance run at the end: a fault may
+// have been cut short by the end of the schedule.
+func (r *chaosRun) healAll(ctx context.Context) {
+	for i := range r.fl.addrs {
+		p := r.fl.inst(i)
+		select {
+		case <-p.done:
+			_ = r.fl.restartInstance(ctx, i, syscall.SIGKILL)
+		default:
+		}
+	}
+}
+
+// awaitDrained waits until every seat's user has every message that
+// surely reached Redis, or the deadline passes.
+func (r *chaosRun) awaitDrained(ctx context.Context, pr *producers, deadline time.Time) {
+	_ = waitForUntil(time.Until(deadline), func() error {
+		missing := 0
+		for i := range r.cfg.users {
+			user := userName(i + 1)
+			var got bitset
+			for _, s := range r.byUser[user] {
+				got.or(s.st.snapshot())
+			}
+			for seq := range pr.sent[i] {
+				if !got.has(seq) && !pr.uncertain[i].has(seq) {
+					missing++
+				}
+			}
+		}
+		if missing > 0 {
+			return fmt.Errorf("%d messages not yet received", missing)
+		}
+		return nil
+	}, ctx.Done())
+}
+
+// monitor samples every instance's resources once a second.
+func (r *chaosRun) monitor(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p := resourcePoint{At: r.since(), Connected: r.connectedSeats()}
+		for _, a := range r.fl.addrs {
+			s, _ := sampleInstance(a) // zero while it restarts
+			p.Instances = append(p.Instances, s)
+		}
+		r.mu.Lock()
+		r.points = append(r.points, p)
+		r.mu.Unlock()
+	}
+}
+
+func (r *chaosRun) result(bcfg *config, pr *producers, left leftovers) *chaosResult {
+	users := make([]string, r.cfg.users)
+	for i := range users {
+		users[i] = userName(i + 1)
+	}
+	conns := map[string][]*bitset{}
+	var reconnects int64
+	for _, s := range r.seats {
+		conns[s.user] = append(conns[s.user], &s.st.seen)
+		reconnects += s.dials.Load() - 1
+	}
+	t := account(users, pr.sent, pr.uncertain, conns, left)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res := &chaosResult{Seed: r.cfg.seed, Seconds: r.since(), Instances: r.cfg.instances, Users: r.cfg.users, Seats: len(r.seats),
+		Sent: t.sent, Unsent: t.unsent, Delivered: r.tr.received.Load(), Lost: t.lost, LostIDs: t.lostIDs, Misdelivered: r.tr.wrong.Load(),
+		Duplicated: r.tr.dups.Load(), Reordered: r.tr.ooo.Load(), Partial: t.partial,
+		StillQueued: left.queued, StillInFlight: left.processing, Unparsed: r.tr.garbage.Load() + left.unparsed,
+		Reconnects: reconnects, Faults: r.faults, Events: r.events, Anomalies: r.tr.anomalies.bySecond(r.t0),
+		Resources: r.points}
+	res.Growth = resourceGrowth(r.points, r.cfg.duration)
+	res.judge()
+	return res
+}
+
+func (res *chaosResult) judge() {
+	var bad []string
+	for _, f := range []struct {
+		n    int64
+		what string
+	}{{res.Lost, "lost"}, {res.Misdelivered, "misdelivered"}, {res.StillInFlight, "still in a processing list"},
+		{res.StillQueued, "still queued"}, {res.Unparsed, "unparsed frames"}} {
+		if f.n > 0 {
+			bad = append(bad, strconv.FormatInt(f.n, 10)+" "+f.what)
+		}
+	}
+	bad = append(bad, res.Growth...)
+	res.Verdict = "pass"
+	if len(bad) > 0 {
+		res.Verdict = "fail: " + strings.Join(bad, ", ")
+	}
+}
+
+// resourceGrowth checks, in runs of five minutes or more, that after the
+// first minute no instance's RSS, goroutines or open files grew by more
+// than 10% while the number of connections was flat: it compares the
+// median of the first minute after warm-up with that of the last minute.
+func resourceGrowth(pts []resourcePoint, d time.Duration) []string {
+	if d < 5*time.Minute || len(pts) < 240 {
+		return nil
+	}
+	var early, late []resourcePoint
+	for _, p := range pts {
+		switch {
+		case p.At >= 60 && p.At < 120:
+			early = append(early, p)
+		case p.At >= pts[len(pts)-1].At-60:
+			late = append(late, p)
+		}
+	}
+	var out []string
+	for i := range pts[0].Instances {
+		for _, m := range []struct {
+			name string
+			get  func(instanceStat) float64
+		}{{"RSS", func(s instanceStat) float64 { return s.RSS }}, {"goroutines", func(s instanceStat) float64 { return s.Goroutines }},
+			{"open files", func(s instanceStat) float64 { return s.OpenFiles }}} {
+			a, b := medianOf(early, i, m.get), medianOf(late, i, m.get)
+			ca, cb := medianConnected(early), medianConnected(late)
+			if a > 0 && b > 1.1*a && cb <= 1.1*ca {
+				out = append(out, fmt.Sprintf("instance %d %s grew %.0f → %.0f", i, m.name, a, b))
+			}
+		}
+	}
+	return out
+}
+
+func medianOf(pts []resourcePoint, i int, get func(instanceStat) float64) float64 {
+	var v []float64
+	for _, p := range pts {
+		if x := get(p.Instances[i]); x > 0 { // 0: the instance was restarting
+			v = append(v, x)
+		}
+	}
+	return medianFloat(v)
+}
+
+func medianConnected(pts []resourcePoint) float64 {
+	var v []float64
+	for _, p := range pts {
+		v = append(v, float64(p.Connected))
+	}
+	return medianFloat(v)
+}
+
+func medianFloat(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+func (res *chaosResult) printTable(w io.Writer) {
+	row := func(k string, v any) { fmt.Fprintf(w, "%-22s %v\n", k, v) }
+	row("run", fmt.Sprintf("%.0f s, seed %d, %d instances, %d users, %d connections", res.Seconds, res.Seed, res.Instances, res.Users, res.Seats))
+	row("faults", fmt.Sprintf("%v", res.Faults))
+	row("sent", fmt.Sprintf("%d (unsent %d)", res.Sent, res.Unsent))
+	row("delivered", res.Delivered)
+	row("lost", res.Lost)
+	row("misdelivered", res.Misdelivered)
+	row("duplicated", res.Duplicated)
+	row("reordered", res.Reordered)
+	row("partial", fmt.Sprintf("%d (messages one tab of a user missed while another got them)", res.Partial))
+	row("left in Redis", fmt.Sprintf("queued %d, processing %d", res.StillQueued, res.StillInFlight))
+	row("reconnects", res.Reconnects)
+	row("verdict", res.Verdict)
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// A seat is one browser tab of the chaos run: a user on one instance, that
+// reconnects whenever its connection ends, for the whole run. Its
+// connState lives across reconnects, so a message it gets twice (requeued
+// after a crash) is a duplicate, and an older one after a newer a
+// reordering.
+
+type seatKind int
+
+const (
+	seatNormal  seatKind = iota
+	seatSlow             // reads a few frames a second
+	seatStopper          // stops reading for a while, then reads on
+)
+
+type seat struct {
+	user    string
+	inst    int
+	kind    seatKind
+	st      *connState
+	stopAt  time.Duration // stoppers: when to stop reading, from the start
+	stopFor time.Duration
+
+	mu        sync.Mutex
+	conn      net.Conn
+	inFrame   bool // the reader is inside a frame: a drop waits for its end
+	connected atomic.Bool
+	stopping  atomic.Bool  // a stopper that is not reading now
+	dropReq   atomic.Int32 // dropClose or dropReset, for the reader
+	dials     atomic.Int64
+}
+
+// runSeat connects, reads, and reconnects until ctx ends. addr returns the
+// seat's instance's address.
+func (s *seat) run(ctx context.Context, t0 time.Time, addr func(int) string, format string, tr *tracker, rng *rand.Rand) {
+	backoff := 50 * time.Millisecond
+	stopped := false
+	for ctx.Err() == nil {
+		c, r, err := s.dial(ctx, addr(s.inst))
+		if err != nil {
+			sleepCtx(ctx, backoff+time.Duration(rng.Int64N(int64(backoff))))
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		s.read(ctx, c, r, t0, format, tr, &stopped)
+		s.connected.Store(false)
+		_ = c.Close()
+	}
+}
+
+func (s *seat) dial(ctx context.Context, addr string) (net.Conn, *bufio.Reader, error) {
+	d := ws.Dialer{Timeout: 5 * time.Second}
+	c, br, _, err := d.Dial(ctx, "ws://"+addr+"/?user_id="+url.QueryEscape(s.user))
+	if err != nil {
+		return nil, nil, err
+	}
+	r := bufio.NewReaderSize(c, 4<<10)
+	if br != nil {
+		r = bufio.NewReaderSize(io.MultiReader(br, c), 4<<10)
+	}
+	s.mu.Lock()
+	s.conn = c
+	s.mu.Unlock()
+	s.dials.Add(1)
+	s.connected.Store(true)
+	return c, r, nil
+}
+
+// read parses frames until the connection ends. A stopper, once its time
+// comes, stops reading for stopFor (the server may close it meanwhile),
+// then reads what its socket holds and carries on.
+//
+// A drop is carried out here, between two frames, so that nothing that
+// reached this socket goes unread: the chaos run breaks connections, it
+// does not stage TCP's own hole (a frame written into a socket whose peer
+// has just gone away, which no server can see).
+func (s *seat) read(ctx context.Context, c net.Conn, r *bufio.Reader, t0 time.Time, format string, tr *tracker, stopped *bool) {
+	f := frameReader{c: c, r: r, format: format, tr: tr, st: s.st}
+	for ctx.Err() == nil {
+		if req := s.dropReq.Swap(0); req != 0 {
+			s.finishDrop(&f, req == dropReset)
+			return
+		}
+		if s.kind == seatStopper && !*stopped && time.Since(t0) >= s.stopAt {
+			*stopped = true
+			s.stopping.Store(true)
+			sleepCtx(ctx, s.stopFor)
+			s.stopping.Store(false)
+		}
+		if _, err := r.Peek(1); err != nil { // a safe point: no frame begun
+			if isTimeout(err) && s.dropReq.Load() != 0 {
+				_ = c.SetReadDeadline(time.Time{})
+				continue
+			}
+			return
+		}
+		s.mu.Lock()
+		s.inFrame = true
+		_ = c.SetReadDeadline(time.Time{})
+		s.mu.Unlock()
+		more := f.next()
+		s.mu.Lock()
+		s.inFrame = false
+		s.mu.Unlock()
+		if !more {
+			return
+		}
+		if s.kind == seatSlow {
+			sleepCtx(ctx, 300*time.Millisecond)
+		}
+	}
+}
+
+// frameReader reads one connection's frames into the tracker.
+type frameReader struct {
+	c       net.Conn
+	r       *bufio.Reader
+	format  string
+	tr      *tracker
+	st      *connState
+	greeted bool
+	closed  bool // the server's close frame arrived
+}
+
+// next reads one frame; false when the connection is done.
+func (f *frameReader) next() bool {
+	h, err := ws.ReadHeader(f.r)
+	if err != nil {
+		return false
+	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(f.r, p); err != nil {
+		return false
+	}
+	switch h.OpCode {
+	case ws.OpPing:
+		_ = ws.WriteFrame(f.c, ws.MaskFrameInPlace(ws.NewPongFrame(p)))
+		return true
+	case ws.OpClose:
+		f.closed = true
+		return false
+	case ws.OpText, ws.OpBinary:
+	default:
+		return true
+	}
+	if !f.greeted {
+		f.greeted = true
+		return true
+	}
+	st, err := parseFrame(f.format, p)
+	if err != nil {
+		f.tr.garbage.Add(1)
+		return true
+	}
+	f.tr.record(f.st, st, time.Now())
+	return true
+}
+
+const (
+	dropClose = 1
+	dropReset = 2
+)
+
+// drop asks the seat's reader to end its connection as a tab or a network
+// would: with a close frame, or with a TCP reset. The seat reconnects. A
+// stopper that is not reading is left alone: what it has not read would be
+// lost by the client, not by the server.
+func (s *seat) drop(reset bool) bool {
+	if !s.connected.Load() || s.stopping.Load() {
+		return false
+	}
+	req := int32(dropClose)
+	if reset {
+		req = dropReset
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		return false
+	}
+	s.dropReq.Store(req)
+	if !s.inFrame {
+		_ = s.conn.SetReadDeadline(time.Now()) // wake the reader at its safe point
+	}
+	return true
+}
+
+// finishDrop closes the connection. A close is the closing handshake of
+// RFC 6455 §5.5.1: send a close frame, read on until the server's. A reset
+// first reads what already arrived, then closes with SO_LINGER 0.
+func (s *seat) finishDrop(f *frameReader, reset bool) {
+	if reset {
+		_ = f.c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		for f.next() {
+		}
+		if tc, ok := f.c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		return
+	}
+	_ = f.c.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = ws.WriteFrame(f.c, ws.MaskFrameInPlace(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "chaos"))))
+	for !f.closed && f.next() {
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// close ends the seat for good (the run is over).
+func (s *seat) close() {
+	s.mu.Lock()
+	if s.conn != nil {
+		_ = s.conn.Close()
+	}
+	s.mu.Unlock()
+}
