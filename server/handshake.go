@@ -101,7 +101,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 			var status int
 			var err error
 			if user, status, err = s.identify(string(uri)); err != nil {
-				s.stats.refused(status)
+				s.refuse(status, err.Error(), nc.RemoteAddr())
 				return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(err.Error()+"\n"))
 			}
 			return nil
@@ -109,8 +109,9 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 		OnHeader: func(key, value []byte) error {
 			if len(s.cfg.AllowedOrigins) > 0 && strings.EqualFold(string(key), "Origin") &&
 				!slices.Contains(s.cfg.AllowedOrigins, string(value)) {
-				s.stats.refused(403)
-				return ws.RejectConnectionError(ws.RejectionStatus(403), ws.RejectionReason("origin not allowed\n"))
+				reason := fmt.Sprintf("origin %q not allowed (-allowed-origins)", value)
+				s.refuse(403, reason, nc.RemoteAddr())
+				return ws.RejectConnectionError(ws.RejectionStatus(403), ws.RejectionReason(reason+"\n"))
 			}
 			return nil
 		},
@@ -118,7 +119,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 			var err error
 			sess, err = s.hub.acquire(user)
 			if err != nil {
-				s.stats.refused(503)
+				s.refuse(503, refusal(err), nc.RemoteAddr())
 				return nil, ws.RejectConnectionError(
 					ws.RejectionStatus(503),
 					ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")),

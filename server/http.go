@@ -89,6 +89,10 @@ func (s *Server) newHTTPServer() *http.Server {
 // readyz reports whether Redis answers: without it nothing is delivered,
 // though open connections stay open.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.stopping.Load() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 	defer cancel()
 	if err := s.clients.Command.Ping(ctx).Err(); err != nil {
