@@ -188,7 +188,7 @@ func userFromQuery(vals url.Values) (string, error) {
 func (s *Server) serveConn(c *conn) {
 	// The greeting goes out before the connection is registered, so it is
 	// the first frame even when messages are waiting.
-	if err := c.write(frameHello); err != nil {
+	if err := c.write(s.greet.hello); err != nil {
 		s.hub.release(c.sess, nil)
 		c.close()
 		return
@@ -202,17 +202,22 @@ func (s *Server) serveConn(c *conn) {
 	err := s.readLoop(c, bufio.NewReaderSize(c.nc, 256))
 	s.hub.release(c.sess, c)
 	c.close()
-	s.log.Info(fmt.Sprintf("client-%d is closed", c.fd), "fd", c.fd, "user", c.user, "reason", closeReason(err))
+	s.log.Info(fmt.Sprintf("client-%d is closed", c.fd), "fd", c.fd, "user", c.user, "reason", closeReason(err, c))
 }
 
-func closeReason(err error) string {
+// closeReason says why a connection ended: the reader's own close, or why
+// the server closed the socket (shutdown, failed write), of which the
+// reader's error is only the echo, or what the socket reported.
+func closeReason(err error, c *conn) string {
 	var ce *closeErr
-	switch {
-	case errors.As(err, &ce):
-		return fmt.Sprintf("%d %s", ce.code, ce.reason)
-	case errors.Is(err, io.EOF):
-		return "peer closed the socket"
-	default:
-		return err.Error()
+	if errors.As(err, &ce) {
+		return ce.String()
 	}
+	if why := c.closedBecause(); why != "" {
+		return why
+	}
+	if errors.Is(err, io.EOF) {
+		return "peer closed the socket"
+	}
+	return err.Error()
 }

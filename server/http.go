@@ -111,7 +111,9 @@ func (s *Server) demoPush(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errBadUserID.Error(), http.StatusBadRequest)
 		return
 	}
-	if err := s.clients.Command.LPush(r.Context(), s.q.Key(user), data).Err(); err != nil {
+	ctx, cancel := context.WithTimeout(r.Context(), pushTimeout)
+	defer cancel()
+	if err := s.clients.Command.LPush(ctx, s.q.Key(user), data).Err(); err != nil {
 		http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}

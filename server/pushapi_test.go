@@ -5,15 +5,24 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redpush/redpush/server"
 )
 
 func post(t *testing.T, url, key, body string) (int, string) {
 	t.Helper()
+	if key == "" {
+		return postAuth(t, url, "", body)
+	}
+	return postAuth(t, url, "Bearer "+key, body)
+}
+
+func postAuth(t *testing.T, url, authorization, body string) (int, string) {
+	t.Helper()
 	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -37,14 +46,24 @@ func TestPushAPI(t *testing.T) {
 		{"k3y", `{"user":"4 2","data":"x"}`, 400},
 		{"k3y", `not json`, 400},
 		{"k3y", `[]`, 400},
+		{"k3y", `{"user":"42"}`, 400},                            // no data: not an empty message
+		{"k3y", `{"user":"42","data":null}`, 400},                // the same
+		{"k3y", `[{"user":"42","data":"x"},{"user":"42"}]`, 400}, // nothing of a bad batch
+		{"k3y", `{"user":4.2,"data":"x"}`, 400},                  // a number must be an integer
 		{"k3y", `{"user":"42","data":"one"}`, 200},
 		{"k3y", `[{"user":"42","data":"two"},{"user":"42","data":"three"}]`, 200},
+		{"k3y", `{"user":42,"data":"four"}`, 200}, // PHP and JavaScript send numbers
+		{"k3y", `{"user":"42","data":""}`, 200},   // an empty message, asked for
 	} {
 		if status, body := post(t, url, tc.key, tc.body); status != tc.status {
 			t.Errorf("key %q body %s: %d %q, want %d", tc.key, tc.body, status, body, tc.status)
 		}
 	}
-	for _, want := range []string{"one", "two", "three"} { // same delivery path, same order
+	// RFC 7235: the scheme is case-insensitive.
+	if status, body := postAuth(t, url, "bearer k3y", `{"user":"42","data":"five"}`); status != 200 {
+		t.Errorf("lower-case bearer: %d %q", status, body)
+	}
+	for _, want := range []string{"one", "two", "three", "four", "", "five"} { // same delivery path, same order
 		if got := c.MustRead(); got != want {
 			t.Fatalf("got %q, want %q", got, want)
 		}
@@ -54,4 +73,22 @@ func TestPushAPI(t *testing.T) {
 	if status, _ := post(t, "http://"+g2.addr+"/api/push", "k3y", `{"user":"42","data":"x"}`); status == 200 {
 		t.Fatal("push API enabled without an API key")
 	}
+}
+
+// With Redis down the push API answers 503 within about a second (the
+// go-redis retries took 3.35 s before), so a producer can fail over fast.
+func TestPushAPIAnswers503FastWhenRedisIsDown(t *testing.T) {
+	g := startGateway(t, nil, server.Config{APIKey: "k3y"})
+	g.rds.Stop()
+	start := time.Now()
+	status, body := post(t, "http://"+g.addr+"/api/push", "k3y", `{"user":"42","data":"x"}`)
+	took := time.Since(start)
+	if status != 503 {
+		t.Fatalf("%d %q, want 503", status, body)
+	}
+	// One second of budget; the slack is for a loaded machine.
+	if took > 2500*time.Millisecond {
+		t.Fatalf("503 after %v, want about a second", took)
+	}
+	t.Logf("503 after %v: %s", took, strings.TrimSpace(body))
 }

@@ -36,6 +36,7 @@ type Server struct {
 	// connections drain.
 	stopping atomic.Bool
 	refusals refusalLog
+	greet    greetings
 }
 
 // DemoUser is the user of the README's examples and of the quick start's
@@ -73,7 +74,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, clients: clients, q: q}
+	s := &Server{cfg: cfg, log: cfg.Logger, clients: clients, q: q, greet: greetingsFor(cfg.Format)}
 	s.pool, err = taskpool.New(taskpool.Config{
 		Size: cfg.Workers,
 		PanicHandler: func(v any) {
