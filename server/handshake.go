@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -107,9 +108,8 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 			return nil
 		},
 		OnHeader: func(key, value []byte) error {
-			if len(s.cfg.AllowedOrigins) > 0 && strings.EqualFold(string(key), "Origin") &&
-				!slices.Contains(s.cfg.AllowedOrigins, string(value)) {
-				reason := fmt.Sprintf("origin %q not allowed (-allowed-origins)", value)
+			if strings.EqualFold(string(key), "Origin") && !s.originAllowed(string(value)) {
+				reason := originRefusal(string(value))
 				s.refuse(403, reason, nc.RemoteAddr())
 				return ws.RejectConnectionError(ws.RejectionStatus(403), ws.RejectionReason(reason+"\n"))
 			}
@@ -140,6 +140,44 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return &conn{fd: s.nextFD.Add(1), user: user, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout}, nil
+}
+
+// originAllowed applies Config.AllowedOrigins to a browser's Origin.
+func (s *Server) originAllowed(origin string) bool {
+	return len(s.cfg.AllowedOrigins) == 0 || slices.Contains(s.cfg.AllowedOrigins, origin)
+}
+
+func originRefusal(origin string) string {
+	return fmt.Sprintf("origin %q not allowed (-allowed-origins)", origin)
+}
+
+// check is GET /check: the verdict a WebSocket handshake with the same
+// query would get, without upgrading, admitting or counting it. A browser
+// never shows the status or body of a refused upgrade, only close code
+// 1006, so the demo page asks here why its connection failed. The origin
+// is the Origin header, or the origin parameter: a same-origin GET carries
+// no Origin.
+func (s *Server) check(w http.ResponseWriter, r *http.Request) {
+	user, status, err := s.identify(r.URL.RequestURI())
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		origin = r.URL.Query().Get("origin")
+	}
+	switch {
+	case err != nil:
+	case origin != "" && !s.originAllowed(origin):
+		status, err = http.StatusForbidden, errors.New(originRefusal(origin))
+	default:
+		if err = s.hub.admissible(user); err != nil {
+			status, err = http.StatusServiceUnavailable, errors.New(refusal(err))
+			w.Header().Set("Retry-After", "1")
+		}
+	}
+	if err != nil {
+		http.Error(w, err.Error(), status)
+		return
+	}
+	fmt.Fprintf(w, "ok: would connect as user %s\n", user)
 }
 
 func refusal(err error) string {

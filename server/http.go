@@ -60,7 +60,7 @@ func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 func (s *Server) newHTTPServer() *http.Server {
 	mux := http.NewServeMux()
-	page := html.Page(html.Options{DemoPush: s.cfg.DemoPush})
+	page := html.Page(html.Options{DemoPush: s.cfg.DemoPush, Auth: s.cfg.Auth != nil, DefaultUser: DemoUser})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(page)
@@ -69,6 +69,7 @@ func (s *Server) newHTTPServer() *http.Server {
 		_, _ = fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /check", s.check)
 	mux.Handle("GET /metrics", s.metricsHandler())
 	if s.cfg.APIKey != "" {
 		mux.HandleFunc("POST /api/push", s.apiPush)
