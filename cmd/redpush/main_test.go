@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -76,13 +77,25 @@ func startProc(t *testing.T, env []string, args ...string) *proc {
 			t.Fatalf("redpush exited at start:\n%s", p.stderr.String())
 		default:
 		}
-		resp, err := http.Get("http://" + addr + "/healthz")
+		resp, err := probeClient.Get(p.url("/healthz"))
 		if err == nil {
 			resp.Body.Close()
 		}
 		return err
 	})
 	return p
+}
+
+// probeClient asks the test's own servers, TLS ones with a self-signed
+// certificate too.
+var probeClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
+// url is path on the process's address, https:// when it serves TLS.
+func (p *proc) url(path string) string {
+	if slices.Contains(p.cmd.Args, "-tls-cert") {
+		return "https://" + p.addr + path
+	}
+	return "http://" + p.addr + path
 }
 
 // wait waits for the process to exit and returns its exit code.

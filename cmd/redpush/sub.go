@@ -55,7 +55,13 @@ func healthcheckCmd(args []string, getenv func(string) string, stdout, stderr io
 		return code
 	}
 	if *url == "" {
-		if fs.NFlag() == 0 {
+		serverFlags := 0
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name != "pid" {
+				serverFlags++
+			}
+		})
+		if serverFlags == 0 {
 			if server, ok := serverArgs(*pid); ok {
 				fs = flag.NewFlagSet("redpush", flag.ContinueOnError)
 				o = &options{}
