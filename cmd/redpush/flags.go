@@ -43,16 +43,16 @@ func defineFlags(fs *flag.FlagSet, o *options) *string {
 	c := &o.cfg
 	fs.StringVar(&c.Addr, "addr", defaultAddr, "listen `address` (host:port); with -redis embedded the default is "+embeddedAddr)
 	fs.StringVar(&o.redis, "redis", "redis://127.0.0.1:6379", "Redis `URL`: redis://host:6379/0 (also rediss://, unix://); Sentinel: redis://sentinel:26379?master_name=NAME[&addr=sentinel2:26379]; Cluster: redis://node1:7000?addr=node2:7000[&addr=...]; or \"embedded\" for an in-process Redis (quick start only)")
-	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num: 1 to 100000; 0 means the default: from the open-file limit, at most 10000")
+	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num: 1 to 100000; 0 means the default, from the open-file limit (at most 10000)")
 	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
 	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")
 	fs.StringVar(&c.Instance, "instance", "", "stable instance `id`, so a restart returns its in-flight messages (default host-port)")
-	durationVar(fs, &c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this long; 1s to 24h")
+	durationVar(fs, &c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this `duration`: 1s to 24h; 0 means the default")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client frame or message in bytes, larger is closed with 1009: 16 to 67108864; 0 means the default")
-	durationVar(fs, &c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time to read the request and upgrade: 100ms to 5m; 0 means the default")
-	durationVar(fs, &c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half, closed after all of it: 100ms to 24h; 0 means the default")
-	durationVar(fs, &c.WriteTimeout, "write-timeout", 10*time.Second, "a client that does not read for this long is disconnected: 100ms to 10m; 0 means the default")
-	durationVar(fs, &c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time to close clients and requeue in-flight messages on SIGTERM: 100ms to 1h; 0 means the default")
+	durationVar(fs, &c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "`duration` to read the request and upgrade: 100ms to 5m; 0 means the default")
+	durationVar(fs, &c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half this `duration`, closed after all of it: 100ms to 24h; 0 means the default")
+	durationVar(fs, &c.WriteTimeout, "write-timeout", 10*time.Second, "a client that does not read for this `duration` is disconnected: 100ms to 10m; 0 means the default")
+	durationVar(fs, &c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "`duration` to close clients and requeue in-flight messages on SIGTERM: 100ms to 1h; 0 means the default")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "require ?token=<JWT> signed with this HS256 `secret` (at least 16 bytes); sub is the user id")
 	fs.StringVar(&o.jwtPubKey, "jwt-public-key", "", "require ?token=<JWT> signed for this PEM public key `file` (RSA: RS256, ECDSA: ES256)")
 	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated browser Origins (scheme://host[:port]) allowed to connect (default: any)")
@@ -209,7 +209,7 @@ type durationValue time.Duration
 
 func durationVar(fs *flag.FlagSet, p *time.Duration, name string, def time.Duration, usage string) {
 	*p = def
-	fs.Var((*durationValue)(p), name, "a `duration`: "+usage)
+	fs.Var((*durationValue)(p), name, usage)
 }
 
 func (d *durationValue) String() string { return (*time.Duration)(d).String() }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,7 +47,12 @@ func run(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	go reloadOnSIGHUP(ctx, o.certs, log)
+	// Registered before anything starts: SIGHUP's default action ends the
+	// process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadOnSIGHUP(ctx, hup, o.certs, log)
 
 	if o.pprof != "" {
 		ln, err := net.Listen("tcp", o.pprof)
@@ -114,12 +118,8 @@ func demoKey(pattern string) string {
 }
 
 // reloadOnSIGHUP reloads the TLS certificate and key files on each SIGHUP;
-// open connections keep theirs. Without TLS a SIGHUP is only logged: its
-// default action would end the process.
-func reloadOnSIGHUP(ctx context.Context, certs *server.CertFiles, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// open connections keep theirs. Without TLS a SIGHUP is only logged.
+func reloadOnSIGHUP(ctx context.Context, hup <-chan os.Signal, certs *server.CertFiles, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -147,27 +147,4 @@ func servePprof(ln net.Listener, log *slog.Logger) {
 	if err := http.Serve(ln, mux); err != nil {
 		log.Error("pprof stopped", "err", err)
 	}
-}
-
-// parseSub parses the flags of subcommand fs. done reports that the command
-// ends here with code: 0 after -h, whose usage goes to stdout; 2 after a
-// mistake, which flag reports on stderr.
-func parseSub(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr io.Writer) (code int, done bool) {
-	fs.SetOutput(stderr)
-	fs.Usage = func() {}
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprintf(stdout, "Usage: %s %s\n\nFlags:\n", fs.Name(), synopsis)
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-		return 0, true
-	case err != nil:
-		fmt.Fprintf(stderr, "(see %s -h)\n", fs.Name())
-		return 2, true
-	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return 2, true
-	}
-	return 0, false
 }
