@@ -213,7 +213,12 @@ func TestReadyzIs503AsSoonAsShutdownBegins(t *testing.T) {
 		}
 		resp.Body.Close()
 		if resp.StatusCode == 503 {
-			return
+			break
 		}
+	}
+	// Still draining: a new client gets a 503 with the reason, not a
+	// refused connection.
+	if status, body := rawUpgrade(t, g.addr, "/?user_id=late"); status != 503 || !strings.Contains(body, "shutting down") {
+		t.Fatalf("a client during the drain got %d %q, want 503 server is shutting down", status, body)
 	}
 }

@@ -92,3 +92,41 @@ func TestPushAPIAnswers503FastWhenRedisIsDown(t *testing.T) {
 	}
 	t.Logf("503 after %v: %s", took, strings.TrimSpace(body))
 }
+
+// GET /check gives the verdict of a handshake with the same query, without
+// upgrading, admitting or counting it as a refusal.
+func TestCheckGivesTheHandshakesVerdict(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Workers: 1, AllowedOrigins: []string{"https://app.example"}})
+	g.dialReady("holder") // the only worker
+	base := "http://" + g.addr + "/check"
+	for _, tc := range []struct {
+		query  string
+		status int
+		body   string
+	}{
+		{"?user_id=holder", 200, "ok: would connect as user holder"},
+		{"?user_id=holder&origin=https://app.example", 200, "ok"},
+		{"?user_id=bob%20smith", 400, "user_id must be"},
+		{"", 400, "missing user_id"},
+		{"?user_id=holder&origin=https://evil.example", 403, "not allowed"},
+		{"?user_id=other", 503, "server is at capacity"},
+	} {
+		if status, body := get(t, base+tc.query); status != tc.status || !strings.Contains(body, tc.body) {
+			t.Errorf("check%s: %d %q, want %d with %q", tc.query, status, body, tc.status, tc.body)
+		}
+	}
+	if s := g.srv.Snapshot(); s.Refused400+s.Refused403+s.Refused503 != 0 || s.Users != 1 {
+		t.Errorf("checks were counted as handshakes: %+v", s)
+	}
+	auth, err := server.NewHMACAuth([]byte("a-secret-of-at-least-16-bytes"))
+	must(t, err)
+	ga := startGateway(t, nil, server.Config{Auth: auth})
+	if status, body := get(t, "http://"+ga.addr+"/check?user_id=42"); status != 401 || !strings.Contains(body, "token required") {
+		t.Errorf("check without a token: %d %q, want 401", status, body)
+	}
+	tok, err := server.Sign([]byte("a-secret-of-at-least-16-bytes"), "42", time.Minute)
+	must(t, err)
+	if status, body := get(t, "http://"+ga.addr+"/check?token="+tok); status != 200 || !strings.Contains(body, "user 42") {
+		t.Errorf("check with a token: %d %q, want 200 as user 42", status, body)
+	}
+}

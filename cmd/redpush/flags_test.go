@@ -37,3 +37,21 @@ func TestEmbeddedListensOnLoopbackUnlessAddrIsGiven(t *testing.T) {
 		})
 	}
 }
+
+// The healthcheck asks over loopback a server that listens on every address.
+func TestReadyURL(t *testing.T) {
+	for _, tc := range []struct {
+		addr, cert, want string
+	}{
+		{"0.0.0.0:9502", "", "http://127.0.0.1:9502/readyz"},
+		{":9600", "", "http://127.0.0.1:9600/readyz"},
+		{"[::]:9502", "c.pem", "https://[::1]:9502/readyz"},
+		{"10.0.0.5:9502", "", "http://10.0.0.5:9502/readyz"},
+	} {
+		o := &options{tlsCert: tc.cert}
+		o.cfg.Addr = tc.addr
+		if got := readyURL(o); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.addr, got, tc.want)
+		}
+	}
+}

@@ -184,3 +184,15 @@ func TestHealthcheckFollowsTheServersAddressAndTLS(t *testing.T) {
 	rds.Stop() // not ready: /readyz answers 503
 	check(1)
 }
+
+// Without TLS a SIGHUP is logged and changes nothing: its default action
+// would have ended the process.
+func TestSIGHUPWithoutTLSKeepsRunning(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	p := startProc(t, nil, "-redis", rds.URL())
+	hup(t, p, "SIGHUP: no TLS certificate to reload", 1)
+	c := testutil.Dial(t, p.addr, "still")
+	if got := c.MustRead(); got != "hello;\n" {
+		t.Fatalf("greeting %q after SIGHUP", got)
+	}
+}
