@@ -9,6 +9,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/redpush/redpush/internal/testutil"
 	"github.com/redpush/redpush/server"
 )
 
@@ -101,16 +102,15 @@ func TestCloseReasonsAreReadable(t *testing.T) {
 // logLine waits for the log line that contains part and returns it.
 func logLine(g *gateway, part string) string {
 	g.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var line string
+	testutil.Eventually(g.t, 10*time.Second, func() error {
 		for _, l := range strings.Split(g.logs.String(), "\n") {
 			if strings.Contains(l, part) {
-				return l
+				line = l
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("no log line with %q:\n%s", part, g.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond) // polling the log for an event logged after it happened
-	}
+		return fmt.Errorf("no log line with %q:\n%s", part, g.logs.String())
+	})
+	return line
 }
