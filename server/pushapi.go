@@ -71,7 +71,7 @@ func (s *Server) apiPush(w http.ResponseWriter, r *http.Request) {
 		p.LPush(ctx, s.q.Key(string(it.User)), *it.Data)
 	}
 	if _, err := p.Exec(ctx); err != nil {
-		http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+		http.Error(w, "redis unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
