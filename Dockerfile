@@ -16,7 +16,9 @@ COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/
 COPY --from=build /out/redpush /redpush
 USER 65532:65532
 EXPOSE 9502
+# redpush healthcheck asks /readyz of the server that PID 1 is, read from
+# its command line and the environment: it follows -addr and TLS.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/redpush", "healthcheck", "-url", "http://127.0.0.1:9502/readyz"]
+    CMD ["/redpush", "healthcheck"]
 ENTRYPOINT ["/redpush"]
 CMD ["-redis", "redis://redis:6379"]

@@ -1,7 +1,8 @@
 # redpush — `make test` is the one command that runs every test on a fresh
 # Debian machine: it installs what is missing (redis-server: the tests start
-# their own on free ports; docker-compose: to validate docker-compose.yml;
-# chromium: the browser test), vets, validates the compose file, builds the
+# their own on free ports; docker-compose, Compose v1 from Debian, to validate
+# docker-compose.yml (Compose v2's `docker compose` reads the same file);
+# chromium: the browser tests), vets, validates the compose file, builds the
 # binary as the Dockerfile does, and runs all tests with the race detector.
 
 GO ?= go

@@ -16,10 +16,19 @@ type Options struct {
 	// DemoPush shows the box that pushes a message to any user through
 	// POST /demo/push (the embedded quick start only).
 	DemoPush bool
+	// Auth: the server requires ?token=; the page takes it from its own
+	// URL or from a field where one can be pasted, instead of a user id.
+	Auth bool
+	// DefaultUser is the user the page connects as when its URL names
+	// none: the user of the quick start's hint. Default "42".
+	DefaultUser string
 }
 
 // Page renders the demo page.
 func Page(o Options) []byte {
+	if o.DefaultUser == "" {
+		o.DefaultUser = "42"
+	}
 	var b bytes.Buffer
 	if err := tmpl.Execute(&b, o); err != nil {
 		panic(err) // the template is embedded: an error is a build bug

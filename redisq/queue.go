@@ -111,10 +111,10 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	if cfg.KeyPattern == "" {
 		cfg.KeyPattern = "user_%s_messages"
 	}
-	prefix, suffix, ok := strings.Cut(cfg.KeyPattern, "%s")
-	if !ok || strings.Contains(suffix, "%s") || strings.ContainsAny(cfg.KeyPattern, "{}") {
-		return nil, fmt.Errorf("%w: %q", ErrBadPattern, cfg.KeyPattern)
+	if err := CheckKeyPattern(cfg.KeyPattern); err != nil {
+		return nil, err
 	}
+	prefix, suffix, _ := strings.Cut(cfg.KeyPattern, "%s")
 	if !ValidID(cfg.Instance) {
 		return nil, fmt.Errorf("%w: %q", ErrBadInstance, cfg.Instance)
 	}
@@ -138,6 +138,17 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	// token of a call made just before it died.
 	q.token.Store(rand.Uint64())
 	return q, nil
+}
+
+// CheckKeyPattern reports whether pattern can name queues: exactly one %s
+// (the user id) and no braces, which would change the Cluster hash tag the
+// processing lists rely on.
+func CheckKeyPattern(pattern string) error {
+	_, suffix, ok := strings.Cut(pattern, "%s")
+	if !ok || strings.Contains(suffix, "%s") || strings.ContainsAny(pattern, "{}") {
+		return fmt.Errorf("%w: %q", ErrBadPattern, pattern)
+	}
+	return nil
 }
 
 // Key returns the queue key of user, e.g. "user_42_messages".

@@ -242,6 +242,9 @@ func TestSilentPeerIsPingedThenClosed(t *testing.T) {
 		t.Fatalf("closed after %v, want about %v", took, idle)
 	}
 	g.awaitConsumers(0, 5*time.Second)
+	if line := logLine(g, "user=quiet reason="); !strings.Contains(line, `reason="server sent close 1001 idle timeout"`) {
+		t.Errorf("the idle close is logged as %q", line)
+	}
 
 	// A peer that answers pings stays connected past the idle timeout:
 	// this read answers the pings it meets while it waits for data.

@@ -1,77 +1,110 @@
 package server_test
 
 import (
-	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/redpush/redpush/internal/testutil"
 	"github.com/redpush/redpush/server"
 )
 
 // The demo page in a real browser: headless Chromium (Debian's package,
 // installed by `make test`) opens the page, connects as a user, a message is
 // LPUSHed into Redis, and the test waits for it in the page's DOM. The
-// screenshot is kept in testdata/artifacts/ for a person to look at.
+// screenshots are kept in testdata/artifacts/ for a person to look at.
 func TestDemoPageInChromium(t *testing.T) {
-	path, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatalf("chromium not found (run `make test`, which installs it): %v", err)
-	}
 	g := startGateway(t, nil, server.Config{DemoPush: true})
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(path), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.NoFirstRun, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(900, 700),
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
-	defer cancelTimeout()
-
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(chromedp.Do(ctx,
-		chromedp.Navigate("http://"+g.addr+"/?user_id=42"),
+	ctx := testutil.Browser(t, 60*time.Second)
+	must(t, chromedp.Do(ctx,
+		chromedp.Navigate("http://"+g.addr+"/?user_id=7"),
 		chromedp.WaitVisible(chromedp.CSS("#state.open"))))
 	state, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#state")))
-	must(err)
-	g.push("42", "order shipped")
-	_, err = chromedp.Run(ctx, chromedp.Poll[bool](
-		`document.getElementById("content").innerText.includes("order shipped")`,
-		chromedp.WithPollingTimeout(15*time.Second)))
-	must(err)
-	content, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#content")))
-	must(err)
-	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
-	must(err)
-	if state != "connected as 42" {
+	must(t, err)
+	if state != "connected as 7" {
 		t.Errorf("state %q", state)
 	}
-	for _, want := range []string{"hello;", "user_42_messages", "order shipped"} {
+	g.push("7", "order shipped")
+	content := testutil.PageText(t, ctx, "#content", "order shipped", 15*time.Second)
+	for _, want := range []string{"hello;", "user_7_messages", "order shipped"} {
 		if !strings.Contains(content, want) {
 			t.Errorf("page shows %q, want it to contain %q", content, want)
 		}
 	}
-	dir := filepath.Join("testdata", "artifacts")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	testutil.Screenshot(t, ctx, "demo-page.png")
+}
+
+// Opened with no query, the page connects as the user of the quick start's
+// hint, so `LPUSH user_42_messages hi` shows on it.
+func TestDemoPageDefaultsToTheHintsUser(t *testing.T) {
+	g := startGateway(t, nil, server.Config{DemoPush: true})
+	ctx := testutil.Browser(t, 60*time.Second)
+	must(t, chromedp.Do(ctx,
+		chromedp.Navigate("http://"+g.addr+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#state.open"))))
+	g.push(server.DemoUser, "hi")
+	testutil.PageText(t, ctx, "#content", "user_42_messages 队列发送消息:hi", 15*time.Second)
+}
+
+// A browser reports a refused upgrade as close 1006 and hides the answer;
+// the page asks the server why and shows the status and the reason.
+func TestDemoPageShowsWhyItWasRefused(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Workers: 1})
+	g.dialReady("holder") // the only worker
+	auth, err := server.NewHMACAuth([]byte("a-secret-of-at-least-16-bytes"))
+	must(t, err)
+	ga := startGateway(t, nil, server.Config{Auth: auth})
+	go403 := startGateway(t, nil, server.Config{AllowedOrigins: []string{"https://app.example"}})
+	ctx := testutil.Browser(t, 90*time.Second)
+	for _, tc := range []struct {
+		url, want, shot string
+	}{
+		{"http://" + g.addr + "/?user_id=bob%20smith", "refused: 400 user_id must be 1-128 characters of [A-Za-z0-9_.:-]", "refused-400.png"},
+		{"http://" + g.addr + "/?user_id=other", "refused: 503 server is at capacity", ""},
+		{"http://" + ga.addr + "/", "refused: 401 token required", ""},
+		{"http://" + go403.addr + "/?user_id=1", "refused: 403 origin \"http://" + go403.addr + "\" not allowed", ""},
+	} {
+		must(t, chromedp.Do(ctx, chromedp.Navigate(tc.url)))
+		testutil.PageText(t, ctx, "#content", tc.want, 15*time.Second)
+		if tc.shot != "" {
+			testutil.Screenshot(t, ctx, tc.shot)
+		}
+	}
+}
+
+// With authentication on, the page connects with the ?token= of its URL,
+// or with one pasted into its token field.
+func TestDemoPageConnectsWithAToken(t *testing.T) {
+	secret := []byte("a-secret-of-at-least-16-bytes")
+	auth, err := server.NewHMACAuth(secret)
+	must(t, err)
+	tok, err := server.Sign(secret, "42", time.Hour)
+	must(t, err)
+	g := startGateway(t, nil, server.Config{Auth: auth})
+	ctx := testutil.Browser(t, 60*time.Second)
+	must(t, chromedp.Do(ctx,
+		chromedp.Navigate("http://"+g.addr+"/?token="+tok),
+		chromedp.WaitVisible(chromedp.CSS("#state.open"))))
+	testutil.PageText(t, ctx, "#state", "connected as 42", 5*time.Second)
+	g.push("42", "signed")
+	testutil.PageText(t, ctx, "#content", "队列发送消息:signed", 15*time.Second)
+
+	// No token in the URL: refused, then a pasted token connects.
+	must(t, chromedp.Do(ctx, chromedp.Navigate("http://"+g.addr+"/")))
+	testutil.PageText(t, ctx, "#content", "refused: 401", 15*time.Second)
+	must(t, chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.CSS("#token"), tok),
+		chromedp.Click(chromedp.CSS("#connect")),
+		chromedp.WaitVisible(chromedp.CSS("#state.open"))))
+	testutil.PageText(t, ctx, "#state", "connected as 42", 5*time.Second)
+	testutil.Screenshot(t, ctx, "token.png")
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
 		t.Fatal(err)
 	}
-	shot := filepath.Join(dir, "demo-page.png")
-	if err := os.WriteFile(shot, png, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot: server/%s", shot)
 }

@@ -60,13 +60,18 @@ func TestFormats(t *testing.T) {
 	}{
 		{server.FormatRaw, "order shipped", "order shipped", ws.OpText},
 		{server.FormatJSON, "a\"b", `{"user":"5","queue":"user_5_messages","data":"a\"b"}`, ws.OpText},
+		// data is the payload as a string, even when the payload is JSON.
+		{server.FormatJSON, `{"n":1}`, `{"user":"5","queue":"user_5_messages","data":"{\"n\":1}"}`, ws.OpText},
+		// Not UTF-8: carried intact in base64, not turned into U+FFFD.
+		{server.FormatJSON, "\xff\xfe", `{"user":"5","queue":"user_5_messages","data_b64":"//4="}`, ws.OpText},
 		{server.FormatSwoole, "ok", swoole("5", "ok"), ws.OpText},
 		// Not UTF-8: a text frame would make browsers fail the connection.
 		{server.FormatRaw, "\xff\xfe", "\xff\xfe", ws.OpBinary},
 	} {
 		t.Run(tc.format, func(t *testing.T) {
 			g := startGateway(t, nil, server.Config{Format: tc.format})
-			c := g.dialReady("5")
+			c := g.dial("5")
+			c.MustRead() // the greeting
 			g.push("5", tc.msg)
 			got, op, err := c.Read(10 * time.Second)
 			if err != nil {
@@ -87,5 +92,19 @@ func TestKeyPattern(t *testing.T) {
 	}
 	if got := c.MustRead(); got != "via pattern" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// In json format every frame is JSON, the greeting and the echo reply too,
+// so a client that parses every frame does not break on them.
+func TestJSONFormatGreetingAndReplyAreJSON(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatJSON})
+	c := g.dial("5")
+	if got := c.MustRead(); got != `{"event":"hello"}` {
+		t.Fatalf("greeting %q", got)
+	}
+	c.Send("anything")
+	if got := c.MustRead(); got != `{"event":"reply","data":"hello"}` {
+		t.Fatalf("reply %q", got)
 	}
 }

@@ -4,16 +4,23 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
+	"strings"
 	"time"
+
+	"github.com/redpush/redpush/redisq"
 )
 
 // Config configures a Server. The zero value is usable: 0 means the default,
-// never "unlimited".
+// never "unlimited"; a negative or absurd value is refused by New (see
+// [Config.Validate]).
 type Config struct {
-	// Addr is where Run listens. Default "0.0.0.0:9502", as the original.
+	// Addr is where Run listens, host:port. Default "0.0.0.0:9502", as the
+	// original.
 	Addr string
 	// Workers is how many users can be consumed at once (Swoole's
-	// task_worker_num). Default taskpool.DefaultSize().
+	// task_worker_num), 1 to 100,000. Default (0) taskpool.DefaultSize().
 	Workers int
 	// KeyPattern maps a user id to its queue. Default "user_%s_messages".
 	KeyPattern string
@@ -24,23 +31,25 @@ type Config struct {
 	// InstanceTTL is how long this instance's heartbeat lives in Redis; it
 	// is renewed every third of it. Another instance that finds the
 	// heartbeat of an instance gone returns that instance's in-flight
-	// messages to their queues. Default 30 s.
+	// messages to their queues. 1 s to 24 h; default (0) 30 s.
 	InstanceTTL time.Duration
 	// MaxMessage is the largest client frame or message, in bytes; larger
-	// gets close 1009. Default 64 KiB.
+	// gets close 1009. 16 B to 64 MiB; default (0) 64 KiB.
 	MaxMessage int
 	// HandshakeTimeout bounds reading the request and writing the upgrade
-	// response. Default 5 s.
+	// response. 100 ms to 5 min; default (0) 5 s.
 	HandshakeTimeout time.Duration
 	// IdleTimeout: a client silent for half of it is pinged, silent for all
-	// of it is closed. Default 60 s.
+	// of it is closed. 100 ms to 24 h; default (0) 60 s.
 	IdleTimeout time.Duration
 	// WriteTimeout bounds each write to a client; a client that does not
-	// read for that long is disconnected. Default 10 s.
+	// read for that long is disconnected. 100 ms to 10 min; default (0) 10 s.
 	WriteTimeout time.Duration
-	// ShutdownTimeout bounds the ordered shutdown. Default 10 s.
+	// ShutdownTimeout bounds the ordered shutdown. 100 ms to 1 h; default
+	// (0) 10 s.
 	ShutdownTimeout time.Duration
-	// Batch is the most messages popped in one Redis round trip. Default 128.
+	// Batch is the most messages popped in one Redis round trip, 1 to
+	// 10,000. Default (0) 128.
 	Batch int
 	// DemoPush enables POST /demo/push, which LPUSHes for any user. Only for
 	// the embedded quick start: it lets anyone write to any queue.
@@ -50,13 +59,16 @@ type Config struct {
 	// ignored. Default nil: ?user_id= is believed, as by the original.
 	Auth *Auth
 	// AllowedOrigins, when not empty, refuses browsers whose Origin header is
-	// not in the list with 403. Clients that send no Origin (not browsers)
-	// are not affected. Default empty: any origin.
+	// not in the list with 403. Each is scheme://host[:port], as browsers
+	// send it. Clients that send no Origin (not browsers) are not affected.
+	// Default empty: any origin.
 	AllowedOrigins []string
 	// APIKey, when set, enables POST /api/push, authenticated with
 	// "Authorization: Bearer <APIKey>". Default empty: no push API.
 	APIKey string
-	// TLS, when set, makes Run serve wss:// and https:// directly.
+	// TLS, when set, makes Run serve wss:// and https:// directly. Its
+	// GetCertificate may change the certificate while serving (see
+	// [CertFiles]).
 	TLS *tls.Config
 	// Logger receives the structured log. Default slog.Default().
 	Logger *slog.Logger
@@ -68,9 +80,125 @@ const (
 	FormatJSON   = "json"
 )
 
+// ConfigError is a Config field that New refuses: which field, its value,
+// and what is accepted. It wraps ErrBadConfig. The command line maps Field
+// to its flag.
+type ConfigError struct {
+	Field string // e.g. "Workers"
+	Value string // as given, e.g. "-5"
+	Want  string // what is accepted, e.g. "0 for the default, or 1 to 100000"
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%v: %s: %s: want %s", ErrBadConfig, e.Field, e.Value, e.Want)
+}
+
+func (e *ConfigError) Unwrap() error { return ErrBadConfig }
+
+// Validate checks every field before anything is started or dialled; the
+// first bad one is returned as a *ConfigError.
+func (c Config) Validate() error {
+	checks := []func() *ConfigError{
+		func() *ConfigError { return checkAddr(c.Addr) },
+		func() *ConfigError { return intRange("Workers", c.Workers, 1, 100_000) },
+		func() *ConfigError { return intRange("MaxMessage", c.MaxMessage, 16, 64<<20) },
+		func() *ConfigError { return intRange("Batch", c.Batch, 1, 10_000) },
+		func() *ConfigError { return durRange("InstanceTTL", c.InstanceTTL, time.Second, 24*time.Hour) },
+		func() *ConfigError {
+			return durRange("HandshakeTimeout", c.HandshakeTimeout, 100*time.Millisecond, 5*time.Minute)
+		},
+		func() *ConfigError { return durRange("IdleTimeout", c.IdleTimeout, 100*time.Millisecond, 24*time.Hour) },
+		func() *ConfigError {
+			return durRange("WriteTimeout", c.WriteTimeout, 100*time.Millisecond, 10*time.Minute)
+		},
+		func() *ConfigError {
+			return durRange("ShutdownTimeout", c.ShutdownTimeout, 100*time.Millisecond, time.Hour)
+		},
+		c.checkNames,
+		c.checkOrigins,
+	}
+	for _, check := range checks {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c Config) checkNames() *ConfigError {
+	switch c.Format {
+	case "", FormatSwoole, FormatRaw, FormatJSON:
+	default:
+		return &ConfigError{"Format", fmt.Sprintf("%q", c.Format), "swoole, raw or json"}
+	}
+	if c.KeyPattern != "" && redisq.CheckKeyPattern(c.KeyPattern) != nil {
+		return &ConfigError{"KeyPattern", fmt.Sprintf("%q", c.KeyPattern), "exactly one %s and no braces, e.g. user_%s_messages"}
+	}
+	if c.Instance != "" && !redisq.ValidID(c.Instance) {
+		return &ConfigError{"Instance", fmt.Sprintf("%q", c.Instance), "1-128 characters of [A-Za-z0-9_.:-]"}
+	}
+	return nil
+}
+
+// checkOrigins accepts what a browser sends as Origin: scheme://host[:port],
+// nothing after it. A path or a missing scheme would never match, so the
+// mistake would show only as every browser getting 403.
+func (c Config) checkOrigins() *ConfigError {
+	for _, o := range c.AllowedOrigins {
+		u, err := url.Parse(o)
+		if err != nil || u.Scheme == "" || u.Host == "" || u.User != nil || u.Path != "" ||
+			u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+			return &ConfigError{"AllowedOrigins", fmt.Sprintf("%q", o), "scheme://host[:port] such as https://app.example"}
+		}
+	}
+	return nil
+}
+
+func checkAddr(addr string) *ConfigError {
+	if addr == "" {
+		return nil
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		return &ConfigError{"Addr", fmt.Sprintf("%q", addr), "host:port such as 0.0.0.0:9502, :9502 or [::1]:9502"}
+	}
+	return nil
+}
+
+// intRange accepts 0 (the default) or lo..hi.
+func intRange(field string, v, lo, hi int) *ConfigError {
+	if v == 0 || lo <= v && v <= hi {
+		return nil
+	}
+	return &ConfigError{field, fmt.Sprint(v), fmt.Sprintf("0 for the default, or %d to %d", lo, hi)}
+}
+
+// durRange accepts 0 (the default) or lo..hi.
+func durRange(field string, v, lo, hi time.Duration) *ConfigError {
+	if v == 0 || lo <= v && v <= hi {
+		return nil
+	}
+	return &ConfigError{field, v.String(), fmt.Sprintf("0 for the default, or %s to %s", shortDur(lo), shortDur(hi))}
+}
+
+// shortDur writes 24h, not 24h0m0s.
+func shortDur(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// withDefaults validates c and fills in the defaults of its zero fields.
 func (c Config) withDefaults() (Config, error) {
+	if err := c.Validate(); err != nil {
+		return c, err
+	}
 	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
+		if *d == 0 {
 			*d = v
 		}
 	}
@@ -80,15 +208,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Format == "" {
 		c.Format = FormatSwoole
 	}
-	switch c.Format {
-	case FormatSwoole, FormatRaw, FormatJSON:
-	default:
-		return c, fmt.Errorf("%w: format %q is not swoole, raw or json", ErrBadConfig, c.Format)
-	}
 	if c.Instance == "" {
 		c.Instance = "redpush"
 	}
-	if c.MaxMessage <= 0 {
+	if c.MaxMessage == 0 {
 		c.MaxMessage = 64 << 10
 	}
 	def(&c.HandshakeTimeout, 5*time.Second)

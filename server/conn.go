@@ -20,7 +20,8 @@ type conn struct {
 	writeTimeout time.Duration
 
 	wmu    sync.Mutex
-	closed bool // under wmu: the socket is closed, writes fail
+	closed bool   // under wmu: the socket is closed, writes fail
+	why    string // under wmu: why the server closed it, for the log
 }
 
 // write sends p, which holds whole frames, under the write deadline. A failed
@@ -34,7 +35,7 @@ func (c *conn) write(p []byte) error {
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	if _, err := c.nc.Write(p); err != nil {
-		c.closeLocked()
+		c.closeLocked("write failed: " + err.Error())
 		return err
 	}
 	return nil
@@ -51,19 +52,29 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, deadline time.Time) 
 	}
 	_ = c.nc.SetWriteDeadline(deadline)
 	_, _ = c.nc.Write(ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason))))
-	c.closeLocked()
+	c.closeLocked((&closeErr{code: code, reason: reason}).String())
 }
 
 // close closes the socket without a close frame.
 func (c *conn) close() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.closeLocked()
+	c.closeLocked("")
 }
 
-func (c *conn) closeLocked() {
+// closeLocked closes the socket once and keeps why the server did: the
+// reader then fails with "use of closed network connection", which says
+// nothing.
+func (c *conn) closeLocked(why string) {
 	if !c.closed {
-		c.closed = true
+		c.closed, c.why = true, why
 		_ = c.nc.Close()
 	}
+}
+
+// closedBecause is why the server closed the socket, "" if it did not.
+func (c *conn) closedBecause() string {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.why
 }

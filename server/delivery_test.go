@@ -177,6 +177,9 @@ func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
+	if line := logLine(g, "user=slow reason="); !strings.Contains(line, `reason="write failed: `) {
+		t.Errorf("the slow reader's close is logged as %q", line)
+	}
 	seen := map[string]bool{}
 	drain(slow, seen) // complete frames the kernel buffered before the close
 	readAll(t, g.dialReady("slow"), msgs, seen)

@@ -1,6 +1,7 @@
 // Package server is the reactor of redpush: one accept loop, the WebSocket
 // upgrade and every frame with gobwas/ws, the connection registry, and the
-// plain-HTTP side (demo page, /healthz, /readyz) on the same port.
+// plain-HTTP side (demo page, /check, /healthz, /readyz, /metrics, the push
+// API) on the same port.
 //
 // Entry points: [New] builds a Server from a [Config] and the Redis clients;
 // [Server.Run] listens on Config.Addr, [Server.Serve] on a given listener;
@@ -11,8 +12,15 @@
 // Upgrade header is upgraded by gobwas/ws; anything else goes to a net/http
 // server fed through an in-process listener. Before the upgrade the user id is
 // validated (400) and the user's consumer is admitted to the task pool (503
-// when full). After the upgrade the goroutine sends "hello;\n", registers the
-// connection under its user, and becomes the connection's reader.
+// when full); each refusal is counted and logged at a bounded rate, and GET
+// /check gives the same verdict without upgrading, for the demo page. After
+// the upgrade the goroutine sends the greeting ("hello;\n", or
+// {"event":"hello"} in json format), registers the connection under its
+// user, and becomes the connection's reader.
+//
+// Shutdown: /readyz turns 503 first; the listener stays open while clients
+// are closed with 1001 and consumers requeue, so new clients get a 503 with
+// a reason meanwhile; then it closes.
 //
 // Concurrency contract:
 //   - Each user has at most one consumer per process (a task of the pool). It

@@ -5,6 +5,9 @@ import "errors"
 var (
 	// ErrBadConfig is returned by New for an unusable Config.
 	ErrBadConfig = errors.New("server: bad config")
+	// ErrStart wraps what stops Run or Serve before it serves: the listen
+	// address in use, Redis failing during recovery. The command exits 2.
+	ErrStart = errors.New("server: cannot start")
 	// ErrConnClosed is returned by writes to a connection that is closed.
 	ErrConnClosed = errors.New("server: connection closed")
 	// errBadUserID is the reason for a 400 before the upgrade.

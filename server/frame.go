@@ -26,14 +26,7 @@ func (e encoder) appendFrames(dst []byte, user, queue string, msgs []string) []b
 func (e encoder) appendFrame(dst []byte, user, queue, msg string) []byte {
 	switch e.format {
 	case FormatJSON:
-		// Marshal replaces invalid UTF-8 with U+FFFD; a JSON consumer could
-		// not have read it otherwise.
-		body, _ := json.Marshal(struct {
-			User  string `json:"user"`
-			Queue string `json:"queue"`
-			Data  string `json:"data"`
-		}{user, queue, msg})
-		return appendFrame(dst, ws.OpText, body)
+		return appendFrame(dst, ws.OpText, jsonMessage(user, queue, msg))
 	case FormatRaw:
 		return append(appendHeader(dst, opFor(msg), len(msg)), msg...)
 	default: // swoole: the exact text of the PHP original.
@@ -45,6 +38,26 @@ func (e encoder) appendFrame(dst []byte, user, queue, msg string) []byte {
 		dst = append(dst, mid...)
 		return append(dst, msg...)
 	}
+}
+
+// jsonMessage is {"user","queue","data"}: data is the payload as a string,
+// even when the payload is JSON itself. A payload that is not UTF-8 would
+// become U+FFFD in a JSON string, so it goes intact as data_b64 instead.
+func jsonMessage(user, queue, msg string) []byte {
+	if utf8.ValidString(msg) {
+		body, _ := json.Marshal(struct {
+			User  string `json:"user"`
+			Queue string `json:"queue"`
+			Data  string `json:"data"`
+		}{user, queue, msg})
+		return body
+	}
+	body, _ := json.Marshal(struct {
+		User    string `json:"user"`
+		Queue   string `json:"queue"`
+		DataB64 []byte `json:"data_b64"` // base64, as encoding/json writes []byte
+	}{user, queue, []byte(msg)})
+	return body
 }
 
 // opFor sends a payload that is not UTF-8 as a binary frame: in a text frame
@@ -77,12 +90,22 @@ func appendHeader(dst []byte, op ws.OpCode, n int) []byte {
 	}
 }
 
-// Control and greeting frames, compiled once.
-var (
-	frameHello     = ws.MustCompileFrame(ws.NewTextFrame([]byte("hello;\n")))
-	frameHelloEcho = ws.MustCompileFrame(ws.NewTextFrame([]byte("hello")))
-	framePing      = ws.MustCompileFrame(ws.NewPingFrame(nil))
-)
+// framePing is compiled once.
+var framePing = ws.MustCompileFrame(ws.NewPingFrame(nil))
+
+// greetings are the frames a connection gets besides pushed messages,
+// compiled once per format: the greeting on open and the reply to each
+// client message. The original's are bare text; in json format every frame
+// is JSON, so that a client can parse each one.
+type greetings struct{ hello, reply []byte }
+
+func greetingsFor(format string) greetings {
+	text := func(s string) []byte { return ws.MustCompileFrame(ws.NewTextFrame([]byte(s))) }
+	if format == FormatJSON {
+		return greetings{hello: text(`{"event":"hello"}`), reply: text(`{"event":"reply","data":"hello"}`)}
+	}
+	return greetings{hello: text("hello;\n"), reply: text("hello")}
+}
 
 // bufPool holds frame buffers for consumers: one batch is encoded once and
 // written to every connection of its user.

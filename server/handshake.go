@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -101,16 +102,16 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 			var status int
 			var err error
 			if user, status, err = s.identify(string(uri)); err != nil {
-				s.stats.refused(status)
+				s.refuse(status, err.Error(), nc.RemoteAddr())
 				return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(err.Error()+"\n"))
 			}
 			return nil
 		},
 		OnHeader: func(key, value []byte) error {
-			if len(s.cfg.AllowedOrigins) > 0 && strings.EqualFold(string(key), "Origin") &&
-				!slices.Contains(s.cfg.AllowedOrigins, string(value)) {
-				s.stats.refused(403)
-				return ws.RejectConnectionError(ws.RejectionStatus(403), ws.RejectionReason("origin not allowed\n"))
+			if strings.EqualFold(string(key), "Origin") && !s.originAllowed(string(value)) {
+				reason := originRefusal(string(value))
+				s.refuse(403, reason, nc.RemoteAddr())
+				return ws.RejectConnectionError(ws.RejectionStatus(403), ws.RejectionReason(reason+"\n"))
 			}
 			return nil
 		},
@@ -118,7 +119,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 			var err error
 			sess, err = s.hub.acquire(user)
 			if err != nil {
-				s.stats.refused(503)
+				s.refuse(503, refusal(err), nc.RemoteAddr())
 				return nil, ws.RejectConnectionError(
 					ws.RejectionStatus(503),
 					ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")),
@@ -139,6 +140,44 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return &conn{fd: s.nextFD.Add(1), user: user, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout}, nil
+}
+
+// originAllowed applies Config.AllowedOrigins to a browser's Origin.
+func (s *Server) originAllowed(origin string) bool {
+	return len(s.cfg.AllowedOrigins) == 0 || slices.Contains(s.cfg.AllowedOrigins, origin)
+}
+
+func originRefusal(origin string) string {
+	return fmt.Sprintf("origin %q not allowed (-allowed-origins)", origin)
+}
+
+// check is GET /check: the verdict a WebSocket handshake with the same
+// query would get, without upgrading, admitting or counting it. A browser
+// never shows the status or body of a refused upgrade, only close code
+// 1006, so the demo page asks here why its connection failed. The origin
+// is the Origin header, or the origin parameter: a same-origin GET carries
+// no Origin.
+func (s *Server) check(w http.ResponseWriter, r *http.Request) {
+	user, status, err := s.identify(r.URL.RequestURI())
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		origin = r.URL.Query().Get("origin")
+	}
+	switch {
+	case err != nil:
+	case origin != "" && !s.originAllowed(origin):
+		status, err = http.StatusForbidden, errors.New(originRefusal(origin))
+	default:
+		if err = s.hub.admissible(user); err != nil {
+			status, err = http.StatusServiceUnavailable, errors.New(refusal(err))
+			w.Header().Set("Retry-After", "1")
+		}
+	}
+	if err != nil {
+		http.Error(w, err.Error(), status)
+		return
+	}
+	fmt.Fprintf(w, "ok: would connect as user %s\n", user)
 }
 
 func refusal(err error) string {
@@ -187,7 +226,7 @@ func userFromQuery(vals url.Values) (string, error) {
 func (s *Server) serveConn(c *conn) {
 	// The greeting goes out before the connection is registered, so it is
 	// the first frame even when messages are waiting.
-	if err := c.write(frameHello); err != nil {
+	if err := c.write(s.greet.hello); err != nil {
 		s.hub.release(c.sess, nil)
 		c.close()
 		return
@@ -201,17 +240,22 @@ func (s *Server) serveConn(c *conn) {
 	err := s.readLoop(c, bufio.NewReaderSize(c.nc, 256))
 	s.hub.release(c.sess, c)
 	c.close()
-	s.log.Info(fmt.Sprintf("client-%d is closed", c.fd), "fd", c.fd, "user", c.user, "reason", closeReason(err))
+	s.log.Info(fmt.Sprintf("client-%d is closed", c.fd), "fd", c.fd, "user", c.user, "reason", closeReason(err, c))
 }
 
-func closeReason(err error) string {
+// closeReason says why a connection ended: the reader's own close, or why
+// the server closed the socket (shutdown, failed write), of which the
+// reader's error is only the echo, or what the socket reported.
+func closeReason(err error, c *conn) string {
 	var ce *closeErr
-	switch {
-	case errors.As(err, &ce):
-		return fmt.Sprintf("%d %s", ce.code, ce.reason)
-	case errors.Is(err, io.EOF):
-		return "peer closed the socket"
-	default:
-		return err.Error()
+	if errors.As(err, &ce) {
+		return ce.String()
 	}
+	if why := c.closedBecause(); why != "" {
+		return why
+	}
+	if errors.Is(err, io.EOF) {
+		return "peer closed the socket"
+	}
+	return err.Error()
 }

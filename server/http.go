@@ -60,7 +60,7 @@ func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 func (s *Server) newHTTPServer() *http.Server {
 	mux := http.NewServeMux()
-	page := html.Page(html.Options{DemoPush: s.cfg.DemoPush})
+	page := html.Page(html.Options{DemoPush: s.cfg.DemoPush, Auth: s.cfg.Auth != nil, DefaultUser: DemoUser})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(page)
@@ -69,6 +69,7 @@ func (s *Server) newHTTPServer() *http.Server {
 		_, _ = fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /check", s.check)
 	mux.Handle("GET /metrics", s.metricsHandler())
 	if s.cfg.APIKey != "" {
 		mux.HandleFunc("POST /api/push", s.apiPush)
@@ -89,6 +90,10 @@ func (s *Server) newHTTPServer() *http.Server {
 // readyz reports whether Redis answers: without it nothing is delivered,
 // though open connections stay open.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.stopping.Load() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 	defer cancel()
 	if err := s.clients.Command.Ping(ctx).Err(); err != nil {
@@ -107,8 +112,10 @@ func (s *Server) demoPush(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, errBadUserID.Error(), http.StatusBadRequest)
 		return
 	}
-	if err := s.clients.Command.LPush(r.Context(), s.q.Key(user), data).Err(); err != nil {
-		http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+	ctx, cancel := context.WithTimeout(r.Context(), pushTimeout)
+	defer cancel()
+	if err := s.clients.Command.LPush(ctx, s.q.Key(user), data).Err(); err != nil {
+		http.Error(w, "redis unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -87,6 +87,22 @@ func (h *hub) acquire(user string) (*session, error) {
 	return s, nil
 }
 
+// admissible reports whether acquire(user) would succeed now, without
+// admitting anyone: for GET /check, so it may be stale a moment later.
+func (h *hub) admissible(user string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case h.closing:
+		return taskpool.ErrClosed
+	case h.users[user] != nil:
+		return nil
+	case h.pool.Running() >= h.pool.Cap():
+		return taskpool.ErrFull
+	}
+	return nil
+}
+
 // attach registers an open connection; it reports false during shutdown.
 func (h *hub) attach(c *conn) bool {
 	h.mu.Lock()

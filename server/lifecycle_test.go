@@ -186,3 +186,39 @@ func get(t *testing.T, url string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// /readyz turns 503 as soon as a shutdown begins, while connections still
+// drain, so a load balancer sends no new clients meanwhile.
+func TestReadyzIs503AsSoonAsShutdownBegins(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, ShutdownTimeout: 5 * time.Second})
+	// A client that does not read holds the shutdown for about a second
+	// (the close frames' write deadline): the drain is long enough to ask.
+	g.push("stalled", testutil.BigMessages(100)...)
+	testutil.DialBuffer(t, g.addr, "stalled", 4096)
+	g.awaitQueueEmpty("stalled")
+	if status, _ := get(t, "http://"+g.addr+"/readyz"); status != 200 {
+		t.Fatalf("readyz %d before the shutdown", status)
+	}
+	g.stop()
+	for {
+		select {
+		case err := <-g.done:
+			g.done <- err
+			t.Fatal("the shutdown ended without /readyz ever answering 503")
+		default:
+		}
+		resp, err := http.Get("http://" + g.addr + "/readyz")
+		if err != nil {
+			continue // not answered: try again until the shutdown is over
+		}
+		resp.Body.Close()
+		if resp.StatusCode == 503 {
+			break
+		}
+	}
+	// Still draining: a new client gets a 503 with the reason, not a
+	// refused connection.
+	if status, body := rawUpgrade(t, g.addr, "/?user_id=late"); status != 503 || !strings.Contains(body, "shutting down") {
+		t.Fatalf("a client during the drain got %d %q, want 503 server is shutting down", status, body)
+	}
+}

@@ -1,20 +1,47 @@
 package server
 
 import (
+	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
+	"time"
 
 	"github.com/redpush/redpush/redisq"
 )
 
+// pushTimeout bounds the Redis side of a push request: a producer learns
+// within it that Redis is down (503) instead of waiting out go-redis's
+// retries, and can try another way.
+const pushTimeout = time.Second
+
 // pushItem is one message of POST /api/push.
 type pushItem struct {
-	User string `json:"user"`
-	Data string `json:"data"`
+	User pushUser `json:"user"`
+	Data *string  `json:"data"` // nil: missing, which is refused, not ""
+}
+
+// pushUser is a user id given as a JSON string or integer: PHP and
+// JavaScript producers send numeric ids as numbers.
+type pushUser string
+
+var integer = regexp.MustCompile(`^-?[0-9]+$`)
+
+func (u *pushUser) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		return json.Unmarshal(b, (*string)(u))
+	}
+	if !integer.Match(b) {
+		return errors.New("user must be a string or an integer")
+	}
+	*u = pushUser(b)
+	return nil
 }
 
 // apiPush is POST /api/push for producers that do not speak Redis: it
@@ -37,28 +64,32 @@ func (s *Server) apiPush(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	ctx, cancel := context.WithTimeout(r.Context(), pushTimeout)
+	defer cancel()
 	p := s.clients.Command.Pipeline()
 	for _, it := range items {
-		p.LPush(r.Context(), s.q.Key(it.User), it.Data)
+		p.LPush(ctx, s.q.Key(string(it.User)), *it.Data)
 	}
-	if _, err := p.Exec(r.Context()); err != nil {
-		http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+	if _, err := p.Exec(ctx); err != nil {
+		http.Error(w, "redis unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	fmt.Fprintf(w, "{\"queued\":%d}\n", len(items))
 }
 
+// apiKeyOK checks "Authorization: Bearer <key>"; the scheme is
+// case-insensitive (RFC 7235 §2.1).
 func (s *Server) apiKeyOK(header string) bool {
-	token, ok := strings.CutPrefix(header, "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.APIKey)) == 1
+	scheme, token, ok := strings.Cut(header, " ")
+	return ok && strings.EqualFold(scheme, "Bearer") &&
+		subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(s.cfg.APIKey)) == 1
 }
 
 func parsePush(body []byte) ([]pushItem, error) {
 	var items []pushItem
-	trimmed := strings.TrimSpace(string(body))
 	var err error
-	if strings.HasPrefix(trimmed, "[") {
+	if trimmed := bytes.TrimSpace(body); len(trimmed) > 0 && trimmed[0] == '[' {
 		err = json.Unmarshal(body, &items)
 	} else {
 		var one pushItem
@@ -72,8 +103,11 @@ func parsePush(body []byte) ([]pushItem, error) {
 		return nil, fmt.Errorf("no messages")
 	}
 	for i, it := range items {
-		if !redisq.ValidID(it.User) {
+		if !redisq.ValidID(string(it.User)) {
 			return nil, fmt.Errorf("message %d: %v", i, errBadUserID)
+		}
+		if it.Data == nil {
+			return nil, fmt.Errorf("message %d: data missing (a string; \"\" for an empty message)", i)
 		}
 	}
 	return items, nil

@@ -5,15 +5,24 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redpush/redpush/server"
 )
 
 func post(t *testing.T, url, key, body string) (int, string) {
 	t.Helper()
+	if key == "" {
+		return postAuth(t, url, "", body)
+	}
+	return postAuth(t, url, "Bearer "+key, body)
+}
+
+func postAuth(t *testing.T, url, authorization, body string) (int, string) {
+	t.Helper()
 	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -37,14 +46,24 @@ func TestPushAPI(t *testing.T) {
 		{"k3y", `{"user":"4 2","data":"x"}`, 400},
 		{"k3y", `not json`, 400},
 		{"k3y", `[]`, 400},
+		{"k3y", `{"user":"42"}`, 400},                            // no data: not an empty message
+		{"k3y", `{"user":"42","data":null}`, 400},                // the same
+		{"k3y", `[{"user":"42","data":"x"},{"user":"42"}]`, 400}, // nothing of a bad batch
+		{"k3y", `{"user":4.2,"data":"x"}`, 400},                  // a number must be an integer
 		{"k3y", `{"user":"42","data":"one"}`, 200},
 		{"k3y", `[{"user":"42","data":"two"},{"user":"42","data":"three"}]`, 200},
+		{"k3y", `{"user":42,"data":"four"}`, 200}, // PHP and JavaScript send numbers
+		{"k3y", `{"user":"42","data":""}`, 200},   // an empty message, asked for
 	} {
 		if status, body := post(t, url, tc.key, tc.body); status != tc.status {
 			t.Errorf("key %q body %s: %d %q, want %d", tc.key, tc.body, status, body, tc.status)
 		}
 	}
-	for _, want := range []string{"one", "two", "three"} { // same delivery path, same order
+	// RFC 7235: the scheme is case-insensitive.
+	if status, body := postAuth(t, url, "bearer k3y", `{"user":"42","data":"five"}`); status != 200 {
+		t.Errorf("lower-case bearer: %d %q", status, body)
+	}
+	for _, want := range []string{"one", "two", "three", "four", "", "five"} { // same delivery path, same order
 		if got := c.MustRead(); got != want {
 			t.Fatalf("got %q, want %q", got, want)
 		}
@@ -53,5 +72,61 @@ func TestPushAPI(t *testing.T) {
 	g2 := startGateway(t, nil, server.Config{})
 	if status, _ := post(t, "http://"+g2.addr+"/api/push", "k3y", `{"user":"42","data":"x"}`); status == 200 {
 		t.Fatal("push API enabled without an API key")
+	}
+}
+
+// With Redis down the push API answers 503 within about a second (the
+// go-redis retries took 3.35 s before), so a producer can fail over fast.
+func TestPushAPIAnswers503FastWhenRedisIsDown(t *testing.T) {
+	g := startGateway(t, nil, server.Config{APIKey: "k3y"})
+	g.rds.Stop()
+	start := time.Now()
+	status, body := post(t, "http://"+g.addr+"/api/push", "k3y", `{"user":"42","data":"x"}`)
+	took := time.Since(start)
+	if status != 503 {
+		t.Fatalf("%d %q, want 503", status, body)
+	}
+	// One second of budget; the slack is for a loaded machine.
+	if took > 2500*time.Millisecond {
+		t.Fatalf("503 after %v, want about a second", took)
+	}
+	t.Logf("503 after %v: %s", took, strings.TrimSpace(body))
+}
+
+// GET /check gives the verdict of a handshake with the same query, without
+// upgrading, admitting or counting it as a refusal.
+func TestCheckGivesTheHandshakesVerdict(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Workers: 1, AllowedOrigins: []string{"https://app.example"}})
+	g.dialReady("holder") // the only worker
+	base := "http://" + g.addr + "/check"
+	for _, tc := range []struct {
+		query  string
+		status int
+		body   string
+	}{
+		{"?user_id=holder", 200, "ok: would connect as user holder"},
+		{"?user_id=holder&origin=https://app.example", 200, "ok"},
+		{"?user_id=bob%20smith", 400, "user_id must be"},
+		{"", 400, "missing user_id"},
+		{"?user_id=holder&origin=https://evil.example", 403, "not allowed"},
+		{"?user_id=other", 503, "server is at capacity"},
+	} {
+		if status, body := get(t, base+tc.query); status != tc.status || !strings.Contains(body, tc.body) {
+			t.Errorf("check%s: %d %q, want %d with %q", tc.query, status, body, tc.status, tc.body)
+		}
+	}
+	if s := g.srv.Snapshot(); s.Refused400+s.Refused403+s.Refused503 != 0 || s.Users != 1 {
+		t.Errorf("checks were counted as handshakes: %+v", s)
+	}
+	auth, err := server.NewHMACAuth([]byte("a-secret-of-at-least-16-bytes"))
+	must(t, err)
+	ga := startGateway(t, nil, server.Config{Auth: auth})
+	if status, body := get(t, "http://"+ga.addr+"/check?user_id=42"); status != 401 || !strings.Contains(body, "token required") {
+		t.Errorf("check without a token: %d %q, want 401", status, body)
+	}
+	tok, err := server.Sign([]byte("a-secret-of-at-least-16-bytes"), "42", time.Minute)
+	must(t, err)
+	if status, body := get(t, "http://"+ga.addr+"/check?token="+tok); status != 200 || !strings.Contains(body, "user 42") {
+		t.Errorf("check with a token: %d %q, want 200 as user 42", status, body)
 	}
 }

@@ -3,22 +3,36 @@ package server
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 )
 
-// closeErr is why the reader ended a connection with a close frame.
+// closeErr is why the reader ended a connection with a close frame: the
+// client's own close (echoed), or one the server sends.
 type closeErr struct {
 	code   ws.StatusCode
 	reason string
+	byPeer bool
 }
 
 func (e *closeErr) Error() string { return e.reason }
+
+// String is the close in words for the log, e.g. "client sent close 1001"
+// or "server sent close 1009 message too big".
+func (e *closeErr) String() string {
+	who := "server"
+	if e.byPeer {
+		who = "client"
+	}
+	return strings.TrimSpace(fmt.Sprintf("%s sent close %d %s", who, e.code, e.reason))
+}
 
 // readLoop reads the client's frames until the connection ends and returns
 // why. It answers pings, answers every data message with "hello" (the
@@ -26,11 +40,15 @@ func (e *closeErr) Error() string { return e.reason }
 // stays silent, and enforces RFC 6455 and the message size limit: gobwas/ws
 // neither checks nor unmasks what ws.ReadHeader returns.
 func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
-	r := frameReader{c: c, br: br, max: s.cfg.MaxMessage, idle: s.cfg.IdleTimeout}
+	r := frameReader{c: c, br: br, max: s.cfg.MaxMessage, idle: s.cfg.IdleTimeout, reply: s.greet.reply}
 	err := r.run()
 	var ce *closeErr
 	if errors.As(err, &ce) {
-		c.closeWith(ce.code, ce.reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
+		reason := ce.reason
+		if ce.byPeer {
+			reason = "" // echo the client's code (§5.5.1), not its words
+		}
+		c.closeWith(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 	}
 	return err
 }
@@ -40,6 +58,7 @@ type frameReader struct {
 	br    *bufio.Reader
 	max   int
 	idle  time.Duration
+	reply []byte // the frame that answers each data message
 	state ws.State
 	msg   []byte    // the data message being assembled
 	op    ws.OpCode // its opcode (text or binary)
@@ -76,7 +95,7 @@ func (r *frameReader) awaitFrame() error {
 			return err
 		}
 		if pinged {
-			return &closeErr{ws.StatusGoingAway, "idle timeout"}
+			return &closeErr{code: ws.StatusGoingAway, reason: "idle timeout"}
 		}
 		if err := r.c.write(framePing); err != nil {
 			return err
@@ -91,13 +110,13 @@ func (r *frameReader) readFrame() error {
 		return err
 	}
 	if err := ws.CheckHeader(h, r.state); err != nil {
-		return &closeErr{ws.StatusProtocolError, err.Error()}
+		return &closeErr{code: ws.StatusProtocolError, reason: err.Error()}
 	}
 	if h.OpCode.IsControl() {
 		return r.control(h)
 	}
 	if h.Length > int64(r.max-len(r.msg)) {
-		return &closeErr{ws.StatusMessageTooBig, "message too big"}
+		return &closeErr{code: ws.StatusMessageTooBig, reason: "message too big"}
 	}
 	start := len(r.msg)
 	r.msg = slices.Grow(r.msg, int(h.Length))[:start+int(h.Length)]
@@ -120,9 +139,9 @@ func (r *frameReader) readFrame() error {
 	}
 	if !valid {
 		// RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
-		return &closeErr{ws.StatusInvalidFramePayloadData, "invalid UTF-8 in text message"}
+		return &closeErr{code: ws.StatusInvalidFramePayloadData, reason: "invalid UTF-8 in text message"}
 	}
-	return r.c.write(frameHelloEcho)
+	return r.c.write(r.reply)
 }
 
 // control handles ping, pong and close (RFC 6455 §5.5).
@@ -141,17 +160,17 @@ func (r *frameReader) control(h ws.Header) error {
 	}
 	// Close: echo the peer's status code (§5.5.1), after checking it (§7.4).
 	if len(p) == 0 {
-		return &closeErr{ws.StatusNormalClosure, ""}
+		return &closeErr{code: ws.StatusNormalClosure, byPeer: true}
 	}
 	if len(p) == 1 {
-		return &closeErr{ws.StatusProtocolError, "close payload of one byte"}
+		return &closeErr{code: ws.StatusProtocolError, reason: "close payload of one byte"}
 	}
 	code, reason := ws.ParseCloseFrameData(p)
 	if err := ws.CheckCloseFrameData(code, reason); err != nil {
 		if errors.Is(err, ws.ErrProtocolInvalidUTF8) {
-			return &closeErr{ws.StatusInvalidFramePayloadData, err.Error()}
+			return &closeErr{code: ws.StatusInvalidFramePayloadData, reason: err.Error()}
 		}
-		return &closeErr{ws.StatusProtocolError, err.Error()}
+		return &closeErr{code: ws.StatusProtocolError, reason: err.Error()}
 	}
-	return &closeErr{code, ""}
+	return &closeErr{code: code, reason: reason, byPeer: true}
 }

@@ -31,7 +31,18 @@ type Server struct {
 	conns   sync.WaitGroup // connection goroutines
 	stats   counters
 	served  atomic.Bool
+	// stopping is set when a shutdown begins: /readyz answers 503 from
+	// then on, so a load balancer sends no new clients while the
+	// connections drain.
+	stopping atomic.Bool
+	refusals refusalLog
+	greet    greetings
 }
+
+// DemoUser is the user of the README's examples and of the quick start's
+// hint (LPUSH user_42_messages): the demo page connects as this user when
+// its URL names none, so the hint's message shows on the page.
+const DemoUser = "42"
 
 // counters count refused handshakes by HTTP status.
 type counters struct {
@@ -63,7 +74,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, clients: clients, q: q}
+	s := &Server{cfg: cfg, log: cfg.Logger, clients: clients, q: q, greet: greetingsFor(cfg.Format)}
 	s.pool, err = taskpool.New(taskpool.Config{
 		Size: cfg.Workers,
 		PanicHandler: func(v any) {
@@ -81,7 +92,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 func (s *Server) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", ErrStart, err)
 	}
 	if s.cfg.TLS != nil {
 		// The TLS handshake runs on the first read, inside the handshake
@@ -102,14 +113,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer ln.Close()
 	lists, msgs, err := s.q.Recover(ctx)
 	if err != nil {
-		return fmt.Errorf("recovering in-flight messages: %w", err)
+		return fmt.Errorf("%w: recovering in-flight messages: %w", ErrStart, err)
 	}
 	if lists > 0 {
 		s.log.Info("returned in-flight messages of a previous run to their queues",
 			"instance", s.cfg.Instance, "lists", lists, "messages", msgs)
 	}
 	if err := s.q.Heartbeat(ctx, s.cfg.InstanceTTL); err != nil {
-		return fmt.Errorf("heartbeat: %w", err)
+		return fmt.Errorf("%w: heartbeat: %w", ErrStart, err)
 	}
 	keepAliveDone := make(chan struct{})
 	kctx, stopKeepAlive := context.WithCancel(context.Background())
@@ -139,20 +150,28 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return s.shutdown(ln, hs, acceptDone)
 }
 
+// shutdown drains in order. The listener stays open until the end, so that
+// /readyz can answer 503 while clients are closed and in-flight messages
+// requeued, and a client that reconnects meanwhile gets a 503 with a reason
+// instead of a refused connection.
 func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan struct{}) error {
+	s.stopping.Store(true)
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
-	_ = ln.Close()
-	<-acceptDone
-	hctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	go func() { _ = hs.Shutdown(hctx) }()
 	s.hub.closeAll(ws.StatusGoingAway, "server shutting down")
 	// Consumers notice within one BLMOVE round and requeue what they hold.
 	err := s.pool.Shutdown(time.Until(deadline))
+	_ = ln.Close()
+	<-acceptDone
 	waitGroup(&s.conns, deadline)
-	delivered, requeued := s.hub.stats.Delivered.Load(), s.hub.stats.Requeued.Load()
-	s.log.Info("stopped", "delivered", delivered, "requeued", requeued, "err", err)
+	hctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	_ = hs.Shutdown(hctx)
+	attrs := []any{"delivered", s.hub.stats.Delivered.Load(), "requeued", s.hub.stats.Requeued.Load()}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	s.log.Info("stopped", attrs...)
 	return err
 }
 

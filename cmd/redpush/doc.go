@@ -3,6 +3,13 @@
 //
 //	go run ./cmd/redpush -redis embedded
 //
-// Exit codes: 0 after a clean shutdown, 1 when the server failed while
-// running, 2 for bad flags, a bad Redis URL or Redis unreachable at start.
+// Subcommands: `redpush token` (a token for -jwt-secret) and `redpush
+// healthcheck` (the container's HEALTHCHECK; it finds the server from the
+// same flags, REDPUSH_* variables, or the server's command line).
+//
+// Every setting is checked before anything starts. Exit codes: 0 after a
+// clean shutdown, 1 when the server failed while running, 2 for any failure
+// to start (bad flags, a value out of range, a bad Redis URL, Redis
+// unreachable, the listen address in use), reported as one line
+// "redpush: …" on stderr. SIGHUP reloads the TLS certificate and key files.
 package main

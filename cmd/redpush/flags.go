@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,9 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/redpush/redpush/redisq"
 	"github.com/redpush/redpush/server"
 )
 
@@ -27,35 +28,49 @@ type options struct {
 	origins   string
 	tlsCert   string
 	tlsKey    string
+	certs     *server.CertFiles // loaded from tlsCert and tlsKey
+	addrGiven bool              // -addr or REDPUSH_ADDR was set
+	fromEnv   map[string]bool   // flags set by REDPUSH_* variables
+}
+
+const (
+	defaultAddr  = "0.0.0.0:9502"
+	embeddedAddr = "127.0.0.1:9502" // the quick start lets anyone push: loopback only
+)
+
+// defineFlags adds the server's flags to fs, writing into o.
+func defineFlags(fs *flag.FlagSet, o *options) *string {
+	c := &o.cfg
+	fs.StringVar(&c.Addr, "addr", defaultAddr, "listen `address` (host:port); with -redis embedded the default is "+embeddedAddr)
+	fs.StringVar(&o.redis, "redis", "redis://127.0.0.1:6379", "Redis `URL`: redis://host:6379/0 (also rediss://, unix://); Sentinel: redis://sentinel:26379?master_name=NAME[&addr=sentinel2:26379]; Cluster: redis://node1:7000?addr=node2:7000[&addr=...]; or \"embedded\" for an in-process Redis (quick start only)")
+	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num: 1 to 100000; 0 means the default, from the open-file limit (at most 10000)")
+	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
+	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")
+	fs.StringVar(&c.Instance, "instance", "", "stable instance `id`, so a restart returns its in-flight messages (default host-port)")
+	durationVar(fs, &c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this `duration`: 1s to 24h; 0 means the default")
+	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client frame or message in bytes, larger is closed with 1009: 16 to 67108864; 0 means the default")
+	durationVar(fs, &c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "`duration` to read the request and upgrade: 100ms to 5m; 0 means the default")
+	durationVar(fs, &c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half this `duration`, closed after all of it: 100ms to 24h; 0 means the default")
+	durationVar(fs, &c.WriteTimeout, "write-timeout", 10*time.Second, "a client that does not read for this `duration` is disconnected: 100ms to 10m; 0 means the default")
+	durationVar(fs, &c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "`duration` to close clients and requeue in-flight messages on SIGTERM: 100ms to 1h; 0 means the default")
+	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "require ?token=<JWT> signed with this HS256 `secret` (at least 16 bytes); sub is the user id")
+	fs.StringVar(&o.jwtPubKey, "jwt-public-key", "", "require ?token=<JWT> signed for this PEM public key `file` (RSA: RS256, ECDSA: ES256)")
+	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated browser Origins (scheme://host[:port]) allowed to connect (default: any)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve wss:// with this PEM certificate `file` (with -tls-key); SIGHUP reloads both files")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key `file` of -tls-cert")
+	fs.StringVar(&o.cfg.APIKey, "api-key", "", "enable POST /api/push with \"Authorization: Bearer <key>\" (off when empty)")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&o.pprof, "pprof-addr", "", "serve net/http/pprof on this `address` (e.g. 127.0.0.1:6060; off when empty)")
+	return fs.String("log-level", "info", "debug, info, warn or error")
 }
 
 // parseFlags reads args, then REDPUSH_<NAME> for every flag not given on
 // the command line (-key-pattern ↔ REDPUSH_KEY_PATTERN): the flag wins.
+// Every setting is checked here, before anything is started or dialled.
 func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("redpush", flag.ContinueOnError)
-	c := &o.cfg
-	fs.StringVar(&c.Addr, "addr", "0.0.0.0:9502", "listen address")
-	fs.StringVar(&o.redis, "redis", "redis://127.0.0.1:6379", "Redis URL: redis://host:6379/0 (also rediss://, unix://); Sentinel: redis://sentinel:26379?master_name=NAME[&addr=sentinel2:26379]; Cluster: redis://node1:7000?addr=node2:7000[&addr=...]; or \"embedded\" for an in-process Redis (quick start only)")
-	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num (0: from the open-file limit, at most 10000)")
-	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
-	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")
-	fs.StringVar(&c.Instance, "instance", "", "stable instance id, so a restart returns its in-flight messages (default host-port)")
-	fs.DurationVar(&c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this long")
-	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client frame or message in bytes; larger is closed with 1009")
-	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time to read the request and upgrade")
-	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half, closed after all of it")
-	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "a client that does not read for this long is disconnected")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time to close clients and requeue in-flight messages on SIGTERM")
-	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "require ?token=<JWT> signed with this HS256 secret (at least 16 bytes); sub is the user id")
-	fs.StringVar(&o.jwtPubKey, "jwt-public-key", "", "require ?token=<JWT> signed for this PEM public key (RSA: RS256, ECDSA: ES256)")
-	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated browser Origins allowed to connect (default: any)")
-	fs.StringVar(&o.tlsCert, "tls-cert", "", "serve wss:// with this PEM certificate (with -tls-key)")
-	fs.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of -tls-cert")
-	fs.StringVar(&c.APIKey, "api-key", "", "enable POST /api/push with \"Authorization: Bearer <key>\" (off when empty)")
-	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	fs.StringVar(&o.pprof, "pprof-addr", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060; off when empty)")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
+	level := defineFlags(fs, o)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
@@ -67,27 +82,89 @@ func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*o
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if err := fromEnv(fs, getenv); err != nil {
-		return nil, err
-	}
-	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
-		return nil, fmt.Errorf("-log-level: %q is not debug, info, warn or error", *level)
-	}
-	if o.logFormat != "text" && o.logFormat != "json" {
-		return nil, fmt.Errorf("-log-format: %q is not text or json", o.logFormat)
-	}
-	if c.Instance == "" {
-		c.Instance = defaultInstance(c.Addr)
-	}
-	if err := o.security(); err != nil {
+	if err := o.finish(fs, getenv, *level); err != nil {
 		return nil, err
 	}
 	return o, nil
 }
 
-func fromEnv(fs *flag.FlagSet, getenv func(string) string) error {
+// finish applies the environment and checks and completes the options.
+func (o *options) finish(fs *flag.FlagSet, getenv func(string) string, level string) error {
+	var err error
+	if o.fromEnv, err = fromEnv(fs, getenv); err != nil {
+		return err
+	}
+	fs.Visit(func(f *flag.Flag) { o.addrGiven = o.addrGiven || f.Name == "addr" })
+	o.addrGiven = o.addrGiven || o.fromEnv["addr"]
+	if o.redis == "embedded" && !o.addrGiven {
+		o.cfg.Addr = embeddedAddr
+	}
+	if err := o.logLevel.UnmarshalText([]byte(level)); err != nil {
+		return fmt.Errorf("-log-level: %q is not debug, info, warn or error", level)
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return fmt.Errorf("-log-format: %q is not text or json", o.logFormat)
+	}
+	if o.cfg.Instance == "" {
+		o.cfg.Instance = defaultInstance(o.cfg.Addr)
+	}
+	if err := o.security(); err != nil {
+		return err
+	}
+	if err := o.cfg.Validate(); err != nil {
+		return o.flagError(err)
+	}
+	return o.checkAddrs()
+}
+
+// checkAddrs checks the Redis URL and the pprof address, which the server
+// config does not hold.
+func (o *options) checkAddrs() error {
+	if o.redis != "embedded" {
+		if _, err := redisq.ParseEndpoint(o.redis); err != nil {
+			return err
+		}
+	}
+	if o.pprof != "" {
+		if _, _, err := net.SplitHostPort(o.pprof); err != nil {
+			return fmt.Errorf("%s: %q: want host:port such as 127.0.0.1:6060", o.name("pprof-addr"), o.pprof)
+		}
+	}
+	return nil
+}
+
+// flagOf names the flag of each server.Config field.
+var flagOf = map[string]string{
+	"Addr": "addr", "Workers": "workers", "KeyPattern": "key-pattern", "Format": "format",
+	"Instance": "instance", "InstanceTTL": "instance-ttl", "MaxMessage": "max-message",
+	"HandshakeTimeout": "handshake-timeout", "IdleTimeout": "idle-timeout",
+	"WriteTimeout": "write-timeout", "ShutdownTimeout": "shutdown-timeout",
+	"AllowedOrigins": "allowed-origins",
+}
+
+// flagError rewrites a server.ConfigError in the words of the command line.
+func (o *options) flagError(err error) error {
+	var ce *server.ConfigError
+	if !errors.As(err, &ce) || flagOf[ce.Field] == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %s is not accepted: want %s", o.name(flagOf[ce.Field]), ce.Value, ce.Want)
+}
+
+// name is how an error names a flag: as the variable when that set it.
+func (o *options) name(flag string) string {
+	if o.fromEnv[flag] {
+		return envName(flag)
+	}
+	return "-" + flag
+}
+
+// fromEnv sets every flag not given on the command line from its
+// REDPUSH_* variable and reports which it set.
+func fromEnv(fs *flag.FlagSet, getenv func(string) string) (map[string]bool, error) {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	set := map[string]bool{}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		name := envName(f.Name)
@@ -98,8 +175,9 @@ func fromEnv(fs *flag.FlagSet, getenv func(string) string) error {
 		if e := fs.Set(f.Name, v); e != nil {
 			err = fmt.Errorf("%s=%q: %v", name, v, e)
 		}
+		set[f.Name] = true
 	})
-	return err
+	return set, err
 }
 
 func envName(flagName string) string {
@@ -107,9 +185,45 @@ func envName(flagName string) string {
 }
 
 func usage(fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintf(w, "Usage: redpush [flags]\n\nWebSocket push gateway: delivers what producers LPUSH into user_{id}_messages\nto that user's WebSocket connections. Each flag can also be set with\nREDPUSH_<NAME> (e.g. REDPUSH_KEY_PATTERN); the flag wins.\n\nFlags:\n")
+	fmt.Fprint(w, `Usage:
+  redpush [flags]                              run the gateway
+  redpush token -secret S -user ID [-ttl 1h]   print a token for -jwt-secret
+  redpush healthcheck [-url URL | flags]       exit 0 when this server's /readyz answers 200
+                                               (the container's HEALTHCHECK)
+  redpush COMMAND -h                           the flags of a command
+
+WebSocket push gateway: delivers what producers LPUSH into user_{id}_messages
+to that user's WebSocket connections. Each flag can also be set with
+REDPUSH_<NAME> (e.g. REDPUSH_KEY_PATTERN); the flag wins. Durations take a
+unit (30s, 5m, 1h); where 0 means the default, the flag says so.
+
+Flags:
+`)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
+}
+
+// durationValue is a time.Duration flag whose error says what is wrong: a
+// bare number is the common mistake, and flag's own says "parse error".
+type durationValue time.Duration
+
+func durationVar(fs *flag.FlagSet, p *time.Duration, name string, def time.Duration, usage string) {
+	*p = def
+	fs.Var((*durationValue)(p), name, usage)
+}
+
+func (d *durationValue) String() string { return (*time.Duration)(d).String() }
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err == nil {
+		*d = durationValue(v)
+		return nil
+	}
+	if _, nerr := strconv.ParseFloat(s, 64); nerr == nil {
+		return fmt.Errorf("a duration needs a unit: %ss, %sms, %sm or %sh", s, s, s, s)
+	}
+	return fmt.Errorf("not a duration such as 30s, 1m30s or 500ms")
 }
 
 // defaultInstance derives a stable id from the host name and listen port,
@@ -124,6 +238,14 @@ func defaultInstance(addr string) string {
 		return '_'
 	}, host+"-"+port)
 	return id[:min(len(id), 128)]
+}
+
+// embeddedNote is the start line's word on where the quick start listens.
+func (o *options) embeddedNote() string {
+	if o.addrGiven {
+		return "listening on " + o.cfg.Addr + " as -addr says: POST /demo/push lets anyone who reaches it push to any user"
+	}
+	return "listening on loopback only (" + o.cfg.Addr + "): POST /demo/push lets anyone push to any user; give -addr to listen elsewhere"
 }
 
 // security turns the auth, origin and TLS flags into the server config.
@@ -154,11 +276,10 @@ func (o *options) security() error {
 		return errors.New("-tls-cert and -tls-key go together")
 	}
 	if o.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
-		if err != nil {
+		if o.certs, err = server.LoadCertFiles(o.tlsCert, o.tlsKey); err != nil {
 			return fmt.Errorf("-tls-cert/-tls-key: %v", err)
 		}
-		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		c.TLS = o.certs.TLSConfig()
 	}
 	return nil
 }

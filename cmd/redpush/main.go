@@ -5,14 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
-	"time"
 
 	"github.com/alicebob/miniredis/v2"
 
@@ -25,128 +25,126 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
+// run is the whole command; it returns the exit code. Every failure before
+// the server serves is one line "redpush: …" on stderr and exit 2.
 func run(args []string) int {
 	if len(args) > 0 && args[0] == "token" {
 		return tokenCmd(args[1:], os.Stdout, os.Stderr)
 	}
 	if len(args) > 0 && args[0] == "healthcheck" {
-		return healthcheckCmd(args[1:], os.Stderr)
+		return healthcheckCmd(args[1:], os.Getenv, os.Stdout, os.Stderr)
 	}
 	o, err := parseFlags(args, os.Getenv, os.Stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "redpush: %v (see redpush -h)\n", err)
-		return 2
+		return fail(fmt.Errorf("%v (see redpush -h)", err))
 	}
-	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel})
-	if o.logFormat == "json" {
-		handler = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel})
-	}
-	log := slog.New(handler)
-	slog.SetDefault(log)
+	log := newLogger(o)
 	o.cfg.Logger = log
 	redisq.SetLogger(log)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// Registered before anything starts: SIGHUP's default action ends the
+	// process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadOnSIGHUP(ctx, hup, o.certs, log)
 
 	if o.pprof != "" {
-		go servePprof(o.pprof, log)
+		ln, err := net.Listen("tcp", o.pprof)
+		if err != nil {
+			return fail(fmt.Errorf("-pprof-addr: %v", err))
+		}
+		go servePprof(ln, log)
 	}
 	url := o.redis
 	if url == "embedded" {
 		mr, err := miniredis.Run()
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "redpush: embedded redis: %v\n", err)
-			return 2
+			return fail(fmt.Errorf("embedded redis: %v", err))
 		}
 		defer mr.Close()
 		url = "redis://" + mr.Addr()
 		o.cfg.DemoPush = true
-		log.Warn("embedded in-memory Redis for the quick start: messages live only as long as this process; POST /demo/push lets anyone push to any user",
-			"addr", mr.Addr(), "try", fmt.Sprintf("redis-cli -p %s LPUSH user_42_messages hi", mr.Port()))
+		log.Warn("embedded in-memory Redis for the quick start: messages live only as long as this process; "+o.embeddedNote(),
+			"addr", mr.Addr(), "try", fmt.Sprintf("redis-cli -p %s LPUSH %s hi", mr.Port(), demoKey(o.cfg.KeyPattern)))
 	}
-	if o.cfg.Workers <= 0 {
+	if o.cfg.Workers == 0 {
 		o.cfg.Workers = taskpool.DefaultSize()
 	}
 	clients, err := redisq.Dial(ctx, url, o.cfg.Workers)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "redpush: %v\n", err)
-		return 2
+		return fail(err)
 	}
 	defer clients.Close()
 
 	srv, err := server.New(o.cfg, clients)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "redpush: %v\n", err)
-		return 2
+		return fail(err)
 	}
 	if err := srv.Run(ctx); err != nil {
+		if errors.Is(err, server.ErrStart) {
+			return fail(err)
+		}
 		log.Error("redpush stopped with an error", "err", err)
 		return 1
 	}
 	return 0
 }
 
+// fail prints the one line of a start-up failure.
+func fail(err error) int {
+	fmt.Fprintf(os.Stderr, "redpush: %v\n", err)
+	return 2
+}
+
+func newLogger(o *options) *slog.Logger {
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel})
+	if o.logFormat == "json" {
+		handler = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel})
+	}
+	log := slog.New(handler)
+	slog.SetDefault(log)
+	return log
+}
+
+// demoKey is the queue of the page's default user, for the start hint.
+func demoKey(pattern string) string {
+	return strings.Replace(pattern, "%s", server.DemoUser, 1)
+}
+
+// reloadOnSIGHUP reloads the TLS certificate and key files on each SIGHUP;
+// open connections keep theirs. Without TLS a SIGHUP is only logged.
+func reloadOnSIGHUP(ctx context.Context, hup <-chan os.Signal, certs *server.CertFiles, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if certs == nil {
+			log.Info("SIGHUP: no TLS certificate to reload")
+		} else if err := certs.Reload(); err != nil {
+			log.Error("SIGHUP: TLS certificate not reloaded; the previous one stays in use", "err", err)
+		} else {
+			log.Info("SIGHUP: TLS certificate reloaded")
+		}
+	}
+}
+
 // servePprof exposes the runtime profiles on their own listener, never on
 // the public port.
-func servePprof(addr string, log *slog.Logger) {
+func servePprof(ln net.Listener, log *slog.Logger) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	log.Info("pprof listening", "addr", addr)
-	if err := http.ListenAndServe(addr, mux); err != nil {
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	if err := http.Serve(ln, mux); err != nil {
 		log.Error("pprof stopped", "err", err)
 	}
-}
-
-// tokenCmd is `redpush token -secret S -user 42 -ttl 1h`: it prints an HS256
-// token for trying -jwt-secret.
-func tokenCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("redpush token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	secret := fs.String("secret", "", "the -jwt-secret of the server")
-	user := fs.String("user", "", "the user id (the token's sub)")
-	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if len(*secret) < 16 {
-		fmt.Fprintln(stderr, "redpush token: -secret must be at least 16 bytes")
-		return 2
-	}
-	tok, err := server.Sign([]byte(*secret), *user, *ttl)
-	if err != nil {
-		fmt.Fprintf(stderr, "redpush token: %v\n", err)
-		return 2
-	}
-	fmt.Fprintln(stdout, tok)
-	return 0
-}
-
-// healthcheckCmd is `redpush healthcheck -url http://127.0.0.1:9502/readyz`:
-// exit 0 when the URL answers 200. The container image has no curl, so its
-// HEALTHCHECK runs this.
-func healthcheckCmd(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("redpush healthcheck", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	url := fs.String("url", "http://127.0.0.1:9502/readyz", "the URL that must answer 200")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(*url)
-	if err != nil {
-		fmt.Fprintf(stderr, "redpush healthcheck: %v\n", err)
-		return 1
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "redpush healthcheck: %s: %s\n", *url, resp.Status)
-		return 1
-	}
-	return 0
 }

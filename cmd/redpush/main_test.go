@@ -3,13 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,13 +77,25 @@ func startProc(t *testing.T, env []string, args ...string) *proc {
 			t.Fatalf("redpush exited at start:\n%s", p.stderr.String())
 		default:
 		}
-		resp, err := http.Get("http://" + addr + "/healthz")
+		resp, err := probeClient.Get(p.url("/healthz"))
 		if err == nil {
 			resp.Body.Close()
 		}
 		return err
 	})
 	return p
+}
+
+// probeClient asks the test's own servers, TLS ones with a self-signed
+// certificate too.
+var probeClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
+// url is path on the process's address, https:// when it serves TLS.
+func (p *proc) url(path string) string {
+	if slices.Contains(p.cmd.Args, "-tls-cert") {
+		return "https://" + p.addr + path
+	}
+	return "http://" + p.addr + path
 }
 
 // wait waits for the process to exit and returns its exit code.
@@ -97,10 +112,24 @@ func (p *proc) wait(within time.Duration) int {
 
 func runBinary(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runBinaryEnv(t, nil, args...)
+}
+
+// runBinaryEnv runs redpush to its end with env added to the environment.
+func runBinaryEnv(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errb bytes.Buffer
-	cmd := exec.Command(binary, args...)
+	// Every use expects an exit; a server that starts instead must not
+	// hang the test.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("redpush %q did not exit within 30s:\n%s", args, errb.String())
+	}
 	if ee, ok := err.(*exec.ExitError); ok {
 		return ee.ExitCode(), out.String(), errb.String()
 	}
@@ -120,34 +149,75 @@ func TestHelpListsEveryFlagWithItsDefault(t *testing.T) {
 		"-key-pattern", "user_%s_messages", "-format", "swoole", "-instance", "-max-message", "65536",
 		"-handshake-timeout", "-idle-timeout", "-write-timeout", "-shutdown-timeout", "10s", "-log-level",
 		"REDPUSH_",
+		// The subcommands, and what 0 means where it means the default.
+		"redpush token", "redpush healthcheck", "0 means the default",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("-h output lacks %q", want)
+		}
+	}
+	for _, sub := range []string{"token", "healthcheck"} {
+		code, out, errOut := runBinary(t, sub, "-h")
+		if code != 0 || !strings.Contains(out+errOut, "Usage: redpush "+sub) {
+			t.Errorf("redpush %s -h: exit %d, output %q; want 0 and its usage", sub, code, out+errOut)
 		}
 	}
 }
 
 func TestStartErrorsAreOneLineAndExit2(t *testing.T) {
 	port := testutil.FreePort(t)
+	down := fmt.Sprintf("redis://127.0.0.1:%d", port) // nothing listens there
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
 	for _, tc := range []struct {
 		name string
+		env  []string
 		args []string
-		want string
+		want []string
 	}{
-		{"unknown flag", []string{"-bogus"}, "flag provided but not defined: -bogus"},
-		{"double dash works too", []string{"--bogus"}, "flag provided but not defined"},
-		{"bad duration", []string{"-idle-timeout", "soon"}, "invalid value"},
-		{"malformed url", []string{"-redis", "http://x"}, "bad redis URL"},
-		{"unreachable redis", []string{"-redis", fmt.Sprintf("redis://127.0.0.1:%d", port)}, "redis unreachable"},
-		{"bad format", []string{"-redis", "embedded", "-format", "xml"}, "format \"xml\""},
-		{"bad pattern", []string{"-redis", "embedded", "-key-pattern", "nope"}, "key pattern"},
+		{"unknown flag", nil, []string{"-bogus"}, []string{"flag provided but not defined: -bogus"}},
+		{"double dash works too", nil, []string{"--bogus"}, []string{"flag provided but not defined"}},
+		{"bad duration", nil, []string{"-idle-timeout", "soon"}, []string{"invalid value"}},
+		{"malformed url", nil, []string{"-redis", "http://x"}, []string{"bad redis URL"}},
+		{"unreachable redis", nil, []string{"-redis", down}, []string{"redis unreachable"}},
+		// Every other setting is checked before Redis is dialled: these
+		// name the bad flag although Redis is down too.
+		{"bad format", nil, []string{"-redis", down, "-format", "xml"}, []string{"-format", `"xml"`, "swoole, raw or json"}},
+		{"bad pattern", nil, []string{"-redis", down, "-key-pattern", "bad"}, []string{"-key-pattern", "%s"}},
+		{"negative workers", nil, []string{"-redis", down, "-workers", "-5"}, []string{"-workers", "-5", "0 for the default", "1 to"}},
+		{"absurd instance ttl", nil, []string{"-redis", down, "-instance-ttl", "1ms"}, []string{"-instance-ttl", "1ms", "1s to"}},
+		{"origin without scheme", nil, []string{"-redis", down, "-allowed-origins", "foo"}, []string{"-allowed-origins", `"foo"`, "scheme://host[:port]"}},
+		{"origin with a path", nil, []string{"-redis", down, "-allowed-origins", "https://a.example/app"}, []string{"-allowed-origins", "scheme://host[:port]"}},
+		{"negative max message", nil, []string{"-redis", down, "-max-message", "-1"}, []string{"-max-message", "0 for the default"}},
+		{"negative idle timeout", nil, []string{"-redis", down, "-idle-timeout", "-1s"}, []string{"-idle-timeout", "0 for the default"}},
+		{"bad listen address", nil, []string{"-redis", down, "-addr", "9502"}, []string{"-addr", `"9502"`, "host:port"}},
+		{"bad instance", nil, []string{"-redis", down, "-instance", "a b"}, []string{"-instance", "[A-Za-z0-9_.:-]"}},
+		{"duration without unit", nil, []string{"-redis", down, "-idle-timeout", "30"}, []string{"-idle-timeout", "unit", "30s"}},
+		{"duration without unit from env", []string{"REDPUSH_IDLE_TIMEOUT=30"}, []string{"-redis", down}, []string{"REDPUSH_IDLE_TIMEOUT", "unit", "30s"}},
+		{"port in use", nil, []string{"-redis", "embedded", "-addr", busy.Addr().String()}, []string{busy.Addr().String(), "address already in use"}},
+		{"pprof port in use", nil, []string{"-redis", "embedded", "-pprof-addr", busy.Addr().String()}, []string{"-pprof-addr", "address already in use"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			code, _, stderr := runBinary(t, append(tc.args, "-addr", "127.0.0.1:0")...)
+			args := tc.args
+			if !slices.Contains(args, "-addr") {
+				args = append(args, "-addr", "127.0.0.1:0")
+			}
+			code, _, stderr := runBinaryEnv(t, tc.env, args...)
 			lines := strings.Split(strings.TrimSpace(stderr), "\n")
 			last := lines[len(lines)-1]
-			if code != 2 || !strings.Contains(last, tc.want) || !strings.HasPrefix(last, "redpush: ") {
-				t.Fatalf("exit %d, stderr %q; want 2 and a line with %q", code, stderr, tc.want)
+			if code != 2 || !strings.HasPrefix(last, "redpush: ") {
+				t.Fatalf("exit %d, stderr %q; want 2 and a last line starting with \"redpush: \"", code, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(last, w) {
+					t.Errorf("last line %q lacks %q", last, w)
+				}
+			}
+			if strings.Contains(last, "unreachable") && tc.name != "unreachable redis" {
+				t.Errorf("Redis was dialled before the settings were checked: %q", last)
 			}
 			for _, l := range lines {
 				if strings.Contains(l, "goroutine ") || strings.Contains(l, "panic") {
