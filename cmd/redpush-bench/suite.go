@@ -200,7 +200,7 @@ func runRow(name string, r *result) string {
 // rows of the same 22 columns, empty where a median says nothing.
 func summaryRows(name string, s *summary) string {
 	med := make([]string, 22)
-	med[0] = strings.TrimSpace("**median " + name + "**")
+	med[0] = "**" + strings.TrimSpace("median "+name) + "**"
 	med[13], med[14], med[15], med[16], med[17] = fmt.Sprintf("**%.0f**", s.DeliveredPerSec),
 		fmt.Sprintf("**%.3f**", s.P50), fmt.Sprintf("**%.3f**", s.P99), fmt.Sprintf("**%.3f**", s.P999), fmt.Sprintf("%.3f", s.Max)
 	med[18], med[19], med[20] = fmt.Sprintf("**%.1f KiB**", s.RSSPerConn/1024), fmt.Sprintf("**%.1f**", s.CPU), optNum(s.RedisCPU)
@@ -242,6 +242,31 @@ func writeComparison(md *strings.Builder, s scenario, c *comparison) {
 		"server CPU per message %s, Redis CPU per message %s, server + Redis %s.\n\n", c.Names["b"], c.Names["a"],
 		optRatio(r["delivered_per_sec"]), optRatio(r["p50_ms"]), optRatio(r["p99_ms"]), optRatio(r["p999_ms"]),
 		optRatio(r["rss_per_conn_bytes"]), optRatio(r["cpu_us_per_msg"]), optRatio(r["redis_cpu_us_per_msg"]), optRatio(r["cpu_us_per_msg_total"]))
+	md.WriteString(worseLine(c) + "\n\n")
+}
+
+// worseLine names every figure on which B did more than 5% worse than A,
+// so that the losses read as plainly as the wins.
+func worseLine(c *comparison) string {
+	var worse []string
+	for _, f := range []struct {
+		key, name string
+		higherIsWorse bool
+	}{
+		{"delivered_per_sec", "delivered/s", false}, {"p50_ms", "p50", true}, {"p99_ms", "p99", true},
+		{"p999_ms", "p99.9", true}, {"rss_per_conn_bytes", "RSS per connection", true},
+		{"cpu_us_per_msg", "server CPU per message", true}, {"redis_cpu_us_per_msg", "Redis CPU per message", true},
+		{"cpu_us_per_msg_total", "server + Redis CPU per message", true},
+	} {
+		r := c.Ratio[f.key]
+		if r != nil && (f.higherIsWorse && *r > 1.05 || !f.higherIsWorse && *r < 0.95) {
+			worse = append(worse, f.name+" "+optRatio(r))
+		}
+	}
+	if len(worse) == 0 {
+		return fmt.Sprintf("**%s does no worse than %s on any figure here.**", c.Names["b"], c.Names["a"])
+	}
+	return fmt.Sprintf("**Where %s does worse than %s here: %s.**", c.Names["b"], c.Names["a"], strings.Join(worse, ", "))
 }
 
 func cpuModel() string {
