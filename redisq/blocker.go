@@ -80,16 +80,31 @@ func (b *Blocker) conn(ctx context.Context, user string) (*redis.Conn, error) {
 	id, err := cn.ClientID(ctx).Result()
 	if err != nil {
 		_ = cn.Close()
-		var rerr redis.Error
-		if errors.As(err, &rerr) {
-			// The server refuses CLIENT ID (the embedded quick-start
-			// Redis does): fall back to short rounds for every consumer.
+		if isUnknownCommand(err) {
+			// The server has no CLIENT ID (the embedded quick-start Redis):
+			// fall back to short rounds for every consumer, for good. Any
+			// other refusal (NOPERM or WRONGPASS while a password rotates)
+			// may pass: the next Pop asks again.
 			b.q.noWake.Store(true)
+			b.q.noWakeLog.Do(func() {
+				b.q.log.Warn("Redis has no CLIENT ID: consumers block in 1 s rounds and notice a user's departure up to a round late", "err", err)
+			})
 		}
 		return nil, err
 	}
 	b.cn, b.id, b.unblock = cn, id, cmd
 	return cn, nil
+}
+
+// isUnknownCommand reports whether err is the server's answer to a command
+// or subcommand it does not have (not a refusal of one it has).
+func isUnknownCommand(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	msg := strings.ToLower(rerr.Error())
+	return strings.Contains(msg, "unknown command") || strings.Contains(msg, "unknown subcommand")
 }
 
 // isRedirect reports whether err is a cluster node's MOVED or ASK answer.

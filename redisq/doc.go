@@ -13,9 +13,13 @@
 // leaves it in the processing list, and [Queue.Recover] returns it at the next
 // start of the same instance.
 //
-// Key layout (see DESIGN.md §3): the processing list of queue Q on instance I
-// is "{Q}:processing:I". The hash tag puts both keys in one Redis Cluster slot
-// so that the multi-key commands and scripts work on a cluster too.
+// Key layout: the processing list of queue Q on instance I is
+// "{Q}:processing:I". The hash tag puts both keys in one Redis Cluster slot
+// so that the multi-key commands and scripts work on a cluster too; so do
+// "{Q}:ack:I" (the ack fence), "{Q}:relay" (the relay channel),
+// "{Q}:failures" and "{Q}:dead" (failed deliveries and the dead-letter list,
+// [Queue.RequeueFailed]). Per instance: "redpush:instance:I" (heartbeat) and
+// "redpush:claim:I" (one live process per id, [Queue.Claim]).
 //
 // Blocking: each consumer pops through its own [Blocker], a dedicated
 // connection whose CLIENT ID lets [Blocker.Wake] end a blocked BLMOVE at
@@ -28,7 +32,9 @@
 // user's relay channel ([Queue.RelayChannel], [ParseRelay]); a token fences
 // it so that a go-redis retry cannot ack a batch nobody delivered. An
 // instance that died for good is found by its expired heartbeat
-// ([Queue.Heartbeat], [Queue.ReclaimDead]).
+// ([Queue.Heartbeat], [Queue.ReclaimDead]). Two live processes never share
+// an instance id: each claims it at start and renews the claim every second
+// ([Queue.Claim], [Claim.Renew]).
 //
 // Entry points: [Dial] parses a -redis URL ([ParseEndpoint]: one server, a
 // Sentinel-managed master, or a Cluster) and builds the two go-redis clients

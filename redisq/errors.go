@@ -16,6 +16,12 @@ var (
 	// ErrSlotMoved is returned by Blocker.Pop when the user's cluster slot
 	// moved to another master: not an outage; the next Pop blocks there.
 	ErrSlotMoved = errors.New("redisq: cluster slot moved")
+	// ErrInstanceTaken is returned by Queue.Claim when another live process
+	// holds the instance id.
+	ErrInstanceTaken = errors.New("redisq: instance id in use")
+	// ErrInstanceLost is returned by Claim.Renew when another process took
+	// the instance id: this one must stop serving.
+	ErrInstanceLost = errors.New("redisq: instance id taken over by another process")
 	// ErrUnreachable is returned by Dial when Redis does not answer PING.
 	ErrUnreachable = errors.New("redisq: redis unreachable")
 )

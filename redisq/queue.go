@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -34,6 +35,9 @@ type Config struct {
 	// bounds how long a silently dead Redis connection goes unnoticed.
 	// Default 10 s.
 	WakeRound time.Duration
+	// Logger gets the one line that says consumers cannot be woken (the
+	// server has no CLIENT ID). Default slog.Default().
+	Logger *slog.Logger
 }
 
 // Queue gives access to the per-user queues and their processing lists.
@@ -47,7 +51,9 @@ type Queue struct {
 	batch     int
 	round     time.Duration
 	wakeRound time.Duration
-	noWake    atomic.Bool   // the server has no CLIENT ID / CLIENT UNBLOCK
+	noWake    atomic.Bool // the server has no CLIENT ID / CLIENT UNBLOCK
+	noWakeLog sync.Once
+	log       *slog.Logger
 	token     atomic.Uint64 // the last ackPop token; starts at random
 }
 
@@ -127,12 +133,16 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 	if cfg.WakeRound <= 0 {
 		cfg.WakeRound = 10 * time.Second
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
 	q := &Queue{
 		blocking: blocking, cmd: cmd,
 		prefix: prefix, suffix: suffix,
 		procTail: "}:processing:" + cfg.Instance,
 		instance: cfg.Instance,
 		batch:    cfg.Batch, round: cfg.Round, wakeRound: cfg.WakeRound,
+		log: cfg.Logger,
 	}
 	// Random, so that a restart of the same instance does not reuse the
 	// token of a call made just before it died.

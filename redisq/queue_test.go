@@ -332,3 +332,89 @@ func TestReplayedAckPopReturnsTheSameBatch(t *testing.T) {
 		t.Fatalf("next AckPop = %v, %v", next, err)
 	}
 }
+
+// A refused CLIENT ID (NOPERM while an ACL or a password is being rotated)
+// is no reason to give up waking consumers for the life of the process:
+// once the command is allowed again, Wake works. Only a server that has no
+// CLIENT ID at all (the embedded Redis) makes consumers fall back to short
+// rounds for good.
+func TestBlockerWakeSurvivesARefusedClientID(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	ctx := context.Background()
+	admin := rds.Client()
+	if err := admin.Do(ctx, "ACL", "SETUSER", "rot", "on", ">pw", "~*", "&*", "+@all", "-client").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := redisq.Dial(ctx, "redis://rot:pw@"+rds.Addr(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q, _ := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "i1", WakeRound: 30 * time.Second})
+	b := q.Blocker()
+	defer b.Close()
+	if _, err := b.Pop(ctx, "w"); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("Pop with CLIENT refused = %v; want the NOPERM error", err)
+	}
+	if err := admin.Do(ctx, "ACL", "SETUSER", "rot", "+client").Err(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := b.Pop(ctx, "w"); done <- err }()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if woke, err := b.Wake(ctx); !woke {
+			return fmt.Errorf("Wake does not end the Pop (%v): the fallback latched", err)
+		}
+		return nil
+	})
+	if err := <-done; err != nil {
+		t.Fatalf("woken Pop: %v", err)
+	}
+}
+
+// A claim that nobody renews (its process was killed) is taken over once
+// it expires; one that is renewed is a live process's, and Claim fails.
+func TestClaimTakesOverOnlyADeadClaim(t *testing.T) {
+	q, rds := newQueue(t, 1)
+	ctx := context.Background()
+	rc := rds.Client()
+	rc.Set(ctx, "redpush:claim:i1", "killed", 1500*time.Millisecond)
+	c, err := q.Claim(ctx)
+	if err != nil {
+		t.Fatalf("Claim over an expiring claim: %v", err)
+	}
+	if err := c.Renew(ctx); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	// A second claimant while the first renews: refused.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(redisq.ClaimEvery)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				_ = c.Renew(ctx)
+			}
+		}
+	}()
+	if _, err := q.Claim(ctx); !errors.Is(err, redisq.ErrInstanceTaken) {
+		t.Fatalf("second Claim = %v, want ErrInstanceTaken", err)
+	}
+	close(stop)
+	<-done
+	rc.Set(ctx, "redpush:claim:i1", "usurper", time.Minute)
+	if err := c.Renew(ctx); !errors.Is(err, redisq.ErrInstanceLost) {
+		t.Fatalf("Renew after another took the id = %v, want ErrInstanceLost", err)
+	}
+	if err := c.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := rc.Get(ctx, "redpush:claim:i1").Result(); v != "usurper" {
+		t.Fatalf("Release removed another process's claim (%q left)", v)
+	}
+}

@@ -20,7 +20,7 @@ import (
 	"github.com/redpush/redpush/server"
 )
 
-// DESIGN.md §5, one row after the other.
+// The README's bad-input table, one row after the other.
 
 func TestBadUserIDIs400BeforeAnyRedisCall(t *testing.T) {
 	g := startGateway(t, nil, server.Config{})

@@ -10,7 +10,7 @@ import (
 	"github.com/redpush/redpush/server"
 )
 
-// The wire behaviour of the PHP original (DESIGN.md §2).
+// The wire behaviour of the PHP original (the README's compatibility table).
 func TestCompatibility(t *testing.T) {
 	g := startGateway(t, nil, server.Config{})
 	c := g.dial("42")

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -26,7 +27,8 @@ type Config struct {
 	KeyPattern string
 	// Format of a pushed frame: "swoole" (default), "raw" or "json".
 	Format string
-	// Instance is this process's stable id. Default "redpush".
+	// Instance is this process's stable id; one live process holds it at a
+	// time (redisq.Queue.Claim). Default DefaultInstance(Addr): host-port.
 	Instance string
 	// InstanceTTL is how long this instance's heartbeat lives in Redis; it
 	// is renewed every third of it. Another instance that finds the
@@ -36,6 +38,15 @@ type Config struct {
 	// MaxMessage is the largest client frame or message, in bytes; larger
 	// gets close 1009. 16 B to 64 MiB; default (0) 64 KiB.
 	MaxMessage int
+	// MaxPendingBytes bounds the bytes that the partial messages of all
+	// connections hold together (a message buffer grows as its bytes
+	// arrive); the connection that would pass it is closed with 1008.
+	// 64 KiB to 64 GiB; default (0) 256 MiB.
+	MaxPendingBytes int64
+	// MaxQueuedBytes bounds what waits for one connection beyond its first
+	// batch: a connection over it for WriteTimeout, or over four times it,
+	// is closed (1008). 4 KiB to 1 GiB; default (0) 1 MiB.
+	MaxQueuedBytes int
 	// HandshakeTimeout bounds reading the request and writing the upgrade
 	// response. 100 ms to 5 min; default (0) 5 s.
 	HandshakeTimeout time.Duration
@@ -102,6 +113,8 @@ func (c Config) Validate() error {
 		func() *ConfigError { return checkAddr(c.Addr) },
 		func() *ConfigError { return intRange("Workers", c.Workers, 1, 100_000) },
 		func() *ConfigError { return intRange("MaxMessage", c.MaxMessage, 16, 64<<20) },
+		func() *ConfigError { return intRange("MaxPendingBytes", c.MaxPendingBytes, 64<<10, 64<<30) },
+		func() *ConfigError { return intRange("MaxQueuedBytes", c.MaxQueuedBytes, 4<<10, 1<<30) },
 		func() *ConfigError { return intRange("Batch", c.Batch, 1, 10_000) },
 		func() *ConfigError { return durRange("InstanceTTL", c.InstanceTTL, time.Second, 24*time.Hour) },
 		func() *ConfigError {
@@ -165,7 +178,7 @@ func checkAddr(addr string) *ConfigError {
 }
 
 // intRange accepts 0 (the default) or lo..hi.
-func intRange(field string, v, lo, hi int) *ConfigError {
+func intRange[T int | int64](field string, v, lo, hi T) *ConfigError {
 	if v == 0 || lo <= v && v <= hi {
 		return nil
 	}
@@ -209,7 +222,13 @@ func (c Config) withDefaults() (Config, error) {
 		c.Format = FormatSwoole
 	}
 	if c.Instance == "" {
-		c.Instance = "redpush"
+		c.Instance = DefaultInstance(c.Addr)
+	}
+	if c.MaxQueuedBytes == 0 {
+		c.MaxQueuedBytes = 1 << 20
+	}
+	if c.MaxPendingBytes == 0 {
+		c.MaxPendingBytes = 256 << 20
 	}
 	if c.MaxMessage == 0 {
 		c.MaxMessage = 64 << 10
@@ -223,4 +242,18 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.Default()
 	}
 	return c, nil
+}
+
+// DefaultInstance derives a stable id from the host name and the port of
+// addr, so that a restarted instance finds its own processing lists again.
+func DefaultInstance(addr string) string {
+	host, _ := os.Hostname()
+	_, port, _ := net.SplitHostPort(addr)
+	id := strings.Map(func(r rune) rune {
+		if r < 128 && (r == '-' || r == '.' || r == '_' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9') {
+			return r
+		}
+		return '_'
+	}, host+"-"+port)
+	return id[:min(len(id), 128)]
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -18,6 +19,13 @@ type conn struct {
 	sess *session
 
 	writeTimeout time.Duration
+	maxQueued    int                    // Config.MaxQueuedBytes
+	m            *metrics               // write failures
+	out          outbox                 // batches for this connection (writer.go)
+	slowWhy      atomic.Pointer[string] // set when the outbox closes the connection: the reason wins
+	// stopBy, when not zero, is the unix-nanos deadline of a shutdown: no
+	// write may block past it, whenever it starts.
+	stopBy atomic.Int64
 
 	wmu    sync.Mutex
 	closed bool   // under wmu: the socket is closed, writes fail
@@ -33,12 +41,29 @@ func (c *conn) write(p []byte) error {
 	if c.closed {
 		return ErrConnClosed
 	}
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	_ = c.nc.SetWriteDeadline(c.writeDeadline())
 	if _, err := c.nc.Write(p); err != nil {
 		c.closeLocked("write failed: " + err.Error())
 		return err
 	}
 	return nil
+}
+
+// writeDeadline is the write timeout from now, or the shutdown's deadline
+// when that comes first.
+func (c *conn) writeDeadline() time.Time {
+	d := time.Now().Add(c.writeTimeout)
+	if by := c.stopBy.Load(); by != 0 && by < d.UnixNano() {
+		return time.Unix(0, by)
+	}
+	return d
+}
+
+// stop bounds every write of c, the one in progress included, by deadline.
+// It takes no lock: a writer blocked on a full socket buffer holds wmu.
+func (c *conn) stop(deadline time.Time) {
+	c.stopBy.Store(deadline.UnixNano())
+	_ = c.nc.SetWriteDeadline(deadline)
 }
 
 // closeWith sends a close frame with code and reason (RFC 6455 §5.5.1) and
@@ -67,8 +92,12 @@ func (c *conn) close() {
 // nothing.
 func (c *conn) closeLocked(why string) {
 	if !c.closed {
+		if p := c.slowWhy.Load(); p != nil {
+			why = *p
+		}
 		c.closed, c.why = true, why
 		_ = c.nc.Close()
+		c.failOutbox()
 	}
 }
 

@@ -4,7 +4,13 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"runtime/debug"
+	"slices"
+	"sync/atomic"
 	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/redpush/redpush/redisq"
 )
@@ -25,6 +31,11 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	defer close(s.done)
 	b := h.q.Blocker()
 	defer b.Close()
+	defer func() {
+		if v := recover(); v != nil {
+			h.crashed(ctx, s, v)
+		}
+	}()
 	h.mu.Lock()
 	s.blocker = b
 	h.mu.Unlock()
@@ -36,6 +47,9 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	var bo backoff
 	pending := 0 // delivered, not yet acknowledged: the processing list
 	more := true // the queue may hold messages: pop without blocking
+	// failures counts the queue's consecutive failed deliveries (redisq's
+	// dead-letter rule): past IsolateAfter, messages go one at a time.
+	failures, _ := h.q.Failures(ctx, s.user)
 	if !h.waitOnline(ctx, s) {
 		return
 	}
@@ -48,9 +62,26 @@ func (h *hub) consume(ctx context.Context, s *session) {
 		var msgs []string
 		var err error
 		if more {
-			msgs, err = h.q.AckPop(ctx, s.user)
+			// The ack must not be cut short by a shutdown: the batch it
+			// acknowledges was written, and requeueing it would send it
+			// twice. Its duration is bounded by the client's timeouts.
+			pop := h.q.AckPop
+			if failures >= redisq.IsolateAfter {
+				pop = h.q.AckPopOne
+			}
+			msgs, err = pop(context.WithoutCancel(ctx), s.user)
 		} else { // nothing pending: the AckPop that found the queue empty acked it
 			msgs, err = b.Pop(ctx, s.user)
+		}
+		if err != nil && errors.Is(err, redis.ErrPoolTimeout) {
+			// Every pooled connection was busy: the command was never
+			// sent, nothing was acked or popped. Retry it as it was; Redis
+			// itself is fine.
+			h.log.Debug("redis pool busy; retrying", "user", s.user)
+			if !bo.wait(ctx) {
+				break
+			}
+			continue
 		}
 		if err != nil {
 			switch {
@@ -80,17 +111,67 @@ func (h *hub) consume(ctx context.Context, s *session) {
 		if !more {
 			continue
 		}
-		if ctx.Err() != nil || !h.deliver(s, msgs, time.Now()) {
-			if !h.requeue(ctx, s.user) || !h.waitOnline(ctx, s) {
+		testHook(ctx, s.user, "deliver")
+		if ctx.Err() != nil {
+			h.requeue(ctx, s.user)
+			return
+		}
+		if written, tried := h.deliver(s, msgs, time.Now()); !written {
+			if tried {
+				failures = h.requeueFailed(ctx, s.user)
+			} else if !h.requeue(ctx, s.user) {
+				return
+			}
+			if !h.waitOnline(ctx, s) {
 				return
 			}
 			more = true // the requeued batch is next
 			continue
 		}
+		if failures > 0 {
+			failures = 0
+			_ = h.q.ClearFailures(ctx, s.user)
+		}
 		pending = len(msgs)
+		testHook(ctx, s.user, "delivered")
 	}
 	if pending > 0 {
 		h.ack(ctx, s.user, pending)
+	}
+}
+
+// hook, set only by tests, runs before each delivery ("deliver") and after
+// each delivery that a connection took ("delivered"): it lets a test make a
+// consumer panic, or shut the server down at a chosen step.
+var hook atomic.Pointer[func(ctx context.Context, user, stage string)]
+
+func testHook(ctx context.Context, user, stage string) {
+	if f := hook.Load(); f != nil {
+		(*f)(ctx, user, stage)
+	}
+}
+
+// crashed cleans up after a consumer that panicked: a bug, but one that must
+// not leave its user stuck with a session nobody serves. What it popped goes
+// back to the queue, the session leaves the registry, and its connections
+// are closed with 1011: their clients reconnect and get a fresh consumer.
+func (h *hub) crashed(ctx context.Context, s *session, v any) {
+	h.m.panics.Inc()
+	h.log.Error("consumer panicked; its user's connections are closed and its messages requeued",
+		"user", s.user, "panic", v, "stack", string(debug.Stack()))
+	h.requeue(ctx, s.user)
+	h.mu.Lock()
+	s.dead = true
+	if h.users[s.user] == s {
+		delete(h.users, s.user)
+		if h.relay != nil {
+			h.relay.unwatch(s.user)
+		}
+	}
+	conns := slices.Clone(s.conns)
+	h.mu.Unlock()
+	for _, c := range conns {
+		c.closeWith(ws.StatusInternalServerError, errConsumerCrashed.Error(), time.Now().Add(time.Second))
 	}
 }
 
@@ -105,29 +186,24 @@ func (h *hub) deliverUser(user string, msgs []string) {
 	}
 }
 
-// deliver writes msgs to every open connection of s and reports whether at
-// least one connection took them.
-func (h *hub) deliver(s *session, msgs []string, popped time.Time) bool {
+// deliver hands msgs to every open connection of s and waits until one of
+// them has written them to its socket (written: they may be acknowledged),
+// or every one failed (they go back to the queue). tried says whether any
+// connection got as far as writing them: if none did (the user left
+// meanwhile), their going back is no failure of theirs. It does not wait
+// for the other connections: a tab that stops reading holds up no one.
+func (h *hub) deliver(s *session, msgs []string, popped time.Time) (written, tried bool) {
 	conns := h.connsOf(s)
 	if len(conns) == 0 {
-		return false
+		return false, false
 	}
 	buf := getBuf()
-	defer putBuf(buf)
 	*buf = h.enc.appendFrames((*buf)[:0], s.user, h.q.Key(s.user), msgs)
-	ok := false
+	t := newTicket(buf, len(conns), popped, h.m)
 	for _, c := range conns {
-		if err := c.write(*buf); err != nil {
-			h.m.writeFailures.Inc()
-			h.log.Debug("push failed", "fd", c.fd, "user", s.user, "err", err)
-			continue
-		}
-		if !ok {
-			h.m.observePopToWrite(popped)
-		}
-		ok = true
+		c.send(t)
 	}
-	return ok
+	return t.wait()
 }
 
 // requeue returns the processing list of user to the queue, retrying while
@@ -150,6 +226,28 @@ func (h *hub) requeue(ctx context.Context, user string) bool {
 			return false
 		}
 	}
+}
+
+// requeueFailed returns a batch that no connection took, counting the
+// failure (redisq.Queue.RequeueFailed); a message that failed too often
+// goes to the dead-letter list instead. It returns the failures so far.
+func (h *hub) requeueFailed(ctx context.Context, user string) int {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	moved, failures, dead, err := h.q.RequeueFailed(rctx, user)
+	cancel()
+	if err != nil {
+		h.log.Debug("counting a failed delivery failed; requeueing uncounted", "user", user, "err", err)
+		h.requeue(ctx, user) // uncounted, with retries
+		return 0
+	}
+	h.stats.Requeued.Add(int64(moved))
+	if dead {
+		h.m.deadLettered.Add(float64(moved))
+		h.log.Warn("message moved to the dead-letter list: every connection it reached failed", "user", user,
+			"deliveries", redisq.DeadAfter, "list", h.q.DeadKey(user), "messages", moved)
+		return 0
+	}
+	return failures
 }
 
 // ack acknowledges the last delivered batch of a consumer that ends. If

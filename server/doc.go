@@ -24,14 +24,25 @@
 //
 // Concurrency contract:
 //   - Each user has at most one consumer per process (a task of the pool). It
-//     is the only goroutine that pops the user's queue, and it writes each
-//     popped batch to every open connection of that user, then acks it, or
-//     requeues it when no connection took it.
+//     is the only goroutine that pops the user's queue. It hands each popped
+//     batch to every open connection of that user (writer.go: each
+//     connection's outbox, drained by a writer goroutine of its own that
+//     lives while there is something to write), waits until one writer has
+//     written it, then acks it; it requeues it when every connection failed
+//     it (counting the failure: redisq's dead-letter rule). A consumer that
+//     panics is recovered: requeue, session dropped, connections closed 1011.
 //   - Writes to a socket are serialised by the connection's write lock: the
-//     consumer's pushes and the reader's pongs, pings and close frames take
-//     it in turn, each under the write deadline, so a client that stops
-//     reading is disconnected after Config.WriteTimeout and stalls only its
-//     own user's consumer.
+//     writer's batches (all that is queued, in one writev) and the reader's
+//     pongs, pings and close frames take it in turn, each under the write
+//     deadline. A client that stops reading holds up neither its user's
+//     other connections nor the consumer; it is closed after
+//     Config.WriteTimeout, or when its outbox stays over
+//     Config.MaxQueuedBytes. Once a shutdown began, every write is bounded
+//     by its deadline too (conn.stop).
+//   - Partial client messages grow as their bytes arrive, and all of them
+//     together are bounded by Config.MaxPendingBytes (reader.go).
+//   - The instance id is claimed in Redis for the life of Serve
+//     (redisq.Queue.Claim): a process that loses it stops serving.
 //   - A consumer ends at once after its user's last connection closed: the
 //     release wakes its blocked BLMOVE with CLIENT UNBLOCK (redisq.Blocker),
 //     or, where that is unavailable, within one 1 s round. It never writes
@@ -40,8 +51,9 @@
 //   - Several instances on one Redis (relay.go): an instance subscribes to
 //     the relay channel of each user online there; the ack script publishes
 //     every acknowledged batch on it, and the relay goroutine writes what
-//     other instances published to the local connections of that user, each
-//     batch on a goroutine of its own (at most 1,024 at once), so a slow
-//     client holds up neither the relay nor the consumer. Subscription
+//     other instances published to the local connections of that user, in
+//     the order they were published: one writer goroutine per user with
+//     relayed batches waiting (at most 1,024 batches in all), so a slow
+//     client holds up neither the relay nor other users. Subscription
 //     changes are made by one goroutine, never under the hub's lock.
 package server

@@ -10,6 +10,10 @@ var (
 	ErrStart = errors.New("server: cannot start")
 	// ErrConnClosed is returned by writes to a connection that is closed.
 	ErrConnClosed = errors.New("server: connection closed")
+	// errShuttingDown and errConsumerCrashed are why a connection that was
+	// upgraded could not be registered (close 1001 and 1011).
+	errShuttingDown    = errors.New("server is shutting down")
+	errConsumerCrashed = errors.New("internal error: reconnect")
 	// errBadUserID is the reason for a 400 before the upgrade.
 	errBadUserID = errors.New("user_id must be 1-128 characters of [A-Za-z0-9_.:-]")
 )

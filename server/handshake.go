@@ -139,7 +139,8 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &conn{fd: s.nextFD.Add(1), user: user, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout}, nil
+	return &conn{fd: s.nextFD.Add(1), user: user, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
+		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m}, nil
 }
 
 // originAllowed applies Config.AllowedOrigins to a browser's Origin.
@@ -231,9 +232,13 @@ func (s *Server) serveConn(c *conn) {
 		c.close()
 		return
 	}
-	if !s.hub.attach(c) {
+	if err := s.hub.attach(c); err != nil {
 		s.hub.release(c.sess, nil)
-		c.closeWith(ws.StatusGoingAway, "server is shutting down", time.Now().Add(time.Second))
+		code := ws.StatusGoingAway
+		if errors.Is(err, errConsumerCrashed) {
+			code = ws.StatusInternalServerError
+		}
+		c.closeWith(code, err.Error(), time.Now().Add(time.Second))
 		return
 	}
 	s.log.Debug("client open", "fd", c.fd, "user", c.user, "remote", c.nc.RemoteAddr())

@@ -42,6 +42,7 @@ type session struct {
 	refs    int             // under hub.mu
 	conns   []*conn         // under hub.mu
 	blocker *redisq.Blocker // under hub.mu; set by the consumer
+	dead    bool            // under hub.mu: its consumer panicked; no connection attaches any more
 	wake    chan struct{}   // the consumer waits on it for connections
 	done    chan struct{}   // closed when the consumer returned
 }
@@ -103,18 +104,23 @@ func (h *hub) admissible(user string) error {
 	return nil
 }
 
-// attach registers an open connection; it reports false during shutdown.
-func (h *hub) attach(c *conn) bool {
+// attach registers an open connection. It fails during shutdown
+// (errShuttingDown), and when the consumer of the connection's session
+// panicked meanwhile (errConsumerCrashed): the client is to reconnect.
+func (h *hub) attach(c *conn) error {
 	h.mu.Lock()
-	if h.closing {
+	if h.closing || c.sess.dead {
 		h.mu.Unlock()
-		return false
+		if c.sess.dead {
+			return errConsumerCrashed
+		}
+		return errShuttingDown
 	}
 	c.sess.conns = append(c.sess.conns, c)
 	h.conns[c.fd] = c
 	h.mu.Unlock()
 	c.sess.notify()
-	return true
+	return nil
 }
 
 // release undoes acquire (and attach, when c is not nil).
@@ -209,10 +215,12 @@ func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 	}
 }
 
-// closeAll refuses new connections and sends close code to every client.
-// All writes share one deadline so that stalled clients cannot stretch the
-// shutdown: a write blocked on a full socket buffer is interrupted first.
-func (h *hub) closeAll(code ws.StatusCode, reason string) {
+// closeAll refuses new connections and sends close code to every client,
+// and returns by deadline, however many clients stopped reading: every
+// write, the ones in progress and the ones a consumer starts later, is
+// bounded by deadline first, so no close waits on a stalled write for
+// longer than that.
+func (h *hub) closeAll(code ws.StatusCode, reason string, deadline time.Time) {
 	h.mu.Lock()
 	h.closing = true
 	all := make([]*conn, 0, len(h.conns))
@@ -223,9 +231,8 @@ func (h *hub) closeAll(code ws.StatusCode, reason string) {
 		go h.interrupt(s)
 	}
 	h.mu.Unlock()
-	deadline := time.Now().Add(time.Second)
 	for _, c := range all {
-		_ = c.nc.SetWriteDeadline(deadline)
+		c.stop(deadline)
 	}
 	for _, c := range all {
 		c.closeWith(code, reason, deadline)

@@ -17,6 +17,8 @@ type metrics struct {
 	writeFailures prometheus.Counter
 	redisErrors   prometheus.Counter
 	relayDropped  prometheus.Counter
+	panics        prometheus.Counter
+	deadLettered  prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -38,6 +40,14 @@ func newMetrics() *metrics {
 			Namespace: "redpush", Name: "relay_dropped_total",
 			Help: "Batches relayed from other instances that were dropped because too many relay writes were in flight.",
 		}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "redpush", Name: "dead_lettered_total",
+			Help: "Messages moved to a dead-letter list {queue}:dead after every connection they reached failed 10 times in a row.",
+		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "redpush", Name: "consumer_panics_total",
+			Help: "Consumers that panicked (their user's connections were closed with 1011 and its messages requeued).",
+		}),
 	}
 }
 
@@ -51,7 +61,7 @@ func (s *Server) metricsHandler() http.Handler {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		s.hub.m.popToWrite, s.hub.m.writeFailures, s.hub.m.redisErrors, s.hub.m.relayDropped,
+		s.hub.m.popToWrite, s.hub.m.writeFailures, s.hub.m.redisErrors, s.hub.m.relayDropped, s.hub.m.panics, s.hub.m.deadLettered,
 	)
 	gauge := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "redpush", Name: name, Help: help}, f))
@@ -60,6 +70,8 @@ func (s *Server) metricsHandler() http.Handler {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "redpush", Name: name, Help: help, ConstLabels: labels}, f))
 	}
+	gauge("partial_message_bytes", "Bytes the partial messages of all clients hold now (bounded by -max-pending-bytes).",
+		func() float64 { return float64(s.partial.held.Load()) })
 	gauge("connections", "Open WebSocket connections.", func() float64 { _, c := s.hub.counts(); return float64(c) })
 	gauge("users_online", "Users with at least one connection or handshake in progress.", func() float64 { u, _ := s.hub.counts(); return float64(u) })
 	gauge("consumers_running", "Consumer tasks running.", func() float64 { return float64(s.hub.consumers.Load()) })

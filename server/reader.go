@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -40,8 +41,9 @@ func (e *closeErr) String() string {
 // stays silent, and enforces RFC 6455 and the message size limit: gobwas/ws
 // neither checks nor unmasks what ws.ReadHeader returns.
 func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
-	r := frameReader{c: c, br: br, max: s.cfg.MaxMessage, idle: s.cfg.IdleTimeout, reply: s.greet.reply}
+	r := frameReader{c: c, br: br, max: s.cfg.MaxMessage, idle: s.cfg.IdleTimeout, reply: s.greet.reply, budget: &s.partial}
 	err := r.run()
+	r.budget.release(len(r.msg))
 	var ce *closeErr
 	if errors.As(err, &ce) {
 		reason := ce.reason
@@ -60,9 +62,34 @@ type frameReader struct {
 	idle  time.Duration
 	reply []byte // the frame that answers each data message
 	state ws.State
-	msg   []byte    // the data message being assembled
+	msg   []byte    // the data message being assembled; its length is held in budget
 	op    ws.OpCode // its opcode (text or binary)
+
+	budget *partialBudget
 }
+
+// partialBudget bounds the bytes that all connections' partial messages
+// hold together (Config.MaxPendingBytes): a message buffer grows as its
+// bytes arrive, never by what a header declares, and the connection whose
+// bytes would pass the bound is closed with 1008.
+type partialBudget struct {
+	max  int64
+	held atomic.Int64
+}
+
+func (b *partialBudget) take(n int) bool {
+	if b.held.Add(int64(n)) > b.max {
+		b.held.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+func (b *partialBudget) release(n int) { b.held.Add(-int64(n)) }
+
+// readChunk is the most a message buffer grows ahead of the bytes that
+// arrive.
+const readChunk = 4096
 
 func (r *frameReader) run() error {
 	r.state = ws.StateServerSide
@@ -118,12 +145,9 @@ func (r *frameReader) readFrame() error {
 	if h.Length > int64(r.max-len(r.msg)) {
 		return &closeErr{code: ws.StatusMessageTooBig, reason: "message too big"}
 	}
-	start := len(r.msg)
-	r.msg = slices.Grow(r.msg, int(h.Length))[:start+int(h.Length)]
-	if _, err := io.ReadFull(r.br, r.msg[start:]); err != nil {
+	if err := r.readPayload(h); err != nil {
 		return err
 	}
-	ws.Cipher(r.msg[start:], h.Mask, 0)
 	if h.OpCode != ws.OpContinuation {
 		r.op = h.OpCode
 	}
@@ -133,6 +157,7 @@ func (r *frameReader) readFrame() error {
 	}
 	r.state = r.state.Clear(ws.StateFragmented)
 	valid := r.op != ws.OpText || utf8.Valid(r.msg)
+	r.budget.release(len(r.msg))
 	r.msg = r.msg[:0]
 	if cap(r.msg) > 4096 { // idle connections should not keep a big buffer
 		r.msg = nil
@@ -142,6 +167,34 @@ func (r *frameReader) readFrame() error {
 		return &closeErr{code: ws.StatusInvalidFramePayloadData, reason: "invalid UTF-8 in text message"}
 	}
 	return r.c.write(r.reply)
+}
+
+// readPayload appends the frame's payload to the message as it arrives, a
+// read at a time, taking each read's bytes from the budget: a header alone
+// (14 bytes declaring 64 KiB) pins no more than one chunk of capacity.
+func (r *frameReader) readPayload(h ws.Header) error {
+	for done := 0; done < int(h.Length); {
+		start := len(r.msg)
+		want := min(int(h.Length)-done, readChunk)
+		r.msg = slices.Grow(r.msg, want)
+		n, err := r.br.Read(r.msg[start : start+want])
+		if n > 0 {
+			if !r.budget.take(n) {
+				r.msg = r.msg[:start]
+				return &closeErr{code: ws.StatusPolicyViolation, reason: "server busy: too many partial messages"}
+			}
+			r.msg = r.msg[:start+n]
+			ws.Cipher(r.msg[start:], h.Mask, done) // §5.3: the mask runs over the frame's payload
+			done += n
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) && done < int(h.Length) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // control handles ping, pong and close (RFC 6455 §5.5).

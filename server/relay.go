@@ -22,17 +22,28 @@ type relay struct {
 	hub      *hub
 	ps       *redis.PubSub
 	instance string
-	sem      chan struct{} // bounds relay writes in flight
 	dirty    chan struct{} // wakes sync when want changed
 
-	mu   sync.Mutex
-	want map[string]string // channel → user, for the users online here
+	mu      sync.Mutex
+	want    map[string]string      // channel → user, for the users online here
+	queues  map[string]*relayQueue // user → relayed batches not yet written
+	pending int                    // batches in all queues
+}
+
+// maxRelayPending bounds the relayed batches waiting to be written, over
+// all users: past it a relay is dropped (relay_dropped_total).
+const maxRelayPending = 1024
+
+// relayQueue holds one user's relayed batches in the order they were
+// published; one goroutine at a time writes them, so they reach the
+// connections in that order.
+type relayQueue struct {
+	batches [][]string
 }
 
 func newRelay(ctx context.Context, h *hub, client redis.UniversalClient, instance string) *relay {
-	r := &relay{hub: h, ps: client.Subscribe(ctx), instance: instance,
-		sem: make(chan struct{}, 1024), dirty: make(chan struct{}, 1),
-		want: make(map[string]string)}
+	r := &relay{hub: h, ps: client.Subscribe(ctx), instance: instance, dirty: make(chan struct{}, 1),
+		want: make(map[string]string), queues: make(map[string]*relayQueue)}
 	go r.run()
 	go r.sync(ctx)
 	return r
@@ -101,30 +112,57 @@ func (r *relay) sync(ctx context.Context) {
 	}
 }
 
-// run writes relayed batches to local connections until close. A write
-// runs on its own goroutine, bounded by sem, so that one slow client does
-// not hold up relays to everyone else; past the bound a relay is dropped.
+// run hands relayed batches to their users' queues until close. Each user
+// with batches waiting has one writer goroutine, so that a slow client
+// holds up only its own user's relays, and a user's batches are written in
+// the order they were published.
 func (r *relay) run() {
 	for msg := range r.ps.Channel() {
 		origin, msgs, err := redisq.ParseRelay(msg.Payload)
 		if err != nil || origin == r.instance || len(msgs) == 0 {
 			continue
 		}
+		r.enqueue(msg.Channel, msgs)
+	}
+}
+
+func (r *relay) enqueue(channel string, msgs []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	user, ok := r.want[channel]
+	if !ok {
+		return
+	}
+	if r.pending >= maxRelayPending {
+		r.hub.m.relayDropped.Inc()
+		return
+	}
+	r.pending++
+	q := r.queues[user]
+	if q == nil {
+		q = &relayQueue{}
+		r.queues[user] = q
+		go r.write(user, q)
+	}
+	q.batches = append(q.batches, msgs)
+}
+
+// write writes q's batches to user's connections here, oldest first, and
+// returns when q is empty.
+func (r *relay) write(user string, q *relayQueue) {
+	for {
 		r.mu.Lock()
-		user, ok := r.want[msg.Channel]
+		if len(q.batches) == 0 {
+			delete(r.queues, user)
+			r.mu.Unlock()
+			return
+		}
+		msgs := q.batches[0]
+		q.batches[0] = nil
+		q.batches = q.batches[1:]
+		r.pending--
 		r.mu.Unlock()
-		if !ok {
-			continue
-		}
-		select {
-		case r.sem <- struct{}{}:
-			go func() {
-				defer func() { <-r.sem }()
-				r.hub.deliverUser(user, msgs)
-			}()
-		default:
-			r.hub.m.relayDropped.Inc()
-		}
+		r.hub.deliverUser(user, msgs)
 	}
 }
 

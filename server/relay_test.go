@@ -73,3 +73,34 @@ func everyConnectionGetsEveryMessage(t *testing.T, producer redis.UniversalClien
 		}
 	}
 }
+
+// Relayed batches reach a connection in the order they were published:
+// here 1,000 batches of one message each, published by a (pretend) other
+// instance in one pipeline.
+func TestRelayedBatchesKeepTheirOrder(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	g := startGateway(t, rds, server.Config{Instance: "b", Format: server.FormatRaw})
+	c := g.dialReady("ord")
+	channel := "{user_ord_messages}:relay"
+	rc := rds.Client()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		subs, err := rc.PubSubNumSub(t.Context(), channel).Result()
+		if err != nil || subs[channel] != 1 {
+			return fmt.Errorf("%v subscribers (%v)", subs[channel], err)
+		}
+		return nil
+	})
+	msgs := testutil.Seq("r", 1000)
+	pl := rc.Pipeline()
+	for _, m := range msgs {
+		pl.Publish(t.Context(), channel, fmt.Sprintf("a\n%d:%s", len(m), m))
+	}
+	if _, err := pl.Exec(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range msgs {
+		if got := c.MustRead(); got != want {
+			t.Fatalf("relayed message %d is %q, want %q: relays were reordered", i, got, want)
+		}
+	}
+}

@@ -37,6 +37,7 @@ type Server struct {
 	stopping atomic.Bool
 	refusals refusalLog
 	greet    greetings
+	partial  partialBudget // the bytes of all partial messages
 }
 
 // DemoUser is the user of the README's examples and of the quick start's
@@ -69,12 +70,13 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 		return nil, err
 	}
 	q, err := redisq.New(clients.Blocking, clients.Command, redisq.Config{
-		KeyPattern: cfg.KeyPattern, Instance: cfg.Instance, Batch: cfg.Batch,
+		KeyPattern: cfg.KeyPattern, Instance: cfg.Instance, Batch: cfg.Batch, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, clients: clients, q: q, greet: greetingsFor(cfg.Format)}
+	s.partial.max = cfg.MaxPendingBytes
 	s.pool, err = taskpool.New(taskpool.Config{
 		Size: cfg.Workers,
 		PanicHandler: func(v any) {
@@ -111,6 +113,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return errors.New("server: Serve called twice")
 	}
 	defer ln.Close()
+	// The id first: recovery returns this instance's in-flight messages,
+	// which must not belong to another live process.
+	claim, err := s.q.Claim(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	ctx, lose := context.WithCancelCause(ctx)
+	claimDone := make(chan struct{})
+	go func() {
+		defer close(claimDone)
+		s.holdClaim(ctx, claim, lose)
+	}()
+	defer func() { lose(nil); <-claimDone }()
 	lists, msgs, err := s.q.Recover(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: recovering in-flight messages: %w", ErrStart, err)
@@ -147,7 +162,41 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 
 	<-ctx.Done()
-	return s.shutdown(ln, hs, acceptDone)
+	err = s.shutdown(ln, hs, acceptDone)
+	if cause := context.Cause(ctx); errors.Is(cause, redisq.ErrInstanceLost) {
+		return cause
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = claim.Release(rctx) // a successor need not wait for it to expire
+	return err
+}
+
+// holdClaim renews the claim on the instance id until ctx ends. If another
+// process took the id (this one could not renew it in time, during an
+// outage or a pause), this one stops serving: lose ends Serve with
+// redisq.ErrInstanceLost.
+func (s *Server) holdClaim(ctx context.Context, c *redisq.Claim, lose context.CancelCauseFunc) {
+	t := time.NewTicker(redisq.ClaimEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, redisq.ClaimEvery)
+		err := c.Renew(rctx)
+		cancel()
+		if errors.Is(err, redisq.ErrInstanceLost) {
+			s.log.Error("another process took this instance id; stopping", "instance", s.cfg.Instance)
+			lose(err)
+			return
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Debug("renewing the instance id's claim failed; retrying", "err", err)
+		}
+	}
 }
 
 // shutdown drains in order. The listener stays open until the end, so that
@@ -158,7 +207,9 @@ func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan st
 	s.stopping.Store(true)
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
-	s.hub.closeAll(ws.StatusGoingAway, "server shutting down")
+	// Close frames get at most a second, or half the timeout, so that
+	// consumers have the rest to requeue what they hold.
+	s.hub.closeAll(ws.StatusGoingAway, "server shutting down", time.Now().Add(min(time.Second, s.cfg.ShutdownTimeout/2)))
 	// Consumers notice within one BLMOVE round and requeue what they hold.
 	err := s.pool.Shutdown(time.Until(deadline))
 	_ = ln.Close()

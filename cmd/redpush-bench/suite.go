@@ -250,7 +250,7 @@ func writeComparison(md *strings.Builder, s scenario, c *comparison) {
 func worseLine(c *comparison) string {
 	var worse []string
 	for _, f := range []struct {
-		key, name string
+		key, name     string
 		higherIsWorse bool
 	}{
 		{"delivered_per_sec", "delivered/s", false}, {"p50_ms", "p50", true}, {"p99_ms", "p99", true},

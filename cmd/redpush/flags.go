@@ -49,6 +49,8 @@ func defineFlags(fs *flag.FlagSet, o *options) *string {
 	fs.StringVar(&c.Instance, "instance", "", "stable instance `id`, so a restart returns its in-flight messages (default host-port)")
 	durationVar(fs, &c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this `duration`: 1s to 24h; 0 means the default")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client frame or message in bytes, larger is closed with 1009: 16 to 67108864; 0 means the default")
+	fs.IntVar(&c.MaxQueuedBytes, "max-queued-bytes", 1<<20, "bytes that may wait for one client beyond its first batch; a client over it for -write-timeout, or over 4 times it, is closed with 1008: 4096 to 1073741824; 0 means the default")
+	fs.Int64Var(&c.MaxPendingBytes, "max-pending-bytes", 256<<20, "bytes the partial messages of all clients may hold together; the client past it is closed with 1008: 65536 to 68719476736; 0 means the default")
 	durationVar(fs, &c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "`duration` to read the request and upgrade: 100ms to 5m; 0 means the default")
 	durationVar(fs, &c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half this `duration`, closed after all of it: 100ms to 24h; 0 means the default")
 	durationVar(fs, &c.WriteTimeout, "write-timeout", 10*time.Second, "a client that does not read for this `duration` is disconnected: 100ms to 10m; 0 means the default")
@@ -106,7 +108,7 @@ func (o *options) finish(fs *flag.FlagSet, getenv func(string) string, level str
 		return fmt.Errorf("-log-format: %q is not text or json", o.logFormat)
 	}
 	if o.cfg.Instance == "" {
-		o.cfg.Instance = defaultInstance(o.cfg.Addr)
+		o.cfg.Instance = server.DefaultInstance(o.cfg.Addr)
 	}
 	if err := o.security(); err != nil {
 		return err
@@ -136,7 +138,7 @@ func (o *options) checkAddrs() error {
 // flagOf names the flag of each server.Config field.
 var flagOf = map[string]string{
 	"Addr": "addr", "Workers": "workers", "KeyPattern": "key-pattern", "Format": "format",
-	"Instance": "instance", "InstanceTTL": "instance-ttl", "MaxMessage": "max-message",
+	"Instance": "instance", "InstanceTTL": "instance-ttl", "MaxMessage": "max-message", "MaxPendingBytes": "max-pending-bytes", "MaxQueuedBytes": "max-queued-bytes",
 	"HandshakeTimeout": "handshake-timeout", "IdleTimeout": "idle-timeout",
 	"WriteTimeout": "write-timeout", "ShutdownTimeout": "shutdown-timeout",
 	"AllowedOrigins": "allowed-origins",
@@ -224,20 +226,6 @@ func (d *durationValue) Set(s string) error {
 		return fmt.Errorf("a duration needs a unit: %ss, %sms, %sm or %sh", s, s, s, s)
 	}
 	return fmt.Errorf("not a duration such as 30s, 1m30s or 500ms")
-}
-
-// defaultInstance derives a stable id from the host name and listen port,
-// so a restarted instance finds its own processing lists again.
-func defaultInstance(addr string) string {
-	host, _ := os.Hostname()
-	_, port, _ := net.SplitHostPort(addr)
-	id := strings.Map(func(r rune) rune {
-		if r < 128 && (r == '-' || r == '.' || r == '_' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9') {
-			return r
-		}
-		return '_'
-	}, host+"-"+port)
-	return id[:min(len(id), 128)]
 }
 
 // embeddedNote is the start line's word on where the quick start listens.

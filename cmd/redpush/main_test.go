@@ -557,3 +557,21 @@ func TestUserOnTwoInstancesLosesNothingWhenOneIsKilled(t *testing.T) {
 		}
 	}
 }
+
+// A second process with the instance id of a live one exits 2 with one
+// line naming the id; the first one serves on.
+func TestSecondProcessWithTheSameInstanceIDExits2(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	first := startProc(t, nil, "-redis", rds.URL(), "-instance", "twin")
+	code, _, stderr := runBinary(t, "-redis", rds.URL(), "-instance", "twin", "-addr", "127.0.0.1:0")
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	last := lines[len(lines)-1]
+	if code != 2 || !strings.HasPrefix(last, "redpush: ") || !strings.Contains(last, `"twin"`) {
+		t.Fatalf("exit %d, last line %q; want 2 and one line naming the id", code, last)
+	}
+	select {
+	case <-first.exited:
+		t.Fatal("the first process stopped")
+	default:
+	}
+}

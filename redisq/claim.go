@@ -1,0 +1,110 @@
+package redisq
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// An instance id is held by one live process at a time: two processes with
+// one id would each run the other's recovery and ack scripts on the same
+// processing lists, and delete each other's in-flight batches.
+//
+// A process claims its id at start by storing a random token in
+// redpush:claim:<instance> for ClaimTTL, and renews the claim every
+// ClaimEvery while it runs. A claim that was not renewed for ClaimTTL is
+// free: a process restarted after kill -9 takes its id back within
+// ClaimTTL. This is apart from the heartbeat (Heartbeat, -instance-ttl),
+// which says when another instance may reclaim a dead one's messages.
+
+const (
+	ClaimTTL   = 3 * time.Second
+	ClaimEvery = time.Second
+)
+
+func claimKey(instance string) string { return "redpush:claim:" + instance }
+
+// renewClaim extends the claim KEYS[1] if it still holds our token ARGV[1],
+// or takes it back if it expired meanwhile (a Redis restart or a long
+// outage); it returns 0 when another process holds it.
+var renewClaim = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] or not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+`)
+
+// Claim is this process's hold on its instance id.
+type Claim struct {
+	q     *Queue
+	token string
+}
+
+// Claim takes the instance id for this process. If another process holds
+// it, Claim waits up to ClaimTTL (and a little) for a claim that is not
+// renewed, the one a killed process left, to expire; if it is renewed
+// meanwhile, a live process has the id, and Claim fails with
+// ErrInstanceTaken.
+func (q *Queue) Claim(ctx context.Context) (*Claim, error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	c := &Claim{q: q, token: hex.EncodeToString(b[:])}
+	deadline := time.Now().Add(ClaimTTL + ClaimEvery)
+	for {
+		ok, err := q.cmd.SetNX(ctx, claimKey(q.instance), c.token, ClaimTTL).Result()
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%w: %q is held by another live process", ErrInstanceTaken, q.instance)
+		}
+		t := time.NewTimer(ClaimEvery / 5)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Renew extends the claim for another ClaimTTL. It fails with
+// ErrInstanceLost when another process holds the id now; any other error
+// is Redis's, and the caller retries.
+func (c *Claim) Renew(ctx context.Context) error {
+	n, err := renewClaim.Run(ctx, c.q.cmd, []string{claimKey(c.q.instance)}, c.token, ClaimTTL.Milliseconds()).Int()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: %q", ErrInstanceLost, c.q.instance)
+	}
+	return nil
+}
+
+// Release gives the id up, if this process still holds it, so that a
+// successor need not wait for the claim to expire.
+func (c *Claim) Release(ctx context.Context) error {
+	err := releaseClaim.Run(ctx, c.q.cmd, []string{claimKey(c.q.instance)}, c.token).Err()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
+}
+
+var releaseClaim = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)

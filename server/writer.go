@@ -1,0 +1,209 @@
+package server
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// Each connection has an outbox: the batches queued for it, drained by a
+// writer goroutine of its own that exists only while there is something to
+// write. A consumer hands a batch to every connection of its user without
+// waiting for any of them, then waits for the batch's ticket: done as soon
+// as one connection's writer has written it to its socket (the batch may
+// then be acknowledged in Redis: ack after write), or when every connection
+// failed it (it goes back to the queue). A tab that stops reading holds up
+// neither its user's other tabs nor the queue.
+//
+// The outbox is bounded in bytes (Config.MaxQueuedBytes) beyond its first
+// batch, so that one message larger than the bound still goes out. A
+// connection whose outbox stays over the bound for Config.WriteTimeout, or
+// grows past four times it, is closed: a client that reads, but more
+// slowly than its messages come, cannot make the server hold its backlog.
+// The writer writes all it finds queued in one writev (write coalescing).
+
+// ticket follows one encoded batch through the connections it was handed
+// to.
+type ticket struct {
+	buf    *[]byte // the frames; back to bufPool when every connection is done
+	popped time.Time
+	m      *metrics
+	left   atomic.Int32 // connections not done with it
+	wrote  atomic.Bool  // some connection wrote it
+	tried  atomic.Bool  // some connection tried to write it
+	once   sync.Once
+	done   chan struct{} // closed at the first write, or when all failed
+}
+
+func newTicket(buf *[]byte, conns int, popped time.Time, m *metrics) *ticket {
+	t := &ticket{buf: buf, popped: popped, m: m, done: make(chan struct{})}
+	t.left.Store(int32(conns))
+	return t
+}
+
+// finish records one connection's outcome: whether it tried to write the
+// batch (false: it closed before its turn), and whether that worked.
+func (t *ticket) finish(tried, written bool) {
+	if tried {
+		t.tried.Store(true)
+	}
+	if written && t.wrote.CompareAndSwap(false, true) {
+		t.m.observePopToWrite(t.popped)
+		t.once.Do(func() { close(t.done) })
+	}
+	if t.left.Add(-1) == 0 {
+		t.once.Do(func() { close(t.done) })
+		putBuf(t.buf)
+	}
+}
+
+// wait blocks until the ticket is done and reports whether a connection
+// wrote the batch, and whether any tried to.
+func (t *ticket) wait() (written, tried bool) {
+	<-t.done
+	return t.wrote.Load(), t.tried.Load()
+}
+
+// outbox is a connection's queue of batches.
+type outbox struct {
+	mu        sync.Mutex
+	queue     []*ticket
+	bytes     int       // queued, not yet taken by the writer
+	overSince time.Time // since when bytes is over the bound; zero if it is not
+	writing   bool      // a writer goroutine runs
+	closed    bool
+	spare     []*ticket // the writer's last batch slice, for reuse
+	bufs      net.Buffers
+}
+
+// send queues t for c and starts c's writer if none runs. It never blocks.
+// A connection over its bound for too long is closed instead, failing t
+// and everything it held.
+func (c *conn) send(t *ticket) {
+	o := &c.out
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		t.finish(false, false)
+		return
+	}
+	o.queue = append(o.queue, t)
+	o.bytes += len(*t.buf)
+	if too := c.tooSlow(); too != "" {
+		// Fail what it holds at once, and close it on another goroutine:
+		// its writer may be blocked in a write, and the consumer must not
+		// wait for that.
+		o.closed = true
+		queued := o.queue
+		o.queue, o.bytes = nil, 0
+		o.mu.Unlock()
+		for _, q := range queued {
+			q.finish(false, false)
+		}
+		// A writer blocked on the full socket fails at once and closes it
+		// (with this reason); otherwise the close frame goes out.
+		why := (&closeErr{code: ws.StatusPolicyViolation, reason: too}).String()
+		c.slowWhy.Store(&why)
+		_ = c.nc.SetWriteDeadline(time.Now())
+		go c.closeWith(ws.StatusPolicyViolation, too, time.Now().Add(min(c.writeTimeout, time.Second)))
+		return
+	}
+	start := !o.writing
+	o.writing = true
+	o.mu.Unlock()
+	if start {
+		go c.drain()
+	}
+}
+
+// tooSlow says why the outbox of c is over its bound for good, or "".
+// Called with c.out.mu held.
+func (c *conn) tooSlow() string {
+	o := &c.out
+	if len(o.queue) <= 1 || o.bytes <= c.maxQueued {
+		o.overSince = time.Time{}
+		return ""
+	}
+	now := time.Now()
+	if o.overSince.IsZero() {
+		o.overSince = now
+	}
+	switch {
+	case o.bytes > 4*c.maxQueued:
+		return "client too slow: outbox over 4 × -max-queued-bytes"
+	case now.Sub(o.overSince) > c.writeTimeout:
+		return "client too slow: outbox over -max-queued-bytes for -write-timeout"
+	}
+	return ""
+}
+
+// drain writes what is queued, all of it in one writev, until the outbox is
+// empty or the connection closed.
+func (c *conn) drain() {
+	o := &c.out
+	for {
+		o.mu.Lock()
+		if len(o.queue) == 0 || o.closed {
+			o.writing = false
+			o.mu.Unlock()
+			return
+		}
+		batch := o.queue
+		o.queue, o.spare = o.spare[:0], nil
+		o.bytes = 0
+		o.overSince = time.Time{}
+		o.mu.Unlock()
+
+		n, err := c.writeBatch(batch)
+		for _, t := range batch {
+			l := int64(len(*t.buf))
+			t.finish(true, err == nil || n >= l)
+			n -= l
+		}
+		clear(batch)
+		o.mu.Lock()
+		o.spare = batch[:0]
+		o.mu.Unlock()
+	}
+}
+
+// writeBatch writes the tickets' frames in one writev under the write
+// lock and deadline; on error it closes the connection (a partial frame
+// cannot be continued) and reports how many bytes went out.
+func (c *conn) writeBatch(batch []*ticket) (int64, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return 0, ErrConnClosed
+	}
+	bufs := c.out.bufs[:0]
+	for _, t := range batch {
+		bufs = append(bufs, *t.buf)
+	}
+	c.out.bufs = bufs[:0]
+	_ = c.nc.SetWriteDeadline(c.writeDeadline())
+	w := bufs // WriteTo consumes the slice it is given
+	n, err := w.WriteTo(c.nc)
+	clear(bufs)
+	if err != nil {
+		c.m.writeFailures.Inc()
+		c.closeLocked("write failed: " + err.Error())
+	}
+	return n, err
+}
+
+// failOutbox fails everything c still has queued; called when c closes.
+func (c *conn) failOutbox() {
+	o := &c.out
+	o.mu.Lock()
+	o.closed = true
+	queued := o.queue
+	o.queue, o.bytes = nil, 0
+	o.mu.Unlock()
+	for _, t := range queued {
+		t.finish(false, false)
+	}
+}
