@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/sys/unix"
 )
 
 // A seat is one browser tab of the chaos run: a user on one instance, that
@@ -204,21 +205,42 @@ func (s *seat) drop(reset bool) bool {
 
 // finishDrop closes the connection. A close is the closing handshake of
 // RFC 6455 §5.5.1: send a close frame, read on until the server's. A reset
-// first reads what already arrived, then closes with SO_LINGER 0.
+// first reads what already arrived, until the socket holds nothing unread,
+// then closes at once with SO_LINGER 0: a reset discards what the socket
+// holds unread, and a frame the server wrote into it would be lost by TCP,
+// which no server can see (only an application-level ack could).
 func (s *seat) finishDrop(f *frameReader, reset bool) {
 	if reset {
-		_ = f.c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-		for f.next() {
+		tc, ok := f.c.(*net.TCPConn)
+		for range 100 {
+			_ = f.c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			for f.next() {
+			}
+			if !ok || f.r.Buffered() == 0 && unread(tc) == 0 {
+				break
+			}
 		}
-		if tc, ok := f.c.(*net.TCPConn); ok {
+		if ok {
 			_ = tc.SetLinger(0)
 		}
+		_ = f.c.Close()
 		return
 	}
 	_ = f.c.SetDeadline(time.Now().Add(2 * time.Second))
 	_ = ws.WriteFrame(f.c, ws.MaskFrameInPlace(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "chaos"))))
 	for !f.closed && f.next() {
 	}
+}
+
+// unread is how many bytes the kernel holds for tc that were not read.
+func unread(tc *net.TCPConn) int {
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	_ = rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n
 }
 
 func isTimeout(err error) bool {
