@@ -239,6 +239,24 @@ func (h *hub) closeAll(code ws.StatusCode, reason string, deadline time.Time) {
 	}
 }
 
+// backlog is how many messages wait in the queues of the users online
+// here, or -1 when Redis did not answer within a second.
+func (h *hub) backlog() int64 {
+	h.mu.Lock()
+	users := make([]string, 0, len(h.users))
+	for u := range h.users {
+		users = append(users, u)
+	}
+	h.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	n, err := h.q.Backlog(ctx, users)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
 // counts reports online users and open connections.
 func (h *hub) counts() (users, conns int) {
 	h.mu.Lock()

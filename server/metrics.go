@@ -70,6 +70,8 @@ func (s *Server) metricsHandler() http.Handler {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "redpush", Name: name, Help: help, ConstLabels: labels}, f))
 	}
+	gauge("backlog_messages", "Messages waiting in the queues of the users online here (LLEN of each, at scrape time); -1 when Redis did not answer.",
+		func() float64 { return float64(s.hub.backlog()) })
 	gauge("partial_message_bytes", "Bytes the partial messages of all clients hold now (bounded by -max-pending-bytes).",
 		func() float64 { return float64(s.partial.held.Load()) })
 	gauge("connections", "Open WebSocket connections.", func() float64 { _, c := s.hub.counts(); return float64(c) })

@@ -1,9 +1,13 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,5 +62,59 @@ func TestMetricsFollowAConnectPushDisconnect(t *testing.T) {
 	}
 	if v := metric(t, g, "redpush_pop_to_write_seconds_count"); v < 1 {
 		t.Errorf("pop-to-write histogram has %v observations", v)
+	}
+}
+
+// redpush_backlog_messages counts what waits in the queues of online users:
+// here a consumer held before its delivery while 5 more messages arrive.
+func TestBacklogMetric(t *testing.T) {
+	hold := make(chan struct{})
+	var once sync.Once
+	defer server.SetHook(func(_ context.Context, user, stage string) {
+		if user == "bl" && stage == "deliver" {
+			once.Do(func() { <-hold })
+		}
+	})()
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, Batch: 1})
+	c := g.dialReady("bl")
+	g.push("bl", "first")
+	testutil.Eventually(t, 5*time.Second, func() error { // the consumer holds "first"
+		if n, _ := g.rc.LLen(context.Background(), "user_bl_messages").Result(); n != 0 {
+			return fmt.Errorf("queue holds %d", n)
+		}
+		return nil
+	})
+	g.push("bl", "2", "3", "4", "5", "6")
+	if v := metric(t, g, "redpush_backlog_messages"); v != 5 {
+		t.Fatalf("redpush_backlog_messages = %v, want 5", v)
+	}
+	close(hold)
+	for _, want := range []string{"first", "2", "3", "4", "5", "6"} {
+		if got := c.MustRead(); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+}
+
+// The README's recipe for a producer that caps a queue works as written,
+// through redis-cli's standard input.
+func TestCappedQueueRecipe(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	script := "MULTI\nLPUSH user_42_messages \"order shipped\"\nLTRIM user_42_messages 0 999\nEXPIRE user_42_messages 604800\nEXEC\n"
+	rds.Client().LPush(context.Background(), "user_42_messages", testutil.Any(testutil.Seq("old", 1500))...)
+	cmd := exec.Command("redis-cli", "-p", fmt.Sprint(rds.Port))
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli: %v\n%s", err, out)
+	}
+	rc := rds.Client()
+	if n := rc.LLen(context.Background(), "user_42_messages").Val(); n != 1000 {
+		t.Fatalf("queue holds %d, want the cap of 1000", n)
+	}
+	if newest := rc.LIndex(context.Background(), "user_42_messages", 0).Val(); newest != "order shipped" {
+		t.Fatalf("newest is %q, want the message just pushed", newest)
+	}
+	if ttl := rc.TTL(context.Background(), "user_42_messages").Val(); ttl < 6*24*time.Hour {
+		t.Fatalf("TTL %v, want about a week", ttl)
 	}
 }
