@@ -53,6 +53,7 @@ var sideBySide = []scenario{
 const againstHeading = "## Against the PHP original"
 
 type suiteCfg struct {
+	commit         string // of the tree the server was built from, read at start
 	out, serverBin string
 	runs           int
 	only           string
@@ -79,6 +80,7 @@ func suiteMain(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	sc.commit = commandLine("git", "describe", "--always", "--dirty")
 	if err := runSuite(ctx, sc); err != nil {
 		logf("redpush-bench suite: %v", err)
 		return 1
@@ -145,7 +147,7 @@ func splitAgainst(md string) (own, against string) {
 
 func runAgainst(ctx context.Context, env runEnv, sc suiteCfg, redpush serverSpec, md *strings.Builder) error {
 	fmt.Fprintf(md, "%s\n\nWritten by `redpush-bench suite -against` on %s, on the machine above, redpush at commit %s. Each scenario runs\n",
-		againstHeading, time.Now().UTC().Format("2006-01-02 15:04 MST"), commandLine("git", "describe", "--always", "--dirty"))
+		againstHeading, time.Now().UTC().Format("2006-01-02 15:04 MST"), sc.commit)
 	fmt.Fprintf(md, "%d times per server, alternating (%s, redpush, %s, …), each run on a fresh `redis-server --save \"\" --appendonly no`\n", sc.runs, sc.against.name, sc.against.name)
 	fmt.Fprintf(md, "(default `maxclients`) and a fresh server process; the whole process tree of each server is sampled, and Redis's CPU beside it.\n\n")
 	fmt.Fprintf(md, "| server | command |\n| --- | --- |\n| %s | `%s` |\n| redpush | `%s` |\n\n", sc.against.name, sc.against.cmd, redpush.cmd)
@@ -173,7 +175,7 @@ func writeMachine(md *strings.Builder, sc suiteCfg) {
 	fmt.Fprintf(md, "| Go | %s |\n", runtime.Version())
 	fmt.Fprintf(md, "| Redis | %s |\n", commandLine("redis-server", "--version"))
 	fmt.Fprintf(md, "| kernel | %s |\n", commandLine("uname", "-sr"))
-	fmt.Fprintf(md, "| redpush | commit %s |\n\n", commandLine("git", "describe", "--always", "--dirty"))
+	fmt.Fprintf(md, "| redpush | commit %s |\n\n", sc.commit)
 	fmt.Fprintf(md, "Server setup: `redis-server --save \"\" --appendonly no --maxclients 20000`, `redpush -addr ADDR -redis URL -log-level warn`.\n\n")
 	fmt.Fprintf(md, "How to read the figures: latency runs from the message's scheduled push in -rate scenarios (corrected for coordinated\n")
 	fmt.Fprintf(md, "omission), from the LPUSH otherwise, to the client's read; every sample counts, and `out of range` counts those\n")
