@@ -36,17 +36,8 @@ type conn struct {
 // write closes the socket: a partial frame cannot be continued, and the
 // reader goroutine then sees the error and unregisters the connection.
 func (c *conn) write(p []byte) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.closed {
-		return ErrConnClosed
-	}
-	_ = c.nc.SetWriteDeadline(c.writeDeadline())
-	if _, err := c.nc.Write(p); err != nil {
-		c.closeLocked("write failed: " + err.Error())
-		return err
-	}
-	return nil
+	_, err := c.writeFrames(p)
+	return err
 }
 
 // writeDeadline is the write timeout from now, or the shutdown's deadline

@@ -199,6 +199,15 @@ func (h *hub) deliver(s *session, msgs []string, popped time.Time) (written, tri
 	}
 	buf := getBuf()
 	*buf = h.enc.appendFrames((*buf)[:0], s.user, h.q.Key(s.user), msgs)
+	if len(conns) == 1 {
+		if written, tried, ok := conns[0].writeNow(*buf); ok {
+			if written {
+				h.m.observePopToWrite(popped)
+			}
+			putBuf(buf)
+			return written, tried
+		}
+	}
 	t := newTicket(buf, len(conns), popped, h.m)
 	for _, c := range conns {
 		c.send(t)

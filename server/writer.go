@@ -207,3 +207,45 @@ func (c *conn) failOutbox() {
 		t.finish(false, false)
 	}
 }
+
+// writeNow writes buf to c in the caller's goroutine when c's outbox is
+// idle: the common case of a user with one connection, where the consumer
+// has to wait for that write anyway, without a ticket, a writer goroutine
+// or two goroutine switches per batch. ok is false when the outbox is busy
+// (the caller queues instead); tried is false when c was already closed.
+func (c *conn) writeNow(buf []byte) (written, tried, ok bool) {
+	o := &c.out
+	o.mu.Lock()
+	if o.closed || o.writing || len(o.queue) > 0 {
+		o.mu.Unlock()
+		return false, false, false
+	}
+	o.writing = true // batches queued meanwhile wait behind this one
+	o.mu.Unlock()
+	tried, err := c.writeFrames(buf)
+	o.mu.Lock()
+	more := len(o.queue) > 0 && !o.closed
+	o.writing = more
+	o.mu.Unlock()
+	if more {
+		go c.drain()
+	}
+	return err == nil, tried, true
+}
+
+// writeFrames writes buf under the write lock and deadline; on error it
+// closes the connection. tried is false when it was closed already.
+func (c *conn) writeFrames(buf []byte) (tried bool, err error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return false, ErrConnClosed
+	}
+	_ = c.nc.SetWriteDeadline(c.writeDeadline())
+	if _, err := c.nc.Write(buf); err != nil {
+		c.m.writeFailures.Inc()
+		c.closeLocked("write failed: " + err.Error())
+		return true, err
+	}
+	return true, nil
+}
