@@ -47,12 +47,13 @@ bench: deps build
 # The section "Against the PHP original" of BENCHMARKS.md: the side-by-side
 # scenarios, the original as A and this redpush as B. PHP_ORIGINAL is the
 # command that starts the original's swoole.php (see the README); it listens
-# on 0.0.0.0:9502 and expects Redis at 127.0.0.1:6379.
+# on 0.0.0.0:9502 and expects Redis at 127.0.0.1:6379. PHP_ORIGINAL_NOTE, if
+# given, is printed under the section's heading (the PHP and Swoole versions).
 bench-compare: deps build
 	@[ -n "$(PHP_ORIGINAL)" ] || { echo "set PHP_ORIGINAL to the command that starts swoole.php"; exit 2; }
 	$(GO) build -o redpush-bench ./cmd/redpush-bench
 	./redpush-bench suite -server ./redpush -runs $(RUNS) -out BENCHMARKS.md \
-		-against "$(PHP_ORIGINAL)" -against-addr 0.0.0.0:9502 -against-redis 127.0.0.1:6379
+		-against "$(PHP_ORIGINAL)" -against-addr 0.0.0.0:9502 -against-redis 127.0.0.1:6379 -against-note "$(PHP_ORIGINAL_NOTE)"
 
 # The chaos soak: 3,000 users on 3 redpush instances and one Redis, 2,000 msg/s,
 # Redis restarts, instance kills and stops, dropped connections, slow and

@@ -120,3 +120,24 @@ func TestSplitAgainstKeepsTheSideBySideSection(t *testing.T) {
 		t.Fatalf("without the section: %q %q", own, against)
 	}
 }
+
+// The side-by-side section names every figure on which B did worse, RSS
+// per connection only where there were enough connections to measure it.
+func TestWorseLineNamesEveryLoss(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	c := &comparison{Names: map[string]string{"a": "php", "b": "redpush"},
+		A: []*result{{Connected: 1000}}, B: []*result{{Connected: 1000}},
+		Ratio: map[string]*float64{"delivered_per_sec": f(0.5), "p50_ms": f(1.01), "p99_ms": f(1.5), "rss_per_conn_bytes": f(1.4),
+			"cpu_us_per_msg": f(0.9), "redis_cpu_us_per_msg": nil}}
+	if got, want := worseLine(c), "**Where redpush does worse than php here: delivered/s 0.50×, p99 1.50×, RSS per connection 1.40×.**"; got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	c.A[0].Connected, c.B[0].Connected = 100, 100
+	if got := worseLine(c); strings.Contains(got, "RSS") {
+		t.Errorf("RSS judged at 100 connections: %s", got)
+	}
+	c.Ratio = map[string]*float64{"p99_ms": f(0.8)}
+	if got := worseLine(c); got != "**redpush does no worse than php on any figure here.**" {
+		t.Errorf("got %s", got)
+	}
+}

@@ -54,6 +54,7 @@ const againstHeading = "## Against the PHP original"
 
 type suiteCfg struct {
 	commit         string // of the tree the server was built from, read at start
+	againstNote    string
 	out, serverBin string
 	runs           int
 	only           string
@@ -72,6 +73,7 @@ func suiteMain(args []string) int {
 	fs.StringVar(&sc.against.addr, "against-addr", "", "where -against listens, for a command without {addr}")
 	fs.StringVar(&sc.against.redisAddr, "against-redis", "", "host:port where -against expects Redis, for a command without {redis}")
 	fs.StringVar(&sc.against.name, "against-name", sc.against.name, "-against's name in the tables")
+	fs.StringVar(&sc.againstNote, "against-note", "", "a paragraph on what -against runs (versions, build), for the section")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -80,7 +82,7 @@ func suiteMain(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	sc.commit = commandLine("git", "describe", "--always", "--dirty")
+	sc.commit = sourceCommit()
 	if err := runSuite(ctx, sc); err != nil {
 		logf("redpush-bench suite: %v", err)
 		return 1
@@ -151,6 +153,9 @@ func runAgainst(ctx context.Context, env runEnv, sc suiteCfg, redpush serverSpec
 	fmt.Fprintf(md, "%d times per server, alternating (%s, redpush, %s, …), each run on a fresh `redis-server --save \"\" --appendonly no`\n", sc.runs, sc.against.name, sc.against.name)
 	fmt.Fprintf(md, "(default `maxclients`) and a fresh server process; the whole process tree of each server is sampled, and Redis's CPU beside it.\n\n")
 	fmt.Fprintf(md, "| server | command |\n| --- | --- |\n| %s | `%s` |\n| redpush | `%s` |\n\n", sc.against.name, sc.against.cmd, redpush.cmd)
+	if sc.againstNote != "" {
+		fmt.Fprintf(md, "%s\n\n", sc.againstNote)
+	}
 	for _, s := range sideBySide {
 		if sc.only != "" && !strings.HasPrefix(s.name, sc.only) {
 			continue
@@ -250,7 +255,8 @@ func writeComparison(md *strings.Builder, s scenario, c *comparison) {
 }
 
 // worseLine names every figure on which B did more than 5% worse than A,
-// so that the losses read as plainly as the wins.
+// so that the losses read as plainly as the wins (RSS per connection only
+// from 500 connections up: below, it is noise).
 func worseLine(c *comparison) string {
 	var worse []string
 	for _, f := range []struct {
@@ -263,6 +269,9 @@ func worseLine(c *comparison) string {
 		{"cpu_us_per_msg_total", "server + Redis CPU per message", true},
 	} {
 		r := c.Ratio[f.key]
+		if f.key == "rss_per_conn_bytes" && min(median(c.A, connected), median(c.B, connected)) < minConnsForRSS {
+			continue // noise at this size
+		}
 		if r != nil && (f.higherIsWorse && *r > 1.05 || !f.higherIsWorse && *r < 0.95) {
 			worse = append(worse, f.name+" "+optRatio(r))
 		}
@@ -271,6 +280,16 @@ func worseLine(c *comparison) string {
 		return fmt.Sprintf("**%s does no worse than %s on any figure here.**", c.Names["b"], c.Names["a"])
 	}
 	return fmt.Sprintf("**Where %s does worse than %s here: %s.**", c.Names["b"], c.Names["a"], strings.Join(worse, ", "))
+}
+
+// sourceCommit names the commit of the tree the server is built from, with
+// "-dirty" when a file other than BENCHMARKS.md differs from it.
+func sourceCommit() string {
+	c := commandLine("git", "rev-parse", "--short", "HEAD")
+	if out, err := exec.Command("git", "status", "--porcelain", "--", ".", ":!BENCHMARKS.md").Output(); err == nil && len(out) > 0 {
+		c += "-dirty"
+	}
+	return c
 }
 
 func cpuModel() string {
@@ -301,3 +320,5 @@ func commandLine(name string, args ...string) string {
 	}
 	return strings.TrimSpace(string(out))
 }
+
+func connected(r *result) float64 { return float64(r.Connected) }
