@@ -52,7 +52,10 @@ func Dial(ctx context.Context, url string, consumers int) (*Clients, error) {
 func (e Endpoint) dial(ctx context.Context, consumers int) (*Clients, error) {
 	c := &Clients{
 		Topology: e.Topology(),
-		Command:  e.client(tuning{}),
+		// Deadlines hold on the command client: the push API answers
+		// within a second when Redis hangs. BLMOVE's client must not:
+		// its reads are meant to block.
+		Command: e.client(tuning{ctxTimeout: true}),
 		// One idle consumer holds one connection for its whole life: 32
 		// KiB read and write buffers (the go-redis default) would cost 64
 		// KiB per online user. This client only sends BLMOVE and reads one

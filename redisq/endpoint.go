@@ -68,10 +68,12 @@ func (e Endpoint) addrs() string {
 
 // NewClient returns a go-redis client for the endpoint with poolSize
 // connections (per node, on a cluster), for tools such as redpush-bench. It
-// never re-sends a command after a network error (MaxRetries -1): a caller
-// that must know how often an LPUSH ran cannot have go-redis repeat it.
+// never re-sends a command after a network error (MaxRetries -1, and on a
+// cluster MaxRedirects -1: go-redis re-sends a cluster pipeline on a
+// redirect or a broken connection up to MaxRedirects times): a caller that
+// must know how often an LPUSH ran cannot have go-redis repeat it.
 func (e Endpoint) NewClient(poolSize int) redis.UniversalClient {
-	return e.client(tuning{poolSize: poolSize, maxRetries: -1})
+	return e.client(tuning{poolSize: poolSize, maxRetries: -1, noRedirects: true})
 }
 
 // tuning overrides pool options; zero fields keep the URL's (or go-redis's)
@@ -79,6 +81,12 @@ func (e Endpoint) NewClient(poolSize int) redis.UniversalClient {
 type tuning struct {
 	poolSize, readBuf, writeBuf, pipelinePool, maxRetries int
 	poolTimeout                                           time.Duration
+	// ctxTimeout makes go-redis honour a context's deadline on the socket
+	// (ContextTimeoutEnabled): without it a hung Redis holds a command for
+	// the read timeout whatever the caller's deadline.
+	ctxTimeout bool
+	// noRedirects sets a cluster client's MaxRedirects to -1.
+	noRedirects bool
 }
 
 func (t tuning) apply(poolSize, readBuf, writeBuf, pipelinePool, maxRetries *int, poolTimeout *time.Duration) {
@@ -107,17 +115,20 @@ func (e Endpoint) client(t tuning) redis.UniversalClient {
 	switch {
 	case e.failover != nil:
 		o := *e.failover
-		o.Protocol = 2
+		o.Protocol, o.ContextTimeoutEnabled = 2, t.ctxTimeout
 		t.apply(&o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.PoolTimeout)
 		return redis.NewFailoverClient(&o)
 	case e.cluster != nil:
 		o := *e.cluster
-		o.Protocol, o.MaintNotificationsConfig = 2, off
+		o.Protocol, o.MaintNotificationsConfig, o.ContextTimeoutEnabled = 2, off, t.ctxTimeout
 		t.apply(&o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.PoolTimeout)
+		if t.noRedirects {
+			o.MaxRedirects = -1
+		}
 		return redis.NewClusterClient(&o)
 	}
 	o := *e.single
-	o.Protocol, o.MaintNotificationsConfig = 2, off
+	o.Protocol, o.MaintNotificationsConfig, o.ContextTimeoutEnabled = 2, off, t.ctxTimeout
 	t.apply(&o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.PoolTimeout)
 	return redis.NewClient(&o)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -171,8 +172,12 @@ func checkAddr(addr string) *ConfigError {
 	if addr == "" {
 		return nil
 	}
-	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
-		return &ConfigError{"Addr", fmt.Sprintf("%q", addr), "host:port such as 0.0.0.0:9502, :9502 or [::1]:9502"}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return &ConfigError{"Addr", fmt.Sprintf("%q", addr), "host:port with a port 0 to 65535, such as 0.0.0.0:9502, :9502 or [::1]:9502"}
 	}
 	return nil
 }

@@ -115,7 +115,7 @@ func (s *Server) demoPush(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), pushTimeout)
 	defer cancel()
 	if err := s.clients.Command.LPush(ctx, s.q.Key(user), data).Err(); err != nil {
-		http.Error(w, "redis unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		pushFailed(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

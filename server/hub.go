@@ -215,6 +215,13 @@ func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 	}
 }
 
+// refuseNew makes acquire and attach refuse from now on.
+func (h *hub) refuseNew() {
+	h.mu.Lock()
+	h.closing = true
+	h.mu.Unlock()
+}
+
 // closeAll refuses new connections and sends close code to every client,
 // and returns by deadline, however many clients stopped reading: every
 // write, the ones in progress and the ones a consumer starts later, is

@@ -71,11 +71,20 @@ func (s *Server) apiPush(w http.ResponseWriter, r *http.Request) {
 		p.LPush(ctx, s.q.Key(string(it.User)), *it.Data)
 	}
 	if _, err := p.Exec(ctx); err != nil {
-		http.Error(w, "redis unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		pushFailed(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	fmt.Fprintf(w, "{\"queued\":%d}\n", len(items))
+}
+
+// pushFailed answers a push that Redis did not confirm within pushTimeout:
+// 503, whether it failed before reaching Redis or its answer did not come.
+// In the second case Redis may have queued it, so a producer that retries
+// gets at-least-once delivery: a message may come twice, never not at all.
+func pushFailed(w http.ResponseWriter, err error) {
+	http.Error(w, "redis unavailable (the message may or may not have been queued; a retry may queue it twice): "+err.Error(),
+		http.StatusServiceUnavailable)
 }
 
 // apiKeyOK checks "Authorization: Bearer <key>"; the scheme is

@@ -1,12 +1,15 @@
 package server_test
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redpush/redpush/internal/testutil"
 	"github.com/redpush/redpush/server"
 )
 
@@ -129,4 +132,32 @@ func TestCheckGivesTheHandshakesVerdict(t *testing.T) {
 	if status, body := get(t, "http://"+ga.addr+"/check?token="+tok); status != 200 || !strings.Contains(body, "user 42") {
 		t.Errorf("check with a token: %d %q, want 200 as user 42", status, body)
 	}
+}
+
+// A Redis that hangs (stopped, not gone: the connection stays open) gets
+// the same bound: the answer comes within about a second (go-redis ignores
+// a context's deadline on the socket unless told to). The push was sent, so
+// the 503 says it may have been queued; here it was.
+func TestPushAPIAnswersFastWhenRedisHangs(t *testing.T) {
+	g := startGateway(t, nil, server.Config{APIKey: "k3y"})
+	if status, body := post(t, "http://"+g.addr+"/api/push", "k3y", `{"user":"7","data":"warm"}`); status != 200 {
+		t.Fatalf("%d %q", status, body) // a pooled connection to Redis exists
+	}
+	thaw := g.rds.Freeze()
+	start := time.Now()
+	status, body := post(t, "http://"+g.addr+"/api/push", "k3y", `{"user":"7","data":"during"}`)
+	took := time.Since(start)
+	thaw()
+	if status != 503 || !strings.Contains(body, "may or may not have been queued") {
+		t.Fatalf("%d %q, want 503 saying the outcome is unknown", status, body)
+	}
+	if took > 2500*time.Millisecond {
+		t.Fatalf("answered after %v with Redis hung, want about a second", took)
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n, _ := g.rc.LLen(context.Background(), "user_7_messages").Result(); n != 2 {
+			return fmt.Errorf("queue holds %d", n)
+		}
+		return nil
+	})
 }

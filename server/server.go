@@ -204,6 +204,9 @@ func (s *Server) holdClaim(ctx context.Context, c *redisq.Claim, lose context.Ca
 // requeued, and a client that reconnects meanwhile gets a 503 with a reason
 // instead of a refused connection.
 func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan struct{}) error {
+	// New connections are refused before /readyz turns 503: a client whose
+	// handshake falls between the two gets the 503 too, never a 101.
+	s.hub.refuseNew()
 	s.stopping.Store(true)
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)

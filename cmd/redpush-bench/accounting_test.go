@@ -186,7 +186,7 @@ func TestDrainCountsCPUFromTheFirstConnect(t *testing.T) {
 
 func TestVerdictNamesEveryFailureUnlessAllowed(t *testing.T) {
 	for _, c := range checks {
-		r := &result{}
+		r := &result{Sent: 10}
 		set := map[string]*int64{"lost": &r.Lost, "duplicated": &r.Duplicated, "misdelivered": &r.Misdelivered,
 			"out_of_order": &r.OutOfOrder, "partial": &r.Partial, "connect_failed": &r.ConnectFailed,
 			"producer_errors": &r.ProducerErrors, "still_in_redis": &r.StillInRedis, "unparsed_frames": &r.Garbage,
@@ -208,8 +208,44 @@ func TestVerdictNamesEveryFailureUnlessAllowed(t *testing.T) {
 		t.Error("-allow accepted an unknown name")
 	}
 	cfg, _ := parseFlags([]string{"-allow-loss"}, nil)
-	r := &result{Lost: 1, Duplicated: 1, Misdelivered: 1, OutOfOrder: 1}
+	r := &result{Sent: 10, Lost: 1, Duplicated: 1, Misdelivered: 1, OutOfOrder: 1}
 	if judge(cfg.allow, r); r.Verdict != "fail: 1 out of order" {
 		t.Errorf("-allow-loss: verdict %q, want only the reordering to fail", r.Verdict)
+	}
+}
+
+// -rate is the total whatever the users: one user gets all of it, not the
+// share of one of four producers; and a run that sends nothing fails
+// unless it is an idle one (-hold alone).
+func TestRateIsTheTotalAndNothingSentFails(t *testing.T) {
+	rs := testutil.StartRedis(t)
+	_, url := startFaulty(t, rs.Addr(), plan{})
+	_, r := runBench(t, "-url", url, "-redis", rs.URL(), "-users", "1", "-rate", "200", "-duration", "2s")
+	expect(t, r, map[string]float64{"sent": 400, "delivered": 400})
+	_, r = runBench(t, "-url", url, "-redis", rs.URL(), "-users", "2", "-messages", "0")
+	if !strings.Contains(r.Verdict, "nothing sent") {
+		t.Errorf("a run that sent nothing: verdict %q", r.Verdict)
+	}
+	_, r = runBench(t, "-url", url, "-redis", rs.URL(), "-users", "2", "-hold", "100ms")
+	if r.Verdict != "pass" || r.Sent != 0 {
+		t.Errorf("an idle run: sent %d, verdict %q", r.Sent, r.Verdict)
+	}
+}
+
+func TestSpawnSharesAddUpToTheTotal(t *testing.T) {
+	for _, tc := range []struct{ total, kids int }{{2000, 2}, {1001, 3}, {5, 5}, {7, 3}} {
+		sum := 0
+		for i := range tc.kids {
+			if share(tc.total, tc.kids, i) == 0 {
+				t.Errorf("%d over %d: child %d gets 0 (flat out)", tc.total, tc.kids, i)
+			}
+			sum += share(tc.total, tc.kids, i)
+		}
+		if sum != tc.total {
+			t.Errorf("%d over %d children adds up to %d", tc.total, tc.kids, sum)
+		}
+	}
+	if _, err := parseFlags([]string{"-rate", "1", "-spawn", "2"}, nil); err == nil {
+		t.Error("-rate 1 -spawn 2 accepted: a child would run flat out")
 	}
 }

@@ -401,8 +401,9 @@ func (r *chaosRun) breakThings(ctx context.Context, rng *rand.Rand) {
 	wg.Wait()
 }
 
-// healAll makes sure Redis and every instance run at the end: a fault may
-// have been cut short by the end of the schedule.
+// healAll makes sure every instance runs at the end (a fault may have been
+// cut short by the end of the schedule): one that is not running is
+// started again. Redis is always started again by its own fault.
 func (r *chaosRun) healAll(ctx context.Context) {
 	for i := range r.fl.addrs {
 		p := r.fl.inst(i)

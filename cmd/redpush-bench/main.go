@@ -161,7 +161,7 @@ func registerFlags(fs *flag.FlagSet, c *config) {
 	fs.BoolVar(&c.wipe, "wipe", false, "delete what the users' queues hold before the run (destroys their messages)")
 	fs.IntVar(&c.connsPerUser, "conns-per-user", 1, "connections per user (tabs); each receives every message")
 	fs.IntVar(&c.messages, "messages", 0, "messages per user (0: send for -duration)")
-	fs.DurationVar(&c.duration, "duration", 0, "how long to send (with -messages 0); with -rate 0 and -messages 0: idle hold")
+	fs.DurationVar(&c.duration, "duration", 0, "how long to send (with -messages 0), as fast as possible or at -rate")
 	fs.IntVar(&c.rate, "rate", 0, "messages/s in total (0: as fast as possible)")
 	fs.IntVar(&c.payload, "payload", 64, "payload bytes (at least the stamp, about 45)")
 	fs.IntVar(&c.producers, "producers", 4, "concurrent producer connections, each pipelining up to 64 LPUSH")
@@ -169,7 +169,7 @@ func registerFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.connectRate, "connect-rate", 0, "dials per second while ramping up (0: 64 at a time, unpaced)")
 	fs.IntVar(&c.serverPID, "server-pid", 0, "sample this process and its descendants (RSS, CPU) while running")
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long to wait for stragglers after the last send")
-	fs.DurationVar(&c.hold, "hold", 0, "keep connections open this long after connecting, before sending (idle memory)")
+	fs.DurationVar(&c.hold, "hold", 0, "keep connections open and idle this long after connecting, then send as the other flags say; alone, an idle run (memory per connection)")
 	fs.StringVar(&c.jsonOut, "json", "", "write every figure to this file as JSON")
 	fs.StringVar(&c.reportOut, "report", "", "write a self-contained HTML page with the latency charts to this file")
 	fs.StringVar(&c.hgrmOut, "hgrm", "", "write the latency distribution in HdrHistogram's percentile format (as wrk2 prints it)")
@@ -206,6 +206,9 @@ func (c *config) check() error {
 	}
 	if c.messages > 0 && c.duration > 0 {
 		return fmt.Errorf("give -messages or -duration, not both")
+	}
+	if c.spawn > 1 && (c.rate > 0 && c.rate < c.spawn || c.connectRate > 0 && c.connectRate < c.spawn) {
+		return fmt.Errorf("-rate and -connect-rate must be at least -spawn: each child takes its share")
 	}
 	if c.firstUser < 0 {
 		return fmt.Errorf("-first-user cannot be negative")

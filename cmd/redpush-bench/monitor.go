@@ -34,7 +34,8 @@ type monitor struct {
 	rssStart, rssIdle, rssPeak int64
 	rssEnd                     int64
 	cpuFrom, cpuTo             usage
-	stopped                    bool // markTo was called: cpuTo is final
+	stopped                    bool  // markTo was called: cpuTo is final
+	deliveredAtTo              int64 // first receipts when markTo was called (-1: not known here)
 	clients                    clientStat
 }
 
@@ -100,12 +101,36 @@ func (m *monitor) markIdle() {
 	}
 }
 
-// markTo ends the CPU interval: later samples only track RSS.
+// markTo ends the CPU interval: later samples only track RSS. The sample
+// and the freeze happen in one critical section, so that no tick can slip
+// an older reading in between.
 func (m *monitor) markTo() {
-	m.sample()
+	s, ok := sampleTree(m.cfg.serverPID)
+	r, rok := sampleProcs(m.redisPIDs)
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ok && m.cfg.serverPID != 0 {
+		m.cpuTo.server = s.cpu
+	}
+	if rok {
+		m.cpuTo.redis = r.cpu
+	}
 	m.stopped = true
-	m.mu.Unlock()
+	m.deliveredAtTo = -1
+	if m.tr != nil {
+		m.deliveredAtTo = m.tr.received.Load()
+	}
+}
+
+// perMessage is the divisor of CPU per message: the messages delivered in
+// the CPU interval when this process counted them, else delivered.
+func (m *monitor) perMessage(delivered int64) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped && m.deliveredAtTo >= 0 {
+		return m.deliveredAtTo
+	}
+	return delivered
 }
 
 // start runs the monitor until stop.
@@ -187,6 +212,7 @@ func (m *monitor) serverStats(connected, delivered int64) serverStat {
 		return s
 	}
 	cpu := m.cpuUsed().server
+	delivered = m.perMessage(delivered)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s.PID, s.Processes = m.cfg.serverPID, m.procs
@@ -211,6 +237,7 @@ func (m *monitor) redisStats(delivered int64) *redisStat {
 		return nil
 	}
 	cpu := m.cpuUsed().redis
+	delivered = m.perMessage(delivered)
 	r := &redisStat{PIDs: m.redisPIDs, CPUSeconds: cpu}
 	if delivered > 0 {
 		r.CPUMicrosPerMsg = cpu * 1e6 / float64(delivered)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,9 +67,14 @@ func (p *producers) produce(ctx context.Context, j int, start time.Time) {
 	if p.cfg.duration > 0 {
 		deadline = start.Add(p.cfg.duration)
 	}
-	rate := float64(p.cfg.rate) / float64(p.cfg.producers) // messages/s of this producer
+	// messages/s of this producer: the producers that have users share -rate
+	rate := float64(p.cfg.rate) / float64(min(p.cfg.producers, p.cfg.users))
 	due := func(k int64) time.Time { return start.Add(time.Duration(float64(k) / rate * float64(time.Second))) }
 	var sent int64
+	limit := int64(-1) // messages due within -duration, in rate mode
+	if rate > 0 && !deadline.IsZero() {
+		limit = int64(math.Ceil(p.cfg.duration.Seconds() * rate))
+	}
 	next := 0
 	buf := make([]byte, 0, p.cfg.payload)
 	b := &batch{}
@@ -87,6 +93,9 @@ func (p *producers) produce(ctx context.Context, j int, start time.Time) {
 				continue
 			}
 			n = int(min(ready, pipe))
+			if limit >= 0 {
+				n = int(min(int64(n), limit-sent)) // a late producer does not run past -duration
+			}
 		} else if !deadline.IsZero() && !now.Before(deadline) {
 			return
 		}

@@ -19,7 +19,7 @@ func sampleResult(seconds int) *result {
 	for s := range seconds {
 		tr.timeline = append(tr.timeline, timePoint{At: float64(s + 1), P50: 1, P99: 10, Max: 100, N: 30})
 	}
-	r := &result{Schema: schema, Users: 1, ConnsPerUser: 1, Connected: 20, Timeline: tr.timeline,
+	r := &result{Schema: schema, Users: 1, ConnsPerUser: 1, Connected: 20, Sent: 100, Timeline: tr.timeline,
 		Server: serverStat{PID: 1, Processes: 4, RSSStart: 10 << 20, RSSIdle: 12 << 20, RSSPeak: 13 << 20, RSSPerConn: 100 << 10}}
 	h, raw := tr.merged()
 	r.setLatency(h, raw)

@@ -62,6 +62,8 @@ type result struct {
 	HistogramUncorrected string `json:"histogram_uncorrected,omitempty"`
 	// Backlog is -backlog: messages queued per user before connecting.
 	Backlog int `json:"backlog_per_user,omitempty"`
+	// Idle says the run only held its connections (-hold, nothing to send).
+	Idle bool `json:"idle,omitempty"`
 	// Verdict is "pass", or "fail: " and what failed the run.
 	Verdict string   `json:"verdict"`
 	Allowed []string `json:"allowed,omitempty"`

@@ -59,7 +59,7 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 		mon.markFrom()
 		start = time.Now()
 	}
-	if cfg.messages > 0 || cfg.rate > 0 || cfg.duration > 0 && cfg.hold == 0 {
+	if cfg.sends() {
 		pr.run(ctx)
 	}
 	sendDone := time.Now()
@@ -73,10 +73,10 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 	// grace period (but at least a second), until the lists stop changing.
 	settle(ctx, cfg, rc, later(deadline, time.Now().Add(time.Second)))
 	left, err := readLeftovers(ctx, cfg, rc)
+	cs.closeAll()
 	if err != nil {
 		return nil, fmt.Errorf("reading what is left in Redis: %v", err)
 	}
-	cs.closeAll()
 
 	r := &result{
 		Schema: schema, URL: cfg.url, Users: cfg.users, ConnsPerUser: cfg.connsPerUser, Payload: cfg.payload, Rate: cfg.rate,
@@ -85,7 +85,7 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 		Delivered: tr.received.Load(), Duplicated: tr.dups.Load(), OutOfOrder: tr.ooo.Load(),
 		Misdelivered: tr.wrong.Load(), Garbage: tr.garbage.Load() + left.unparsed, LatencyOutOfRange: tr.outOfRange.Load(),
 		StillInQueue: left.queued, StillProcessing: left.processing, StillInRedis: left.queued + left.processing,
-		SendSeconds: sendDone.Sub(start).Seconds(), Timeline: tr.timeline, Backlog: cfg.backlog,
+		SendSeconds: sendDone.Sub(start).Seconds(), Timeline: tr.timeline, Backlog: cfg.backlog, Idle: cfg.idle(),
 	}
 	h, raw := tr.merged()
 	if cfg.rate == 0 {
@@ -98,6 +98,14 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 	r.setCPU(mon)
 	return r, nil
 }
+
+// sends reports whether the run pushes messages: -messages, -duration or
+// -rate (which alone sends until interrupted).
+func (c *config) sends() bool { return c.messages > 0 || c.duration > 0 || c.rate > 0 }
+
+// idle is a run that only connects and holds (memory per idle connection):
+// -hold with nothing to send.
+func (c *config) idle() bool { return c.hold > 0 && !c.sends() && c.backlog == 0 }
 
 func later(a, b time.Time) time.Time {
 	if a.After(b) {

@@ -104,7 +104,7 @@ func runSpawned(ctx context.Context, cfg *config) (*result, error) {
 	nKids := (cfg.users + per - 1) / per
 	for i, first := 0, cfg.firstUser; first < cfg.firstUser+cfg.users; i, first = i+1, first+per {
 		n := min(per, cfg.firstUser+cfg.users-first)
-		k, err := startChild(ctx, self, cfg, filepath.Join(dir, fmt.Sprint(i, ".json")), first, n, nKids)
+		k, err := startChild(ctx, self, cfg, filepath.Join(dir, fmt.Sprint(i, ".json")), first, n, share(cfg.rate, nKids, i), share(cfg.connectRate, nKids, i))
 		if err != nil {
 			return nil, err
 		}
@@ -156,11 +156,21 @@ func readResult(path string) (*result, error) {
 	return &r, nil
 }
 
-func startChild(ctx context.Context, self string, cfg *config, out string, first, users, kids int) (*childProc, error) {
+// share is child i's part of a total rate over kids children: the
+// remainder goes to the first ones, so the parts add up to the total.
+func share(total, kids, i int) int {
+	n := total / kids
+	if i < total%kids {
+		n++
+	}
+	return n
+}
+
+func startChild(ctx context.Context, self string, cfg *config, out string, first, users, rate, connectRate int) (*childProc, error) {
 	// Rates are totals: each child takes its share.
 	args := append(childArgs(os.Args[1:]), "-child", "-json", out,
 		"-first-user", strconv.Itoa(first), "-users", strconv.Itoa(users),
-		"-rate", strconv.Itoa(cfg.rate/kids), "-connect-rate", strconv.Itoa(cfg.connectRate/kids))
+		"-rate", strconv.Itoa(rate), "-connect-rate", strconv.Itoa(connectRate))
 	cmd := exec.CommandContext(ctx, self, args...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -282,6 +292,7 @@ func addCounts(r, p *result) {
 	r.OutOfOrder += p.OutOfOrder
 	r.Misdelivered += p.Misdelivered
 	r.Garbage += p.Garbage
+	r.Idle = r.Idle || p.Idle
 	r.LatencyOutOfRange += p.LatencyOutOfRange
 	r.SendSeconds = max(r.SendSeconds, p.SendSeconds)
 	r.DeliverSeconds = max(r.DeliverSeconds, p.DeliverSeconds)

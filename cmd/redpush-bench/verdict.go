@@ -69,6 +69,9 @@ func judge(allowed []string, r *result) {
 			bad = append(bad, fmt.Sprintf("%d %s", v, strings.ReplaceAll(c.name, "_", " ")))
 		}
 	}
+	if r.Sent == 0 && r.Unsent == 0 && !r.Idle {
+		bad = append(bad, "nothing sent")
+	}
 	if len(bad) == 0 {
 		r.Verdict = "pass"
 		return

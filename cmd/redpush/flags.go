@@ -96,6 +96,9 @@ func (o *options) finish(fs *flag.FlagSet, getenv func(string) string, level str
 	if o.fromEnv, err = fromEnv(fs, getenv); err != nil {
 		return err
 	}
+	if err := unknownEnv(fs, os.Environ()); err != nil {
+		return err
+	}
 	fs.Visit(func(f *flag.Flag) { o.addrGiven = o.addrGiven || f.Name == "addr" })
 	o.addrGiven = o.addrGiven || o.fromEnv["addr"]
 	if o.redis == "embedded" && !o.addrGiven {
@@ -180,6 +183,21 @@ func fromEnv(fs *flag.FlagSet, getenv func(string) string) (map[string]bool, err
 		set[f.Name] = true
 	})
 	return set, err
+}
+
+// unknownEnv refuses a REDPUSH_* variable that names no flag: a misspelt
+// REDPUSH_ALLOWED_ORIGIN or REDPUSH_JWT_SECRETS would otherwise be ignored,
+// and with it the origin check or authentication it meant to turn on.
+func unknownEnv(fs *flag.FlagSet, environ []string) error {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { known[envName(f.Name)] = true })
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "REDPUSH_") && !known[name] {
+			return fmt.Errorf("%s is not a setting of redpush (each flag -x-y is REDPUSH_X_Y; see -h)", name)
+		}
+	}
+	return nil
 }
 
 func envName(flagName string) string {

@@ -194,6 +194,8 @@ func TestStartErrorsAreOneLineAndExit2(t *testing.T) {
 		{"negative max message", nil, []string{"-redis", down, "-max-message", "-1"}, []string{"-max-message", "0 for the default"}},
 		{"negative idle timeout", nil, []string{"-redis", down, "-idle-timeout", "-1s"}, []string{"-idle-timeout", "0 for the default"}},
 		{"bad listen address", nil, []string{"-redis", down, "-addr", "9502"}, []string{"-addr", `"9502"`, "host:port"}},
+		{"listen port out of range", nil, []string{"-redis", down, "-addr", ":99999"}, []string{"-addr", `":99999"`, "0 to 65535"}},
+		{"misspelt variable", []string{"REDPUSH_ALLOWED_ORIGIN=https://a.example"}, []string{"-redis", down}, []string{"REDPUSH_ALLOWED_ORIGIN", "not a setting"}},
 		{"bad instance", nil, []string{"-redis", down, "-instance", "a b"}, []string{"-instance", "[A-Za-z0-9_.:-]"}},
 		{"duration without unit", nil, []string{"-redis", down, "-idle-timeout", "30"}, []string{"-idle-timeout", "unit", "30s"}},
 		{"duration without unit from env", []string{"REDPUSH_IDLE_TIMEOUT=30"}, []string{"-redis", down}, []string{"REDPUSH_IDLE_TIMEOUT", "unit", "30s"}},

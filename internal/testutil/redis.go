@@ -102,13 +102,20 @@ func (r *Redis) Down(d time.Duration) {
 // stall that clients see as a server that neither answers nor hangs up.
 func (r *Redis) Pause(d time.Duration) {
 	r.t.Helper()
+	thaw := r.Freeze()
+	time.Sleep(d)
+	thaw()
+}
+
+// Freeze stops the server's process (SIGSTOP) until the returned function
+// resumes it (SIGCONT).
+func (r *Redis) Freeze() (thaw func()) {
+	r.t.Helper()
 	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		r.t.Fatalf("SIGSTOP redis-server: %v", err)
 	}
-	time.Sleep(d)
-	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		r.t.Fatalf("SIGCONT redis-server: %v", err)
-	}
+	p := r.cmd.Process
+	return func() { _ = p.Signal(syscall.SIGCONT) }
 }
 
 // PID is the redis-server's process id.
