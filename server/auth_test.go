@@ -1,11 +1,15 @@
 package server_test
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -103,4 +107,43 @@ func TestAllowedOrigins(t *testing.T) {
 		}
 	}
 	g.dialReady("no-origin") // non-browser clients send none
+}
+
+// Allowed origins compare as browsers send them: scheme and host in lower
+// case, no default port; a wildcard or a bad port is refused at start.
+func TestOriginsCompareAsBrowsersSendThem(t *testing.T) {
+	g := startGateway(t, nil, server.Config{AllowedOrigins: []string{"HTTPS://App.Example:443", "http://localhost:8080"}})
+	for origin, want := range map[string]int{
+		"https://app.example":     101,
+		"http://localhost:8080":   101,
+		"https://app.example:444": 403,
+		"https://evil.example":    403,
+	} {
+		if got := upgradeWithOrigin(t, g.addr, origin); got != want {
+			t.Errorf("Origin %s: %d, want %d", origin, got, want)
+		}
+	}
+	for _, bad := range []string{"https://*.example.com", "https://app.example:99999", "https://app.example:0"} {
+		if err := (server.Config{AllowedOrigins: []string{bad}}).Validate(); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// upgradeWithOrigin sends a WebSocket handshake with an Origin header and
+// returns the HTTP status of the answer.
+func upgradeWithOrigin(t *testing.T, addr, origin string) int {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /?user_id=o HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: %s\r\n\r\n", addr, origin)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

@@ -159,13 +159,38 @@ func (c Config) checkNames() *ConfigError {
 // mistake would show only as every browser getting 403.
 func (c Config) checkOrigins() *ConfigError {
 	for _, o := range c.AllowedOrigins {
-		u, err := url.Parse(o)
-		if err != nil || u.Scheme == "" || u.Host == "" || u.User != nil || u.Path != "" ||
-			u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
-			return &ConfigError{"AllowedOrigins", fmt.Sprintf("%q", o), "scheme://host[:port] such as https://app.example"}
+		if _, ok := canonicalOrigin(o); !ok {
+			return &ConfigError{"AllowedOrigins", fmt.Sprintf("%q", o), "scheme://host[:port] such as https://app.example (no wildcard, a port 1 to 65535)"}
 		}
 	}
 	return nil
+}
+
+// canonicalOrigin is an origin as a browser sends it (RFC 6454 §6.1):
+// scheme and host in lower case, no default port. ok is false for what is
+// not scheme://host[:port], or holds a wildcard or a bad port.
+func canonicalOrigin(o string) (string, bool) {
+	u, err := url.Parse(o)
+	if err != nil || u.Scheme == "" || u.Host == "" || u.User != nil || u.Path != "" ||
+		u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" || strings.Contains(u.Host, "*") {
+		return "", false
+	}
+	scheme, host, port := strings.ToLower(u.Scheme), strings.ToLower(u.Hostname()), u.Port()
+	if port != "" {
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return "", false
+		}
+	}
+	if scheme == "http" && port == "80" || scheme == "https" && port == "443" {
+		port = ""
+	}
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if port != "" {
+		host += ":" + port
+	}
+	return scheme + "://" + host, true
 }
 
 func checkAddr(addr string) *ConfigError {

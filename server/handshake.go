@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -145,7 +144,19 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 
 // originAllowed applies Config.AllowedOrigins to a browser's Origin.
 func (s *Server) originAllowed(origin string) bool {
-	return len(s.cfg.AllowedOrigins) == 0 || slices.Contains(s.cfg.AllowedOrigins, origin)
+	if len(s.cfg.AllowedOrigins) == 0 {
+		return true
+	}
+	o, ok := canonicalOrigin(origin)
+	if !ok {
+		return false
+	}
+	for _, a := range s.cfg.AllowedOrigins {
+		if c, _ := canonicalOrigin(a); c == o {
+			return true
+		}
+	}
+	return false
 }
 
 func originRefusal(origin string) string {
