@@ -120,12 +120,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("%w: %w", ErrStart, err)
 	}
 	ctx, lose := context.WithCancelCause(ctx)
+	defer lose(nil)
+	// The claim is held until the shutdown is over, not only while serving:
+	// a successor must not take the id while this process still returns
+	// its in-flight messages.
+	claimCtx, stopClaim := context.WithCancel(context.Background())
 	claimDone := make(chan struct{})
 	go func() {
 		defer close(claimDone)
-		s.holdClaim(ctx, claim, lose)
+		s.holdClaim(claimCtx, claim, lose)
 	}()
-	defer func() { lose(nil); <-claimDone }()
+	endClaim := func() { stopClaim(); <-claimDone }
+	defer endClaim()
 	lists, msgs, err := s.q.Recover(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: recovering in-flight messages: %w", ErrStart, err)
@@ -163,6 +169,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	<-ctx.Done()
 	err = s.shutdown(ln, hs, acceptDone)
+	endClaim()
 	if cause := context.Cause(ctx); errors.Is(cause, redisq.ErrInstanceLost) {
 		return cause
 	}
@@ -172,7 +179,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-// holdClaim renews the claim on the instance id until ctx ends. If another
+// holdClaim renews the claim on the instance id until ctx ends (after the
+// shutdown: the claim outlives serving). If another
 // process took the id (this one could not renew it in time, during an
 // outage or a pause), this one stops serving: lose ends Serve with
 // redisq.ErrInstanceLost.

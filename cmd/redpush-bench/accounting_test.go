@@ -33,6 +33,8 @@ func TestFaultsAreReportedExactly(t *testing.T) {
 			map[string]float64{"sent": 40, "delivered": 40, "unparsed_frames": 1, "lost": 0}, "1 unparsed frames"},
 		{"a copy left in Redis does not hide a loss of the same user", plan{Drop: []string{"1/3"}, Leftover: []string{"1/4"}},
 			map[string]float64{"sent": 40, "delivered": 39, "lost": 1, "still_in_redis": 1, "still_processing": 1, "still_in_queue": 0}, "1 lost"},
+		{"a message written after the next one is out of order", plan{Reorder: []string{"2/4"}},
+			map[string]float64{"sent": 40, "delivered": 40, "out_of_order": 1, "lost": 0}, "1 out of order"},
 		{"a batch whose ack is on its way is not left in Redis", plan{AckDelay: 600 * time.Millisecond},
 			map[string]float64{"sent": 40, "delivered": 40, "still_in_redis": 0, "lost": 0}, ""},
 	} {
@@ -48,6 +50,19 @@ func TestFaultsAreReportedExactly(t *testing.T) {
 				t.Errorf("verdict %q, want it to name %q", r.Verdict, tc.fail)
 			}
 		})
+	}
+}
+
+// Two tabs of a user against a server whose tabs compete for messages (the
+// original's one consumer per connection): every message reaches one tab,
+// none is lost, and each is counted as missed by the other tab.
+func TestCompetingTabsArePartial(t *testing.T) {
+	rs := testutil.StartRedis(t)
+	_, url := startFaulty(t, rs.Addr(), plan{})
+	_, r := runBench(t, "-url", url, "-redis", rs.URL(), "-users", "2", "-conns-per-user", "2", "-messages", "10", "-grace", "1s")
+	expect(t, r, map[string]float64{"sent": 20, "delivered": 20, "lost": 0, "partial": 20})
+	if !strings.Contains(r.Verdict, "20 partial") {
+		t.Errorf("verdict %q", r.Verdict)
 	}
 }
 

@@ -69,17 +69,32 @@ func (f *fleet) startRedis(ctx context.Context) error {
 
 func (f *fleet) logPath(i int) string { return filepath.Join(f.dir, fmt.Sprintf("instance-%d.log", i)) }
 
+// startInstance starts instance i and, like a supervisor, starts it again
+// while it exits before listening (it refuses to start while Redis is down,
+// or while its id's previous holder's claim has not expired), for up to a
+// minute.
 func (f *fleet) startInstance(ctx context.Context, i int) error {
 	cmd := fmt.Sprintf("exec %s -addr %s -redis %s -instance chaos-%d -log-level warn", f.serverBin, f.addrs[i], f.redisURL(), i)
-	p, err := startServer(ctx, cmd, f.logPath(i))
-	if err != nil {
-		return err
+	deadline := time.Now().Add(time.Minute)
+	for {
+		p, err := startServer(ctx, cmd, f.logPath(i))
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		f.insts[i] = p
+		f.mu.Unlock()
+		// Listening is enough here: with Redis down it cannot greet yet.
+		err = waitForUntil(20*time.Second, func() error { return portTaken(f.addrs[i]) }, p.done)
+		if err == nil {
+			return nil
+		}
+		<-p.done // it exited at start
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("instance %d does not start: %v; its log: %s", i, err, tail(f.logPath(i)))
+		}
+		sleepCtx(ctx, 500*time.Millisecond)
 	}
-	f.mu.Lock()
-	f.insts[i] = p
-	f.mu.Unlock()
-	// Listening is enough here: with Redis down it cannot greet yet.
-	return waitForUntil(20*time.Second, func() error { return portTaken(f.addrs[i]) }, p.done)
 }
 
 func (f *fleet) inst(i int) *proc {

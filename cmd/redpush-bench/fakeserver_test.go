@@ -32,6 +32,7 @@ import (
 // TestMain) where a test needs the server's CPU apart from the bench's.
 type faultyServer struct {
 	plan  plan
+	held  sync.Map // user → frame held back by Reorder
 	rc    *redis.Client
 	ln    net.Listener
 	wrote atomic.Int64 // bench frames written
@@ -50,6 +51,7 @@ type plan struct {
 	Garbage    []string      `json:"garbage"`    // written, then a frame that is no bench payload
 	Leftover   []string      `json:"leftover"`   // written, and a copy left in the processing list
 	Stall      []string      `json:"stall"`      // written after StallFor
+	Reorder    []string      `json:"reorder"`    // held back and written after the user's next message
 	StallFor   time.Duration `json:"stall_for"`
 	AckDelay   time.Duration `json:"ack_delay"`    // leave each message in the processing list this long after writing it
 	BurnOnOpen time.Duration `json:"burn_on_open"` // CPU to spend on each new connection
@@ -181,8 +183,15 @@ func (s *faultyServer) apply(c net.Conn, user string, seq int64, key, proc, msg 
 		return
 	case p.has(p.Stall, user, seq):
 		time.Sleep(p.StallFor)
+	case p.has(p.Reorder, user, seq):
+		s.held.Store(user, frame)
+		ack()
+		return
 	}
 	s.write(c, frame)
+	if h, ok := s.held.LoadAndDelete(user); ok {
+		s.write(c, h.(string))
+	}
 	switch {
 	case p.has(p.Dup, user, seq):
 		s.write(c, frame)
