@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,6 +108,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 // demoPush LPUSHes form value data into the queue of form value user, like a
 // producer would. Enabled only with the embedded Redis of the quick start.
 func (s *Server) demoPush(w http.ResponseWriter, r *http.Request) {
+	if !sameOrigin(r) {
+		http.Error(w, "the demo push takes requests from its own page only", http.StatusForbidden)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessage))
 	user, data := r.FormValue("user"), r.FormValue("data")
 	if !redisq.ValidID(user) {
@@ -119,4 +125,19 @@ func (s *Server) demoPush(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// sameOrigin refuses a request another site's page made a browser send (a
+// cross-site form post): a browser names the requesting page in Origin,
+// and in Sec-Fetch-Site. Tools such as curl send neither and pass.
+func sameOrigin(r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		return false
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
 }

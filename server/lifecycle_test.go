@@ -172,6 +172,21 @@ func TestHTTPSide(t *testing.T) {
 			if resp.StatusCode != 400 {
 				t.Fatalf("demo push to a bad user id: %d", resp.StatusCode)
 			}
+			// A page of another site cannot make a browser push: the
+			// browser names it in Origin and Sec-Fetch-Site.
+			for _, h := range []http.Header{{"Origin": {"http://evil.example"}}, {"Sec-Fetch-Site": {"cross-site"}}} {
+				req, _ := http.NewRequest("POST", base+"/demo/push", strings.NewReader("user=d&data=evil"))
+				req.Header = h
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 403 {
+					t.Fatalf("cross-site demo push %v: %d, want 403", h, resp.StatusCode)
+				}
+			}
 		})
 	}
 }
