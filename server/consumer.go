@@ -230,7 +230,7 @@ func (h *hub) requeue(ctx context.Context, user string) bool {
 			h.stats.Requeued.Add(int64(n))
 			return true
 		}
-		h.health.fail(err)
+		h.redisFailed(err)
 		if !bo.wait(ctx) {
 			return false
 		}
@@ -266,7 +266,7 @@ func (h *hub) ack(ctx context.Context, user string, n int) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	if err := h.q.Ack(actx, user); err != nil {
-		h.health.fail(err)
+		h.redisFailed(err)
 		return
 	}
 	h.stats.Delivered.Add(int64(n))
@@ -295,4 +295,15 @@ func (b *backoff) wait(ctx context.Context) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// redisFailed records a failed Redis command of a consumer as an outage,
+// unless it never left: a pool timeout says every pooled connection was
+// busy, not that Redis is down.
+func (h *hub) redisFailed(err error) {
+	if errors.Is(err, redis.ErrPoolTimeout) {
+		h.log.Debug("redis pool busy; retrying", "err", err)
+		return
+	}
+	h.health.fail(err)
 }
