@@ -11,7 +11,7 @@ import (
 // the run, the connections, the faults and when duplicates and
 // reorderings happened.
 
-var chaosTmpl = template.Must(template.New("c").Parse(`<!DOCTYPE html>
+var chaosTmpl = template.Must(template.Must(template.New("c").Parse(chartSVG)).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>redpush-bench chaos</title>
 <style>
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
@@ -30,17 +30,7 @@ text{font-size:11px;fill:#444}.legend text{font-size:12px}.fault{stroke:#d62728;
 <tr><th>left in Redis</th><td>queued {{.StillQueued}}, processing {{.StillInFlight}}</td></tr>
 <tr><th>reconnects</th><td>{{.Reconnects}}</td></tr>
 </table>{{end}}
-{{range .Charts}}
-<h2>{{.Title}}</h2>
-<svg width="{{.W}}" height="{{.H}}" viewBox="0 0 {{.W}} {{.H}}" xmlns="http://www.w3.org/2000/svg">
-{{$c := .}}{{range .YTicks}}<line class="grid" x1="{{$c.X0}}" x2="{{$c.X1}}" y1="{{.Pos}}" y2="{{.Pos}}"/><text x="{{$c.X0}}" dx="-4" y="{{.Pos}}" dy="4" text-anchor="end">{{.Label}}</text>
-{{end}}{{range .XTicks}}<line class="grid" x1="{{.Pos}}" x2="{{.Pos}}" y1="{{$c.Y0}}" y2="{{$c.Y1}}"/><text x="{{.Pos}}" y="{{$c.Y0}}" dy="14" text-anchor="middle">{{.Label}}</text>
-{{end}}<line class="axis" x1="{{.X0}}" x2="{{.X1}}" y1="{{.Y0}}" y2="{{.Y0}}"/><line class="axis" x1="{{.X0}}" x2="{{.X0}}" y1="{{.Y0}}" y2="{{.Y1}}"/>
-<text x="{{.X1}}" y="{{.H}}" dy="-2" text-anchor="end">{{.XLabel}}</text><text x="{{.X0}}" y="14" text-anchor="end">{{.YLabel}}</text>
-{{range .Series}}<path d="{{.Path}}" fill="none" style="stroke:{{.Color}}" stroke-width="1.4"/>{{end}}
-<g class="legend">{{range .Series}}<rect x="{{.LegendX}}" y="6" width="12" height="12" style="fill:{{.Color}}"/><text x="{{.LegendX}}" dx="16" y="16">{{.Name}}</text>{{end}}</g>
-</svg>
-{{end}}
+{{range .Charts}}{{template "chart" .}}{{end}}
 <h2>Faults</h2>
 <table><tr><th>s</th><th>what</th></tr>{{range .R.Events}}<tr><td>{{printf "%.1f" .At}}</td><td>{{.What}}</td></tr>{{end}}</table>
 <h2>Duplicates and reorderings, by second</h2>

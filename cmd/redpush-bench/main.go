@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -237,7 +238,7 @@ func parseIPRange(s string) ([]net.IP, error) {
 		return nil, nil
 	}
 	from, to, _ := strings.Cut(s, "-")
-	a, b := net.ParseIP(from).To4(), net.ParseIP(cmpOr(to, from)).To4()
+	a, b := net.ParseIP(from).To4(), net.ParseIP(cmp.Or(to, from)).To4()
 	if a == nil || b == nil || !a.IsLoopback() || a[0] != b[0] || a[1] != b[1] || a[2] != b[2] || a[3] > b[3] {
 		return nil, fmt.Errorf("-source-ips %q: want a loopback range like 127.0.0.2-127.0.0.40", s)
 	}
@@ -246,13 +247,6 @@ func parseIPRange(s string) ([]net.IP, error) {
 		out = append(out, net.IPv4(a[0], a[1], a[2], byte(i)))
 	}
 	return out, nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -36,7 +36,21 @@ type tick struct {
 
 // The legend's squares and lines take their colour from a style attribute:
 // a presentation attribute (fill=) would lose to the stylesheet's text rule.
-var reportTmpl = template.Must(template.New("r").Funcs(template.FuncMap{
+// chartSVG draws one chart; the run, compare and chaos pages share it.
+const chartSVG = `{{define "chart"}}
+<h2>{{.Title}}</h2>
+<svg width="{{.W}}" height="{{.H}}" viewBox="0 0 {{.W}} {{.H}}" xmlns="http://www.w3.org/2000/svg">
+{{$c := .}}{{range .YTicks}}<line class="grid" x1="{{$c.X0}}" x2="{{$c.X1}}" y1="{{.Pos}}" y2="{{.Pos}}"/><text x="{{$c.X0}}" dx="-4" y="{{.Pos}}" dy="4" text-anchor="end">{{.Label}}</text>
+{{end}}{{range .XTicks}}<line class="grid" x1="{{.Pos}}" x2="{{.Pos}}" y1="{{$c.Y0}}" y2="{{$c.Y1}}"/><text x="{{.Pos}}" y="{{$c.Y0}}" dy="14" text-anchor="middle">{{.Label}}</text>
+{{end}}<line class="axis" x1="{{.X0}}" x2="{{.X1}}" y1="{{.Y0}}" y2="{{.Y0}}"/><line class="axis" x1="{{.X0}}" x2="{{.X0}}" y1="{{.Y0}}" y2="{{.Y1}}"/>
+<text x="{{.X1}}" y="{{.H}}" dy="-2" text-anchor="end">{{.XLabel}}</text><text x="{{.X0}}" y="14" text-anchor="end">{{.YLabel}}</text>
+{{if .Empty}}<text class="empty" x="{{.X0}}" dx="12" y="{{.Y1}}" dy="40">{{.Empty}}</text>{{end}}
+{{range .Series}}<path d="{{.Path}}" fill="none" style="stroke:{{.Color}}" stroke-width="1.6"/>{{end}}
+<g class="legend">{{range .Series}}<rect x="{{.LegendX}}" y="6" width="12" height="12" style="fill:{{.Color}}"/><text x="{{.LegendX}}" dx="16" y="16">{{.Name}}</text>{{end}}</g>
+</svg>
+{{end}}`
+
+var reportTmpl = template.Must(template.Must(template.New("r").Parse(chartSVG)).Funcs(template.FuncMap{
 	"mib": mib, "kib": kib, "kibf": func(b float64) string { return kib(int64(b)) }, "rssNote": rssNote, "lat": fmtLatency, "optNum": optNum, "optRatio": optRatio,
 }).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.Title}}</title>
@@ -50,18 +64,7 @@ text{font-size:11px;fill:#444}.legend text{font-size:12px}.empty{font-size:14px;
 <h1>{{.Title}}</h1>
 {{range .Runs}}{{template "run" .}}{{end}}
 {{with .Cmp}}{{template "cmp" .}}{{end}}
-{{range .Charts}}
-<h2>{{.Title}}</h2>
-<svg width="{{.W}}" height="{{.H}}" viewBox="0 0 {{.W}} {{.H}}" xmlns="http://www.w3.org/2000/svg">
-{{$c := .}}{{range .YTicks}}<line class="grid" x1="{{$c.X0}}" x2="{{$c.X1}}" y1="{{.Pos}}" y2="{{.Pos}}"/><text x="{{$c.X0}}" dx="-4" y="{{.Pos}}" dy="4" text-anchor="end">{{.Label}}</text>
-{{end}}{{range .XTicks}}<line class="grid" x1="{{.Pos}}" x2="{{.Pos}}" y1="{{$c.Y0}}" y2="{{$c.Y1}}"/><text x="{{.Pos}}" y="{{$c.Y0}}" dy="14" text-anchor="middle">{{.Label}}</text>
-{{end}}<line class="axis" x1="{{.X0}}" x2="{{.X1}}" y1="{{.Y0}}" y2="{{.Y0}}"/><line class="axis" x1="{{.X0}}" x2="{{.X0}}" y1="{{.Y0}}" y2="{{.Y1}}"/>
-<text x="{{.X1}}" y="{{.H}}" dy="-2" text-anchor="end">{{.XLabel}}</text><text x="{{.X0}}" y="14" text-anchor="end">{{.YLabel}}</text>
-{{if .Empty}}<text class="empty" x="{{.X0}}" dx="12" y="{{.Y1}}" dy="40">{{.Empty}}</text>{{end}}
-{{range .Series}}<path d="{{.Path}}" fill="none" style="stroke:{{.Color}}" stroke-width="1.6"/>{{end}}
-<g class="legend">{{range .Series}}<rect x="{{.LegendX}}" y="6" width="12" height="12" style="fill:{{.Color}}"/><text x="{{.LegendX}}" dx="16" y="16">{{.Name}}</text>{{end}}</g>
-</svg>
-{{end}}
+{{range .Charts}}{{template "chart" .}}{{end}}
 </body></html>
 {{define "run"}}<p>{{.URL}} — {{.Users}} users × {{.ConnsPerUser}} connections, payload {{.Payload}} B, rate {{if .Rate}}{{.Rate}} msg/s{{else}}as fast as possible{{end}}{{if .Backlog}}, backlog {{.Backlog}} per user{{end}}</p>
 <table>

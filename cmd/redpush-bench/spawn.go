@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/redpush/redpush/redisq"
 )
@@ -203,7 +204,7 @@ func childArgs(args []string) []string {
 	var out []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		name, _, hasValue := cut(a, '=')
+		name, _, hasValue := strings.Cut(a, "=")
 		if drop[trimDashes(name)] {
 			if !hasValue && !isBoolFlag(trimDashes(name)) {
 				i++ // the value is the next argument
@@ -222,15 +223,6 @@ func trimDashes(s string) string {
 		s = s[1:]
 	}
 	return s
-}
-
-func cut(s string, c byte) (string, string, bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }
 
 // merge adds the children's counts, merges their latency histograms, and
