@@ -112,6 +112,10 @@ func (s *Server) demoPush(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the demo push takes requests from its own page only", http.StatusForbidden)
 		return
 	}
+	if !literalHost(r.Host) {
+		http.Error(w, "the demo push answers only at localhost or an IP address, not "+r.Host, http.StatusForbidden)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessage))
 	user, data := r.FormValue("user"), r.FormValue("data")
 	if !redisq.ValidID(user) {
@@ -125,6 +129,19 @@ func (s *Server) demoPush(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// literalHost reports that host (a Host header) names this machine by an IP
+// address or as localhost. A page of another site that rebinds its own DNS
+// name to 127.0.0.1 (DNS rebinding) is same-origin with itself, so Origin
+// alone does not stop it; its requests still carry its own name in Host.
+func literalHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	return net.ParseIP(host) != nil || host == "localhost" || strings.HasSuffix(host, ".localhost")
 }
 
 // sameOrigin refuses a request another site's page made a browser send (a

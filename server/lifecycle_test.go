@@ -187,6 +187,26 @@ func TestHTTPSide(t *testing.T) {
 					t.Fatalf("cross-site demo push %v: %d, want 403", h, resp.StatusCode)
 				}
 			}
+			// DNS rebinding: another site's name pointed at 127.0.0.1 is
+			// same-origin with itself, but its requests name it in Host.
+			// localhost and IP addresses pass.
+			for host, want := range map[string]int{"evil.example:80": 403, "localhost:1": 204, "[::1]:1": 204, "app.localhost": 204} {
+				req, _ := http.NewRequest("POST", base+"/demo/push", strings.NewReader("user=d&data=host"))
+				req.Host = host
+				req.Header.Set("Origin", "http://"+host)
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Fatalf("demo push with Host %s: %d, want %d", host, resp.StatusCode, want)
+				}
+				if want == 204 {
+					c.MustRead()
+				}
+			}
 		})
 	}
 }

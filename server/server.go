@@ -92,16 +92,27 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 
 // Run listens on Config.Addr and serves until ctx is cancelled.
 func (s *Server) Run(ctx context.Context) error {
-	ln, err := net.Listen("tcp", s.cfg.Addr)
+	ln, err := Listen(s.cfg)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrStart, err)
-	}
-	if s.cfg.TLS != nil {
-		// The TLS handshake runs on the first read, inside the handshake
-		// deadline like the HTTP one.
-		ln = tls.NewListener(ln, s.cfg.TLS)
+		return err
 	}
 	return s.Serve(ctx, ln)
+}
+
+// Listen opens the listener that Run would: Config.Addr, with Config.TLS.
+// A command listens before it starts anything else, so that a port in use
+// is its first and only complaint.
+func Listen(cfg Config) (net.Listener, error) {
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrStart, err)
+	}
+	if cfg.TLS != nil {
+		// The TLS handshake runs on the first read, inside the handshake
+		// deadline like the HTTP one.
+		ln = tls.NewListener(ln, cfg.TLS)
+	}
+	return ln, nil
 }
 
 // Serve returns this instance's leftover messages to their queues, then

@@ -31,6 +31,7 @@ type options struct {
 	certs     *server.CertFiles // loaded from tlsCert and tlsKey
 	addrGiven bool              // -addr or REDPUSH_ADDR was set
 	fromEnv   map[string]bool   // flags set by REDPUSH_* variables
+	probe     bool              // for healthcheck: the address and scheme only, no key files read
 }
 
 const (
@@ -258,6 +259,11 @@ func (o *options) embeddedNote() string {
 func (o *options) security() error {
 	c := &o.cfg
 	var err error
+	if o.probe {
+		// A probe runs every few seconds and needs only the scheme, which
+		// -tls-cert decides: it neither reads nor checks key files.
+		return nil
+	}
 	switch {
 	case o.jwtSecret != "" && o.jwtPubKey != "":
 		return errors.New("give -jwt-secret or -jwt-public-key, not both")

@@ -61,6 +61,11 @@ func run(args []string) int {
 		}
 		go servePprof(ln, log)
 	}
+	ln, err := server.Listen(o.cfg)
+	if err != nil {
+		return fail(err)
+	}
+	defer ln.Close()
 	url := o.redis
 	if url == "embedded" {
 		mr, err := miniredis.Run()
@@ -86,7 +91,7 @@ func run(args []string) int {
 	if err != nil {
 		return fail(err)
 	}
-	if err := srv.Run(ctx); err != nil {
+	if err := srv.Serve(ctx, ln); err != nil {
 		if errors.Is(err, server.ErrStart) {
 			return fail(err)
 		}

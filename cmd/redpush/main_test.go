@@ -164,6 +164,29 @@ func TestHelpListsEveryFlagWithItsDefault(t *testing.T) {
 	}
 }
 
+// A subcommand's mistake is one line naming it. The healthcheck fails with
+// 1 whatever the cause, as Docker reserves 2, and reads no key file: it
+// needs only the address and the scheme.
+func TestSubcommandErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"token", "-bogus"}, 2, "redpush token: flag provided but not defined: -bogus (see redpush token -h)"},
+		{[]string{"token", "extra"}, 2, `redpush token: unexpected argument "extra"`},
+		{[]string{"healthcheck", "-bogus"}, 1, "redpush healthcheck: flag provided but not defined: -bogus"},
+		{[]string{"healthcheck", "-addr", "127.0.0.1:1", "-jwt-public-key", "/nonexistent", "-tls-cert", "/nonexistent", "-tls-key", "/nonexistent"},
+			1, `redpush healthcheck: Get "https://127.0.0.1:1/readyz"`},
+	} {
+		code, _, stderr := runBinary(t, tc.args...)
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		if code != tc.code || len(lines) != 1 || !strings.HasPrefix(lines[0], tc.want) {
+			t.Errorf("redpush %v: exit %d, stderr %q; want %d and one line starting with %q", tc.args, code, stderr, tc.code, tc.want)
+		}
+	}
+}
+
 func TestStartErrorsAreOneLineAndExit2(t *testing.T) {
 	port := testutil.FreePort(t)
 	down := fmt.Sprintf("redis://127.0.0.1:%d", port) // nothing listens there
@@ -210,8 +233,8 @@ func TestStartErrorsAreOneLineAndExit2(t *testing.T) {
 			code, _, stderr := runBinaryEnv(t, tc.env, args...)
 			lines := strings.Split(strings.TrimSpace(stderr), "\n")
 			last := lines[len(lines)-1]
-			if code != 2 || !strings.HasPrefix(last, "redpush: ") {
-				t.Fatalf("exit %d, stderr %q; want 2 and a last line starting with \"redpush: \"", code, stderr)
+			if code != 2 || len(lines) != 1 || !strings.HasPrefix(last, "redpush: ") {
+				t.Fatalf("exit %d, stderr %q; want 2 and one line starting with \"redpush: \"", code, stderr)
 			}
 			for _, w := range tc.want {
 				if !strings.Contains(last, w) {

@@ -41,13 +41,20 @@ func tokenCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 // healthcheckCmd is `redpush healthcheck`: exit 0 when the server's /readyz
-// answers 200. The container image has no curl, so its HEALTHCHECK runs
+// answers 200, 1 otherwise (Docker reserves 2). The container image has no curl, so its HEALTHCHECK runs
 // this. It finds the server as the server itself would: from the same flags
 // and REDPUSH_* variables, or, given no flag, from the command line of the
 // process -pid (1, the server, in the container), so that a listen address
 // or TLS set on `docker run` is followed too. -url overrides all of that.
 func healthcheckCmd(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	o := &options{}
+	if code := healthcheck(args, getenv, stdout, stderr); code != 0 {
+		return 1
+	}
+	return 0
+}
+
+func healthcheck(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	o := &options{probe: true}
 	fs := flag.NewFlagSet("redpush healthcheck", flag.ContinueOnError)
 	level := defineFlags(fs, o)
 	url := fs.String("url", "", "the `URL` that must answer 200 (default: /readyz of the server the other flags describe)")
@@ -65,7 +72,7 @@ func healthcheckCmd(args []string, getenv func(string) string, stdout, stderr io
 		if serverFlags == 0 {
 			if server, ok := serverArgs(*pid); ok {
 				fs = flag.NewFlagSet("redpush", flag.ContinueOnError)
-				o = &options{}
+				o = &options{probe: true}
 				level = defineFlags(fs, o)
 				fs.SetOutput(io.Discard)
 				if err := fs.Parse(server); err != nil {
@@ -137,7 +144,7 @@ func probe(url string, stderr io.Writer) int {
 // ends here with code: 0 after -h, whose usage goes to stdout; 2 after a
 // mistake, which flag reports on stderr.
 func parseSub(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr io.Writer) (code int, done bool) {
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // its error is printed below, in one line
 	fs.Usage = func() {}
 	err := fs.Parse(args)
 	switch {
@@ -147,7 +154,7 @@ func parseSub(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr i
 		fs.PrintDefaults()
 		return 0, true
 	case err != nil:
-		fmt.Fprintf(stderr, "(see %s -h)\n", fs.Name())
+		fmt.Fprintf(stderr, "%s: %v (see %s -h)\n", fs.Name(), err, fs.Name())
 		return 2, true
 	case fs.NArg() > 0:
 		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
