@@ -68,10 +68,14 @@ chaos: deps build
 run:
 	$(GO) run ./cmd/redpush -redis embedded
 
-# Explore the pre-upgrade parsers beyond their seed corpus.
+# Explore the parsers of untrusted input beyond their seed corpora
+# (server/testdata/fuzz, run by make test), FUZZTIME each; not part of CI.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := FuzzUserFromURI FuzzReadHead FuzzHandshake FuzzFrameReader
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzReadHead -fuzztime 30s ./server
-	$(GO) test -run XXX -fuzz FuzzUserFromURI -fuzztime 30s ./server
+	@for f in $(FUZZ_TARGETS); do \
+		$(GO) test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./server || exit 1; \
+	done
 
 clean:
 	rm -f redpush redpush-bench

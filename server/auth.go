@@ -18,24 +18,28 @@ import (
 type Auth struct {
 	key     any
 	methods []string
+	leeway  time.Duration // for clock skew, on exp and nbf
 }
+
+// defaultLeeway is the clock skew forgiven on a token's exp and nbf.
+const defaultLeeway = 5 * time.Second
 
 // NewHMACAuth verifies HS256 tokens signed with secret.
 func NewHMACAuth(secret []byte) (*Auth, error) {
 	if len(secret) < 16 {
 		return nil, fmt.Errorf("%w: the JWT secret must be at least 16 bytes", ErrBadConfig)
 	}
-	return &Auth{key: secret, methods: []string{"HS256"}}, nil
+	return &Auth{key: secret, methods: []string{"HS256"}, leeway: defaultLeeway}, nil
 }
 
 // NewPublicKeyAuth verifies RS256 (RSA key) or ES256 (ECDSA P-256 key)
 // tokens against a PEM-encoded public key.
 func NewPublicKeyAuth(pem []byte) (*Auth, error) {
 	if k, err := jwt.ParseRSAPublicKeyFromPEM(pem); err == nil {
-		return &Auth{key: k, methods: []string{"RS256"}}, nil
+		return &Auth{key: k, methods: []string{"RS256"}, leeway: defaultLeeway}, nil
 	}
 	if k, err := jwt.ParseECPublicKeyFromPEM(pem); err == nil {
-		return &Auth{key: k, methods: []string{"ES256"}}, nil
+		return &Auth{key: k, methods: []string{"ES256"}, leeway: defaultLeeway}, nil
 	}
 	return nil, fmt.Errorf("%w: the public key is neither an RSA nor an ECDSA PEM key", ErrBadConfig)
 }
@@ -51,24 +55,32 @@ var (
 // not-before, checked with 5 s of leeway for clock skew; "alg: none" and any
 // algorithm but the configured one are refused.
 func (a *Auth) User(token string) (string, error) {
+	user, _, err := a.verify(token)
+	return user, err
+}
+
+// verify is User that also says until when the token is valid: its exp
+// plus the leeway, the moment a handshake with it would be refused. A
+// connection opened with it is closed then ("token expired").
+func (a *Auth) verify(token string) (user string, until time.Time, err error) {
 	if token == "" {
-		return "", errTokenMissing
+		return "", time.Time{}, errTokenMissing
 	}
 	var claims jwt.RegisteredClaims
-	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.key, nil },
-		jwt.WithValidMethods(a.methods), jwt.WithExpirationRequired(), jwt.WithLeeway(5*time.Second))
+	_, err = jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.key, nil },
+		jwt.WithValidMethods(a.methods), jwt.WithExpirationRequired(), jwt.WithLeeway(a.leeway))
 	switch {
 	case errors.Is(err, jwt.ErrTokenExpired):
-		return "", fmt.Errorf("%w: expired", errTokenInvalid)
+		return "", time.Time{}, fmt.Errorf("%w: expired", errTokenInvalid)
 	case errors.Is(err, jwt.ErrTokenNotValidYet):
-		return "", fmt.Errorf("%w: not valid yet", errTokenInvalid)
+		return "", time.Time{}, fmt.Errorf("%w: not valid yet", errTokenInvalid)
 	case err != nil:
-		return "", fmt.Errorf("%w: %s", errTokenInvalid, strings.ReplaceAll(err.Error(), "\n", " "))
+		return "", time.Time{}, fmt.Errorf("%w: %s", errTokenInvalid, strings.ReplaceAll(err.Error(), "\n", " "))
 	}
 	if !redisq.ValidID(claims.Subject) {
-		return "", errTokenSubject
+		return "", time.Time{}, errTokenSubject
 	}
-	return claims.Subject, nil
+	return claims.Subject, claims.ExpiresAt.Add(a.leeway), nil
 }
 
 // Sign issues an HS256 token for user valid for ttl: the `redpush token`

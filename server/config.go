@@ -48,6 +48,14 @@ type Config struct {
 	// batch: a connection over it for WriteTimeout, or over four times it,
 	// is closed (1008). 4 KiB to 1 GiB; default (0) 1 MiB.
 	MaxQueuedBytes int
+	// MaxConnsPerUser bounds the connections one user may hold on this
+	// process; one more gets HTTP 429 before the upgrade. 1 to 100,000;
+	// default (0) 16.
+	MaxConnsPerUser int
+	// MaxMessageRate bounds the frames a client may send per second (data
+	// frames, fragments, pings and pongs alike); past it, the connection
+	// is closed with 1008. 1 to 1,000,000; default (0) 1,000.
+	MaxMessageRate int
 	// HandshakeTimeout bounds reading the request and writing the upgrade
 	// response. 100 ms to 5 min; default (0) 5 s.
 	HandshakeTimeout time.Duration
@@ -117,6 +125,8 @@ func (c Config) Validate() error {
 		func() *ConfigError { return intRange("MaxPendingBytes", c.MaxPendingBytes, 64<<10, 64<<30) },
 		func() *ConfigError { return intRange("MaxQueuedBytes", c.MaxQueuedBytes, 4<<10, 1<<30) },
 		func() *ConfigError { return intRange("Batch", c.Batch, 1, 10_000) },
+		func() *ConfigError { return intRange("MaxConnsPerUser", c.MaxConnsPerUser, 1, 100_000) },
+		func() *ConfigError { return intRange("MaxMessageRate", c.MaxMessageRate, 1, 1_000_000) },
 		func() *ConfigError { return durRange("InstanceTTL", c.InstanceTTL, time.Second, 24*time.Hour) },
 		func() *ConfigError {
 			return durRange("HandshakeTimeout", c.HandshakeTimeout, 100*time.Millisecond, 5*time.Minute)
@@ -262,6 +272,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxMessage == 0 {
 		c.MaxMessage = 64 << 10
+	}
+	if c.MaxConnsPerUser == 0 {
+		c.MaxConnsPerUser = 16
+	}
+	if c.MaxMessageRate == 0 {
+		c.MaxMessageRate = 1000
 	}
 	def(&c.HandshakeTimeout, 5*time.Second)
 	def(&c.IdleTimeout, 60*time.Second)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -13,10 +14,11 @@ import (
 // read side; writes from any goroutine go through write, which holds wmu, so
 // one frame sequence is on the wire at a time (gobwas/ws does no locking).
 type conn struct {
-	fd   uint64 // per-process, never reused
-	user string
-	nc   net.Conn
-	sess *session
+	fd    uint64 // per-process, never reused
+	user  string
+	until time.Time // when its token expires (with leeway); zero without authentication
+	nc    net.Conn
+	sess  *session
 
 	writeTimeout time.Duration
 	maxQueued    int                    // Config.MaxQueuedBytes
@@ -26,6 +28,11 @@ type conn struct {
 	// stopBy, when not zero, is the unix-nanos deadline of a shutdown: no
 	// write may block past it, whenever it starts.
 	stopBy atomic.Int64
+
+	// gone mirrors closed for readers that do not take wmu: a consumer
+	// hands no batch to, and does not wait on, a connection that is
+	// closing but not yet unregistered (its reader may linger a second).
+	gone atomic.Bool
 
 	wmu    sync.Mutex
 	closed bool   // under wmu: the socket is closed, writes fail
@@ -71,6 +78,30 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, deadline time.Time) 
 	c.closeLocked((&closeErr{code: code, reason: reason}).String())
 }
 
+// closeLingering is closeWith for a close the reader decides, while the
+// client may still be sending: a socket closed with unread input is reset
+// by the kernel, which discards what it still had to send, the close frame
+// included, so the client would see only a reset. It half-closes instead
+// (the close frame, then FIN), reads and discards what the client still
+// sends until it closes too, linger passes or a megabyte was read, and
+// then closes. Writes fail from the start, as after closeWith.
+func (c *conn) closeLingering(code ws.StatusCode, reason string, deadline time.Time, linger time.Duration, r io.Reader) {
+	c.wmu.Lock()
+	if c.closed {
+		c.wmu.Unlock()
+		return
+	}
+	_ = c.nc.SetWriteDeadline(deadline)
+	_, _ = c.nc.Write(ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason))))
+	c.markClosedLocked((&closeErr{code: code, reason: reason}).String())
+	c.wmu.Unlock()
+	if hc, ok := c.nc.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+		_ = c.nc.SetReadDeadline(time.Now().Add(linger))
+		_, _ = io.Copy(io.Discard, io.LimitReader(r, 1<<20))
+	}
+	_ = c.nc.Close()
+}
+
 // close closes the socket without a close frame.
 func (c *conn) close() {
 	c.wmu.Lock()
@@ -83,13 +114,20 @@ func (c *conn) close() {
 // nothing.
 func (c *conn) closeLocked(why string) {
 	if !c.closed {
-		if p := c.slowWhy.Load(); p != nil {
-			why = *p
-		}
-		c.closed, c.why = true, why
+		c.markClosedLocked(why)
 		_ = c.nc.Close()
-		c.failOutbox()
 	}
+}
+
+// markClosedLocked makes every write fail from now on and keeps why; the
+// socket is the caller's to close.
+func (c *conn) markClosedLocked(why string) {
+	if p := c.slowWhy.Load(); p != nil {
+		why = *p
+	}
+	c.closed, c.why = true, why
+	c.gone.Store(true)
+	c.failOutbox()
 }
 
 // closedBecause is why the server closed the socket, "" if it did not.

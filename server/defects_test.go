@@ -56,7 +56,7 @@ func TestPanickingConsumerLeavesItsUserServable(t *testing.T) {
 // bounded by the shutdown's deadline, not by -write-timeout.
 func TestShutdownWithStalledClientsKeepsItsTimeout(t *testing.T) {
 	const timeout = 2 * time.Second
-	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, ShutdownTimeout: timeout, WriteTimeout: 10 * time.Second})
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, ShutdownTimeout: timeout, WriteTimeout: 10 * time.Second, MaxConnsPerUser: 20})
 	const users, tabs = 10, 20 // 200 clients that do not read
 	for u := range users {
 		for range tabs {

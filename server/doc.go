@@ -11,8 +11,10 @@
 // that reads the request head under the handshake deadline. A request with an
 // Upgrade header is upgraded by gobwas/ws; anything else goes to a net/http
 // server fed through an in-process listener. Before the upgrade the user id is
-// validated (400) and the user's consumer is admitted to the task pool (503
-// when full); each refusal is counted and logged at a bounded rate, and GET
+// validated (400, or 401 for a token) and the user's consumer is admitted to
+// the task pool (503 when full, 429 when the user holds
+// Config.MaxConnsPerUser connections already); each refusal is counted and
+// logged at a bounded rate, and GET
 // /check gives the same verdict without upgrading, for the demo page. After
 // the upgrade the goroutine sends the greeting ("hello;\n", or
 // {"event":"hello"} in json format), registers the connection under its
@@ -40,7 +42,13 @@
 //     Config.MaxQueuedBytes. Once a shutdown began, every write is bounded
 //     by its deadline too (conn.stop).
 //   - Partial client messages grow as their bytes arrive, and all of them
-//     together are bounded by Config.MaxPendingBytes (reader.go).
+//     together are bounded by Config.MaxPendingBytes (reader.go); a client
+//     may send Config.MaxMessageRate frames a second. A close the reader
+//     decides lingers (conn.closeLingering): FIN after the close frame, the
+//     client's further bytes read and dropped for up to a second, so that
+//     the kernel does not reset the connection over unread input and drop
+//     the close frame. A connection with a token is closed when the token
+//     expires.
 //   - The instance id is claimed in Redis for the life of Serve
 //     (redisq.Queue.Claim): a process that loses it stops serving.
 //   - A consumer ends at once after its user's last connection closed: the

@@ -14,6 +14,9 @@ var (
 	// upgraded could not be registered (close 1001 and 1011).
 	errShuttingDown    = errors.New("server is shutting down")
 	errConsumerCrashed = errors.New("internal error: reconnect")
+	// errTooManyConns is the reason for a 429 before the upgrade: the user
+	// holds Config.MaxConnsPerUser connections here already.
+	errTooManyConns = errors.New("this user has the most connections allowed (-max-conns-per-user); close one first")
 	// errBadUserID is the reason for a 400 before the upgrade.
 	errBadUserID = errors.New("user_id must be 1-128 characters of [A-Za-z0-9_.:-]")
 )

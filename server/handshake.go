@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -90,43 +92,15 @@ func hasUpgrade(head []byte) bool {
 	return false
 }
 
-// upgrade runs the gobwas/ws handshake on the buffered head. The user id is
-// checked when the request line arrives (400, before any Redis call) and the
-// user is admitted to the pool once the headers are valid (503 when full).
+// upgrade runs the gobwas/ws handshake on the buffered head and admits the
+// user to the hub.
 func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
-	var user string
+	var id identity
 	var sess *session
-	u := ws.Upgrader{
-		OnRequest: func(uri []byte) error {
-			var status int
-			var err error
-			if user, status, err = s.identify(string(uri)); err != nil {
-				s.refuse(status, err.Error(), nc.RemoteAddr())
-				return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(err.Error()+"\n"))
-			}
-			return nil
-		},
-		OnHeader: func(key, value []byte) error {
-			if strings.EqualFold(string(key), "Origin") && !s.originAllowed(string(value)) {
-				reason := originRefusal(string(value))
-				s.refuse(403, reason, nc.RemoteAddr())
-				return ws.RejectConnectionError(ws.RejectionStatus(403), ws.RejectionReason(reason+"\n"))
-			}
-			return nil
-		},
-		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			var err error
-			sess, err = s.hub.acquire(user)
-			if err != nil {
-				s.refuse(503, refusal(err), nc.RemoteAddr())
-				return nil, ws.RejectConnectionError(
-					ws.RejectionStatus(503),
-					ws.RejectionHeader(ws.HandshakeHeaderString("Retry-After: 1\r\n")),
-					ws.RejectionReason(refusal(err)+"\n"))
-			}
-			return nil, nil
-		},
-	}
+	u := s.upgrader(nc.RemoteAddr(), &id, func() (err error) {
+		sess, err = s.hub.acquire(id.user)
+		return err
+	})
 	_, err := u.Upgrade(struct {
 		io.Reader
 		io.Writer
@@ -138,8 +112,46 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &conn{fd: s.nextFD.Add(1), user: user, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
+	return &conn{fd: s.nextFD.Add(1), user: id.user, until: id.until, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
 		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m}, nil
+}
+
+// upgrader checks a handshake as it is parsed, writing into id who it is:
+// the user id (or token) when the request line arrives (400 or 401, before
+// any Redis call), the Origin among the headers (403), then admit, once the
+// headers are valid (429 when the user holds too many connections, 503 when
+// the pool is full or a shutdown began). Each refusal is counted and logged.
+func (s *Server) upgrader(remote net.Addr, id *identity, admit func() error) ws.Upgrader {
+	reject := func(status int, reason string, header ws.HandshakeHeader) error {
+		s.refuse(status, reason, remote)
+		return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionHeader(header), ws.RejectionReason(reason+"\n"))
+	}
+	return ws.Upgrader{
+		OnRequest: func(uri []byte) error {
+			var status int
+			var err error
+			if *id, status, err = s.identify(string(uri)); err != nil {
+				return reject(status, err.Error(), nil)
+			}
+			return nil
+		},
+		OnHeader: func(key, value []byte) error {
+			if strings.EqualFold(string(key), "Origin") && !s.originAllowed(string(value)) {
+				return reject(403, originRefusal(string(value)), nil)
+			}
+			return nil
+		},
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			err := admit()
+			switch {
+			case errors.Is(err, errTooManyConns):
+				return nil, reject(429, err.Error(), nil)
+			case err != nil:
+				return nil, reject(503, refusal(err), ws.HandshakeHeaderString("Retry-After: "+retryAfter()+"\r\n"))
+			}
+			return nil, nil
+		},
+	}
 }
 
 // originAllowed applies Config.AllowedOrigins to a browser's Origin.
@@ -170,7 +182,8 @@ func originRefusal(origin string) string {
 // is the Origin header, or the origin parameter: a same-origin GET carries
 // no Origin.
 func (s *Server) check(w http.ResponseWriter, r *http.Request) {
-	user, status, err := s.identify(r.URL.RequestURI())
+	id, status, err := s.identify(r.URL.RequestURI())
+	user := id.user
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		origin = r.URL.Query().Get("origin")
@@ -180,9 +193,11 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 	case origin != "" && !s.originAllowed(origin):
 		status, err = http.StatusForbidden, errors.New(originRefusal(origin))
 	default:
-		if err = s.hub.admissible(user); err != nil {
+		if err = s.hub.admissible(user); errors.Is(err, errTooManyConns) {
+			status = http.StatusTooManyRequests
+		} else if err != nil {
 			status, err = http.StatusServiceUnavailable, errors.New(refusal(err))
-			w.Header().Set("Retry-After", "1")
+			w.Header().Set("Retry-After", retryAfter())
 		}
 	}
 	if err != nil {
@@ -190,6 +205,13 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintf(w, "ok: would connect as user %s\n", user)
+}
+
+// retryAfter is the Retry-After of a 503, in seconds: 1 to 10 at random,
+// so that the clients a restart or a full pool turned away come back spread
+// over ten seconds rather than all in the same one.
+func retryAfter() string {
+	return strconv.Itoa(1 + rand.IntN(10))
 }
 
 func refusal(err error) string {
@@ -202,24 +224,29 @@ func refusal(err error) string {
 // identify returns the user a request URI names: the subject of ?token=
 // when Config.Auth is set (401 otherwise), else ?user_id= (400 when missing
 // or invalid). The original accepts any path, so does this.
-func (s *Server) identify(uri string) (user string, status int, err error) {
+func (s *Server) identify(uri string) (id identity, status int, err error) {
 	_, query, _ := strings.Cut(uri, "?")
 	vals, err := url.ParseQuery(query)
 	if err != nil {
-		return "", 400, fmt.Errorf("bad query string: %v", err)
+		return id, 400, fmt.Errorf("bad query string: %v", err)
 	}
 	if s.cfg.Auth != nil {
-		user, err := s.cfg.Auth.User(vals.Get("token"))
-		if err != nil {
-			return "", 401, err
+		if id.user, id.until, err = s.cfg.Auth.verify(vals.Get("token")); err != nil {
+			return id, 401, err
 		}
-		return user, 0, nil
+		return id, 0, nil
 	}
-	user, err = userFromQuery(vals)
-	if err != nil {
-		return "", 400, err
+	if id.user, err = userFromQuery(vals); err != nil {
+		return id, 400, err
 	}
-	return user, 0, nil
+	return id, 0, nil
+}
+
+// identity is who a handshake says it is: the user, and until when its
+// token is valid (zero without authentication).
+type identity struct {
+	user  string
+	until time.Time
 }
 
 func userFromQuery(vals url.Values) (string, error) {
@@ -253,6 +280,14 @@ func (s *Server) serveConn(c *conn) {
 		return
 	}
 	s.log.Debug("client open", "fd", c.fd, "user", c.user, "remote", c.nc.RemoteAddr())
+	if !c.until.IsZero() {
+		// The token stops being valid while the connection is open: the
+		// connection ends with it, as a new handshake would be refused.
+		expire := time.AfterFunc(time.Until(c.until), func() {
+			c.closeWith(ws.StatusPolicyViolation, "token expired", time.Now().Add(time.Second))
+		})
+		defer expire.Stop()
+	}
 	err := s.readLoop(c, bufio.NewReaderSize(c.nc, 256))
 	s.hub.release(c.sess, c)
 	c.close()

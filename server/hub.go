@@ -24,6 +24,8 @@ type hub struct {
 	m      *metrics
 	relay  *relay // nil in unit benchmarks
 
+	maxPerUser int // Config.MaxConnsPerUser; 0: unbounded (unit benchmarks)
+
 	mu      sync.Mutex
 	users   map[string]*session
 	conns   map[uint64]*conn
@@ -66,7 +68,8 @@ func newHub(pool *taskpool.Pool, q *redisq.Queue, enc encoder, log *slog.Logger)
 
 // acquire admits one more connection of user, starting the user's consumer
 // if it has none. It fails with taskpool.ErrFull when the pool has no worker
-// for a new user; users already online are never refused.
+// for a new user (users already online are never refused for that), and
+// with errTooManyConns when the user holds maxPerUser connections.
 func (h *hub) acquire(user string) (*session, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -74,6 +77,9 @@ func (h *hub) acquire(user string) (*session, error) {
 		return nil, taskpool.ErrClosed
 	}
 	s := h.users[user]
+	if s != nil && h.maxPerUser > 0 && s.refs >= h.maxPerUser {
+		return nil, errTooManyConns
+	}
 	if s == nil {
 		s = &session{user: user, wake: make(chan struct{}, 1), done: make(chan struct{})}
 		if err := h.pool.Submit(func(ctx context.Context) { h.consume(ctx, s) }); err != nil {
@@ -96,6 +102,8 @@ func (h *hub) admissible(user string) error {
 	switch {
 	case h.closing:
 		return taskpool.ErrClosed
+	case h.users[user] != nil && h.maxPerUser > 0 && h.users[user].refs >= h.maxPerUser:
+		return errTooManyConns
 	case h.users[user] != nil:
 		return nil
 	case h.pool.Running() >= h.pool.Cap():
@@ -184,7 +192,18 @@ func (s *session) notify() {
 func (h *hub) connsOf(s *session) []*conn {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return slices.Clone(s.conns)
+	open := make([]*conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		if !c.gone.Load() {
+			open = append(open, c)
+		}
+	}
+	return open
+}
+
+// online reports whether s has an open connection. Called with h.mu held.
+func (s *session) online() bool {
+	return slices.ContainsFunc(s.conns, func(c *conn) bool { return !c.gone.Load() })
 }
 
 // waitOnline blocks until s has an open connection (true) or must end:
@@ -194,7 +213,7 @@ func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 	for {
 		h.mu.Lock()
 		switch {
-		case ctx.Err() == nil && len(s.conns) > 0:
+		case ctx.Err() == nil && s.online():
 			h.mu.Unlock()
 			return true
 		case ctx.Err() != nil || s.refs == 0:

@@ -90,9 +90,9 @@ func (s *Server) metricsHandler() http.Handler {
 		func() float64 { return float64(s.hub.stats.Requeued.Load()) })
 	for status, c := range map[string]func() int64{
 		"400": s.stats.refused400.Load, "401": s.stats.refused401.Load,
-		"403": s.stats.refused403.Load, "503": s.stats.refused503.Load,
+		"403": s.stats.refused403.Load, "429": s.stats.refused429.Load, "503": s.stats.refused503.Load,
 	} {
-		counter("handshakes_refused_total", "WebSocket handshakes refused, by HTTP status (503: pool full).",
+		counter("handshakes_refused_total", "WebSocket handshakes refused, by HTTP status (429: too many connections of one user; 503: pool full or shutting down).",
 			prometheus.Labels{"status": status}, func() float64 { return float64(c()) })
 	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})

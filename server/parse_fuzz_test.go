@@ -8,20 +8,21 @@ import (
 	"github.com/redpush/redpush/redisq"
 )
 
-// The parsers that see untrusted bytes before the upgrade. `go test` runs
-// the seeds; `go test -fuzz FuzzUserFromURI ./server` explores further.
+// The parsers that see untrusted bytes: the query, the request head, the
+// whole handshake and the frame reader. `go test` runs the seeds (f.Add and
+// testdata/fuzz); `make fuzz` explores each for 60 s.
 
 func FuzzUserFromURI(f *testing.F) {
 	for _, s := range []string{"/?user_id=42", "?user_id=a.b", "/x/y?user_id=1&user_id=2", "/", "/?user_id=%zz", "/?user_id=%7B%7D", "/?a=b&user_id=" + strings.Repeat("9", 128)} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, uri string) {
-		user, status, err := (&Server{}).identify(uri)
+		id, status, err := (&Server{}).identify(uri)
 		if err != nil && status != 400 {
 			t.Fatalf("status %d for %q", status, uri)
 		}
-		if err == nil && !redisq.ValidID(user) {
-			t.Fatalf("accepted invalid user id %q from %q", user, uri)
+		if err == nil && !redisq.ValidID(id.user) {
+			t.Fatalf("accepted invalid user id %q from %q", id.user, uri)
 		}
 		if err != nil && strings.Contains(err.Error(), "\n") {
 			t.Fatalf("multi-line reason %q", err)

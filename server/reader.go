@@ -41,7 +41,8 @@ func (e *closeErr) String() string {
 // stays silent, and enforces RFC 6455 and the message size limit: gobwas/ws
 // neither checks nor unmasks what ws.ReadHeader returns.
 func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
-	r := frameReader{c: c, br: br, max: s.cfg.MaxMessage, idle: s.cfg.IdleTimeout, reply: s.greet.reply, budget: &s.partial}
+	r := frameReader{c: c, br: br, max: s.cfg.MaxMessage, idle: s.cfg.IdleTimeout, reply: s.greet.reply, budget: &s.partial,
+		rate: frameRate{max: s.cfg.MaxMessageRate}}
 	err := r.run()
 	r.budget.release(len(r.msg))
 	var ce *closeErr
@@ -50,7 +51,7 @@ func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
 		if ce.byPeer {
 			reason = "" // echo the client's code (§5.5.1), not its words
 		}
-		c.closeWith(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
+		c.closeLingering(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)), time.Second, br)
 	}
 	return err
 }
@@ -66,6 +67,27 @@ type frameReader struct {
 	op    ws.OpCode // its opcode (text or binary)
 
 	budget *partialBudget
+	rate   frameRate
+}
+
+// frameRate bounds the frames a client sends per second
+// (Config.MaxMessageRate), in fixed one-second windows: each frame costs the
+// server a read and most an answer, so a client sending a million tiny ones
+// is closed rather than served.
+type frameRate struct {
+	max    int
+	window time.Time // start of the current second
+	n      int       // frames in it
+}
+
+// allow counts one frame read at now and reports whether it is within the
+// bound.
+func (f *frameRate) allow(now time.Time) bool {
+	if now.Sub(f.window) >= time.Second {
+		f.window, f.n = now, 0
+	}
+	f.n++
+	return f.n <= f.max
 }
 
 // partialBudget bounds the bytes that all connections' partial messages
@@ -133,8 +155,16 @@ func (r *frameReader) awaitFrame() error {
 
 func (r *frameReader) readFrame() error {
 	h, err := ws.ReadHeader(r.br)
+	if errors.Is(err, ws.ErrHeaderLengthMSB) {
+		// A 64-bit length with its top bit set (2^63 and more): RFC 6455
+		// §5.2 forbids it. Lengths below that but over the limit get 1009.
+		return &closeErr{code: ws.StatusProtocolError, reason: err.Error()}
+	}
 	if err != nil {
 		return err
+	}
+	if !r.rate.allow(time.Now()) {
+		return &closeErr{code: ws.StatusPolicyViolation, reason: "too many frames per second (-max-message-rate)"}
 	}
 	if err := ws.CheckHeader(h, r.state); err != nil {
 		return &closeErr{code: ws.StatusProtocolError, reason: err.Error()}

@@ -47,7 +47,7 @@ const DemoUser = "42"
 
 // counters count refused handshakes by HTTP status.
 type counters struct {
-	refused400, refused401, refused403, refused503 atomic.Int64
+	refused400, refused401, refused403, refused429, refused503 atomic.Int64
 }
 
 func (c *counters) refused(status int) {
@@ -58,6 +58,8 @@ func (c *counters) refused(status int) {
 		c.refused401.Add(1)
 	case 403:
 		c.refused403.Add(1)
+	case 429:
+		c.refused429.Add(1)
 	case 503:
 		c.refused503.Add(1)
 	}
@@ -87,6 +89,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
 	s.hub = newHub(s.pool, q, encoder{format: cfg.Format}, s.log)
+	s.hub.maxPerUser = cfg.MaxConnsPerUser
 	return s, nil
 }
 
@@ -315,7 +318,8 @@ type Snapshot struct {
 	Users, Conns, Consumers int
 	Delivered, Requeued     int64
 	Refused400, Refused401  int64
-	Refused403, Refused503  int64
+	Refused403, Refused429  int64
+	Refused503              int64
 	RedisDown               bool
 }
 
@@ -326,7 +330,8 @@ func (s *Server) Snapshot() Snapshot {
 		Users: users, Conns: conns, Consumers: int(s.hub.consumers.Load()),
 		Delivered: s.hub.stats.Delivered.Load(), Requeued: s.hub.stats.Requeued.Load(),
 		Refused400: s.stats.refused400.Load(), Refused401: s.stats.refused401.Load(),
-		Refused403: s.stats.refused403.Load(), Refused503: s.stats.refused503.Load(),
-		RedisDown: s.hub.health.down.Load(),
+		Refused403: s.stats.refused403.Load(), Refused429: s.stats.refused429.Load(),
+		Refused503: s.stats.refused503.Load(),
+		RedisDown:  s.hub.health.down.Load(),
 	}
 }

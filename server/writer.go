@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -120,10 +121,16 @@ func (c *conn) send(t *ticket) {
 }
 
 // tooSlow says why the outbox of c is over its bound for good, or "".
-// Called with c.out.mu held.
+// The bound applies to what is queued beyond the first batch: one batch of
+// any size may wait (besides the one being written). Called with c.out.mu
+// held.
 func (c *conn) tooSlow() string {
 	o := &c.out
-	if len(o.queue) <= 1 || o.bytes <= c.maxQueued {
+	beyond := 0
+	if len(o.queue) > 1 {
+		beyond = o.bytes - len(*o.queue[0].buf)
+	}
+	if beyond <= c.maxQueued {
 		o.overSince = time.Time{}
 		return ""
 	}
@@ -132,7 +139,7 @@ func (c *conn) tooSlow() string {
 		o.overSince = now
 	}
 	switch {
-	case o.bytes > 4*c.maxQueued:
+	case beyond > 4*c.maxQueued:
 		return "client too slow: outbox over 4 × -max-queued-bytes"
 	case now.Sub(o.overSince) > c.writeTimeout:
 		return "client too slow: outbox over -max-queued-bytes for -write-timeout"
@@ -158,9 +165,12 @@ func (c *conn) drain() {
 		o.mu.Unlock()
 
 		n, err := c.writeBatch(batch)
+		// A connection closed before its turn did not try: its user
+		// closing a tab is no failed delivery of the batch.
+		tried := !errors.Is(err, ErrConnClosed)
 		for _, t := range batch {
 			l := int64(len(*t.buf))
-			t.finish(true, err == nil || n >= l)
+			t.finish(tried, err == nil || n >= l)
 			n -= l
 		}
 		clear(batch)

@@ -29,8 +29,9 @@ func batchOf(n int, v byte) *ticket {
 	return newTicket(&b, 1, time.Now(), newMetrics())
 }
 
-// One batch of any size may wait beyond the one being written; past four
-// times the bound the connection is closed, failing what it held.
+// One batch of any size may wait beyond the one being written, and is no
+// part of the bound; past four times the bound beyond it the connection is
+// closed, failing what it held.
 func TestOutboxBoundsWhatWaitsBeyondOneBatch(t *testing.T) {
 	c, client := newPipeConn(t, 100)
 	first := batch(60)
@@ -42,10 +43,13 @@ func TestOutboxBoundsWhatWaitsBeyondOneBatch(t *testing.T) {
 		t.Fatal("a single batch over the bound closed the connection")
 	}
 	var rest []*ticket
-	for range 4 { // 1000 + 4×60 bytes > 4 × 100: closed
+	for i := range 7 { // the 1000 waits; 7 × 60 bytes beyond it > 4 × 100: closed
 		b := batch(60)
 		rest = append(rest, b)
 		c.send(b)
+		if i < 6 && closed(c) {
+			t.Fatalf("closed with %d bytes beyond the first batch, within 4 × the bound", (i+1)*60)
+		}
 	}
 	if !closed(c) {
 		t.Fatal("the outbox is over 4 × the bound and the connection is open")

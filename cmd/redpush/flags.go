@@ -51,6 +51,8 @@ func defineFlags(fs *flag.FlagSet, o *options) *string {
 	durationVar(fs, &c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this `duration`: 1s to 24h; 0 means the default")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client frame or message in bytes, larger is closed with 1009: 16 to 67108864; 0 means the default")
 	fs.IntVar(&c.MaxQueuedBytes, "max-queued-bytes", 1<<20, "bytes that may wait for one client beyond its first batch; a client over it for -write-timeout, or over 4 times it, is closed with 1008: 4096 to 1073741824; 0 means the default")
+	fs.IntVar(&c.MaxConnsPerUser, "max-conns-per-user", 16, "connections one user may hold on this process; one more gets HTTP 429: 1 to 100000; 0 means the default")
+	fs.IntVar(&c.MaxMessageRate, "max-message-rate", 1000, "frames a client may send per second (messages, fragments, pings); past it the client is closed with 1008: 1 to 1000000; 0 means the default")
 	fs.Int64Var(&c.MaxPendingBytes, "max-pending-bytes", 256<<20, "bytes the partial messages of all clients may hold together; the client past it is closed with 1008: 65536 to 68719476736; 0 means the default")
 	durationVar(fs, &c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "`duration` to read the request and upgrade: 100ms to 5m; 0 means the default")
 	durationVar(fs, &c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half this `duration`, closed after all of it: 100ms to 24h; 0 means the default")
@@ -143,6 +145,7 @@ func (o *options) checkAddrs() error {
 var flagOf = map[string]string{
 	"Addr": "addr", "Workers": "workers", "KeyPattern": "key-pattern", "Format": "format",
 	"Instance": "instance", "InstanceTTL": "instance-ttl", "MaxMessage": "max-message", "MaxPendingBytes": "max-pending-bytes", "MaxQueuedBytes": "max-queued-bytes",
+	"MaxConnsPerUser": "max-conns-per-user", "MaxMessageRate": "max-message-rate",
 	"HandshakeTimeout": "handshake-timeout", "IdleTimeout": "idle-timeout",
 	"WriteTimeout": "write-timeout", "ShutdownTimeout": "shutdown-timeout",
 	"AllowedOrigins": "allowed-origins",
