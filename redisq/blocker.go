@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -42,6 +43,9 @@ func (q *Queue) Blocker() *Blocker { return &Blocker{q: q} }
 // followed by AckPop, Ack or Requeue. A burst that follows is better taken
 // with AckPop, in batches.
 func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
+	if err := b.q.guard(); err != nil {
+		return nil, err
+	}
 	if !b.q.noWake.Load() {
 		cn, err := b.conn(ctx, user)
 		if err == nil {
@@ -59,18 +63,30 @@ func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
 			}
 			return msgs, err
 		}
-		if !b.q.noWake.Load() {
-			return nil, err
+		if !b.q.noWake.Load() && !errors.Is(err, errIDRefused) {
+			return nil, err // Redis unreachable: an outage
 		}
 	}
 	return b.q.blockPop(ctx, b.q.blocking, b.q.round, user)
 }
+
+// errIDRefused: Redis refused CLIENT ID lately; Pop blocks in short rounds.
+var errIDRefused = errors.New("redisq: CLIENT ID refused")
+
+// refuseAgainAfter is how long consumers block in short rounds, without
+// asking, after Redis refused CLIENT ID (an ACL without it, a password
+// being rotated): asking at every round would double an idle user's
+// commands.
+var refuseAgainAfter = 30 * time.Second
 
 func (b *Blocker) conn(ctx context.Context, user string) (*redis.Conn, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.cn != nil {
 		return b.cn, nil
+	}
+	if time.Now().UnixNano() < b.q.refusedID.Load() {
+		return nil, errIDRefused
 	}
 	blocking, cmd, err := b.q.servers(ctx, b.q.Key(user))
 	if err != nil {
@@ -80,15 +96,24 @@ func (b *Blocker) conn(ctx context.Context, user string) (*redis.Conn, error) {
 	id, err := cn.ClientID(ctx).Result()
 	if err != nil {
 		_ = cn.Close()
-		if isUnknownCommand(err) {
+		var rerr redis.Error
+		switch {
+		case isUnknownCommand(err):
 			// The server has no CLIENT ID (the embedded quick-start Redis):
-			// fall back to short rounds for every consumer, for good. Any
-			// other refusal (NOPERM or WRONGPASS while a password rotates)
-			// may pass: the next Pop asks again.
+			// fall back to short rounds for every consumer, for good.
 			b.q.noWake.Store(true)
 			b.q.noWakeLog.Do(func() {
 				b.q.log.Warn("Redis has no CLIENT ID: consumers block in 1 s rounds and notice a user's departure up to a round late", "err", err)
 			})
+		case errors.As(err, &rerr):
+			// Refused (NOPERM, or WRONGPASS while a password rotates): it
+			// may pass. Short rounds meanwhile; ask again later.
+			now := time.Now()
+			b.q.refusedID.Store(now.Add(refuseAgainAfter).UnixNano())
+			if last := b.q.refusedLog.Load(); now.UnixNano()-last >= int64(time.Minute) && b.q.refusedLog.CompareAndSwap(last, now.UnixNano()) {
+				b.q.log.Warn("Redis refused CLIENT ID: consumers block in 1 s rounds, and ask again in 30 s", "err", err)
+			}
+			return nil, fmt.Errorf("%w: %w", errIDRefused, err)
 		}
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -42,10 +43,28 @@ return 0
 `)
 
 // Claim is this process's hold on its instance id.
+//
+// While it is held, the Queue's commands that change this instance's
+// processing lists (AckPop, Ack, Requeue, RequeueFailed, Blocker.Pop) run;
+// once the last renewal that succeeded is older than ClaimTTL − ClaimEvery
+// they fail with ErrClaimLapsed instead, until a renewal succeeds again. A
+// process that stalled (a pause, a partition from Redis) does not resume
+// touching lists that a successor with the same id may own by then. The
+// margin (ClaimEvery) covers a renewal's own delay; a stall between that
+// check and the command reaching Redis is not covered, so a process should
+// not be paused for a second in the middle of a command.
 type Claim struct {
 	q     *Queue
 	token string
+	until atomic.Int64 // unix nanos: held until then, by the last renewal
 }
+
+// Held reports whether the last renewal is recent enough that no other
+// process can have taken the id.
+func (c *Claim) Held() bool { return time.Now().UnixNano() < c.until.Load() }
+
+// renewed records a successful claim or renewal sent at sent.
+func (c *Claim) renewed(sent time.Time) { c.until.Store(sent.Add(ClaimTTL - ClaimEvery).UnixNano()) }
 
 // Claim takes the instance id for this process. If another process holds
 // it, Claim waits up to ClaimTTL (and a little) for a claim that is not
@@ -58,11 +77,14 @@ func (q *Queue) Claim(ctx context.Context) (*Claim, error) {
 	c := &Claim{q: q, token: hex.EncodeToString(b[:])}
 	deadline := time.Now().Add(ClaimTTL + ClaimEvery)
 	for {
+		sent := time.Now()
 		ok, err := q.cmd.SetNX(ctx, claimKey(q.instance), c.token, ClaimTTL).Result()
 		if err != nil {
 			return nil, err
 		}
 		if ok {
+			c.renewed(sent)
+			q.claim.Store(c)
 			return c, nil
 		}
 		if time.Now().After(deadline) {
@@ -82,12 +104,17 @@ func (q *Queue) Claim(ctx context.Context) (*Claim, error) {
 // ErrInstanceLost when another process holds the id now; any other error
 // is Redis's, and the caller retries.
 func (c *Claim) Renew(ctx context.Context) error {
+	sent := time.Now()
 	n, err := renewClaim.Run(ctx, c.q.cmd, []string{claimKey(c.q.instance)}, c.token, ClaimTTL.Milliseconds()).Int()
 	if err != nil {
 		return err
 	}
 	if n == 0 {
+		c.until.Store(0) // for good: the lists are the other process's now
 		return fmt.Errorf("%w: %q", ErrInstanceLost, c.q.instance)
+	}
+	if c.until.Load() != 0 {
+		c.renewed(sent)
 	}
 	return nil
 }

@@ -13,7 +13,10 @@ import (
 // {Q}:failures: the consumer pops one message at a time once the count
 // reaches IsolateAfter (so the culprit goes alone), and at DeadAfter the
 // message moves to the dead-letter list {Q}:dead, beside the queue in the
-// same cluster slot, instead of back to the queue. A delivered batch resets
+// same cluster slot, instead of back to the queue — only ever a message
+// that went alone. The count is shared by every instance serving the queue;
+// a failure is a delivery that every connection of the user failed to
+// write (a connection closed before its turn does not count). A delivered batch resets
 // the count (ClearFailures). Requeues for other reasons — shutdown, Redis
 // errors — are not failures of the message and are not counted.
 
@@ -31,13 +34,16 @@ func (q *Queue) DeadKey(user string) string { return "{" + q.Key(user) + "}:dead
 
 // requeueFailed counts one failure of the processing list KEYS[1] of queue
 // KEYS[2] in KEYS[3] and returns it to the queue, or, at ARGV[1] failures,
-// moves it to the dead-letter list KEYS[4] and resets the count. It
+// moves it to the dead-letter list KEYS[4] and resets the count, but only
+// when it holds one message: a batch is never condemned whole, whatever the
+// count (another instance's failures, or a count read late), it goes back
+// and the consumer, seeing the count, pops one message at a time. It
 // returns {moved, failures, dead (0 or 1)}.
 var requeueFailed = redis.NewScript(`
 local f = redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], 86400)
 local dest, dead = KEYS[2], 0
-if f >= tonumber(ARGV[1]) then
+if f >= tonumber(ARGV[1]) and redis.call('LLEN', KEYS[1]) == 1 then
   dest, dead = KEYS[4], 1
   redis.call('DEL', KEYS[3])
 end
@@ -54,6 +60,9 @@ return {n, f, dead}
 // the failure, and returns how many messages it moved, the count so far,
 // and whether they went to the dead-letter list instead of the queue.
 func (q *Queue) RequeueFailed(ctx context.Context, user string) (moved, failures int, dead bool, err error) {
+	if err := q.guard(); err != nil {
+		return 0, 0, false, err
+	}
 	keys := []string{q.ProcessingKey(user), q.Key(user), q.failuresKey(user), q.DeadKey(user)}
 	r, err := requeueFailed.Run(ctx, q.cmd, keys, DeadAfter).Int64Slice()
 	if err != nil || len(r) != 3 {
@@ -75,10 +84,4 @@ func (q *Queue) Failures(ctx context.Context, user string) (int, error) {
 // ClearFailures resets the count after a delivery.
 func (q *Queue) ClearFailures(ctx context.Context, user string) error {
 	return q.cmd.Del(ctx, q.failuresKey(user)).Err()
-}
-
-// AckPopOne is AckPop with a batch of one message: a consumer isolating a
-// message that keeps failing.
-func (q *Queue) AckPopOne(ctx context.Context, user string) ([]string, error) {
-	return q.ackPop(ctx, user, 1)
 }

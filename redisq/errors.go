@@ -22,6 +22,11 @@ var (
 	// ErrInstanceLost is returned by Claim.Renew when another process took
 	// the instance id: this one must stop serving.
 	ErrInstanceLost = errors.New("redisq: instance id taken over by another process")
+	// ErrClaimLapsed is returned by the commands that change processing
+	// lists while this process cannot be sure it still holds its instance
+	// id (Claim.Held): its last renewal is too old. They change nothing;
+	// the caller retries, and stops once the claim is lost.
+	ErrClaimLapsed = errors.New("redisq: instance id claim not renewed in time; not touching in-flight messages")
 	// ErrUnreachable is returned by Dial when Redis does not answer PING.
 	ErrUnreachable = errors.New("redisq: redis unreachable")
 )

@@ -1,9 +1,11 @@
 package redisq
 
-import "context"
+import "time"
 
-// AckPopToken is ackPop with a chosen token, so that a test can replay a
-// call as go-redis does when it retries one.
-func (q *Queue) AckPopToken(ctx context.Context, user string, n int, token uint64) ([]string, error) {
-	return q.ackPopToken(ctx, user, n, token)
+// SetRefuseAgainAfter shortens how long a refused CLIENT ID is not asked
+// again, for a test; it returns the function that restores it.
+func SetRefuseAgainAfter(d time.Duration) (restore func()) {
+	old := refuseAgainAfter
+	refuseAgainAfter = d
+	return func() { refuseAgainAfter = old }
 }

@@ -42,19 +42,33 @@ type Config struct {
 
 // Queue gives access to the per-user queues and their processing lists.
 type Queue struct {
-	blocking  redis.UniversalClient // BLMOVE only; one connection per blocked consumer
-	cmd       redis.UniversalClient // everything that does not block
-	prefix    string                // KeyPattern before %s
-	suffix    string                // KeyPattern after %s
-	procTail  string                // "}:processing:<instance>"
-	instance  string
-	batch     int
-	round     time.Duration
-	wakeRound time.Duration
-	noWake    atomic.Bool // the server has no CLIENT ID / CLIENT UNBLOCK
-	noWakeLog sync.Once
-	log       *slog.Logger
-	token     atomic.Uint64 // the last ackPop token; starts at random
+	blocking   redis.UniversalClient // BLMOVE only; one connection per blocked consumer
+	cmd        redis.UniversalClient // everything that does not block
+	prefix     string                // KeyPattern before %s
+	suffix     string                // KeyPattern after %s
+	procTail   string                // "}:processing:<instance>"
+	instance   string
+	batch      int
+	round      time.Duration
+	wakeRound  time.Duration
+	noWake     atomic.Bool // the server has no CLIENT ID / CLIENT UNBLOCK
+	noWakeLog  sync.Once
+	log        *slog.Logger
+	token      atomic.Uint64         // the last ackPop token; starts at random
+	claim      atomic.Pointer[Claim] // set by Claim: guards the processing lists
+	refusedID  atomic.Int64          // unix nanos until which CLIENT ID is not asked again (refused)
+	refusedLog atomic.Int64          // unix nanos of the last "CLIENT ID refused" line
+}
+
+// guard fails with ErrClaimLapsed when this process claimed its instance
+// id and cannot be sure it still holds it: a process that stalled (a
+// pause, a partition) past ClaimTTL may have been replaced by another with
+// the same id, whose processing lists are the same keys.
+func (q *Queue) guard() error {
+	if c := q.claim.Load(); c != nil && !c.Held() {
+		return ErrClaimLapsed
+	}
+	return nil
 }
 
 // ackPop drops the processing list KEYS[2] (the previous batch was
@@ -215,10 +229,25 @@ func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {
 }
 
 func (q *Queue) ackPop(ctx context.Context, user string, n int) ([]string, error) {
-	return q.ackPopToken(ctx, user, n, q.token.Add(1))
+	return q.AckPopToken(ctx, user, n, q.NewToken())
 }
 
-func (q *Queue) ackPopToken(ctx context.Context, user string, n int, token uint64) ([]string, error) {
+// BatchSize is the most messages AckPop moves (Config.Batch).
+func (q *Queue) BatchSize() int { return q.batch }
+
+// NewToken is the token of a new AckPopToken call.
+func (q *Queue) NewToken() uint64 { return q.token.Add(1) }
+
+// AckPopToken is AckPop of up to n messages with the caller's token. A
+// call that failed with an unknown outcome may be repeated with the same
+// token: if the first one ran, the repeat returns the batch it popped
+// instead of acknowledging that batch unseen. go-redis returns the error of
+// its last attempt, so a redis.ErrPoolTimeout does not prove that an
+// earlier attempt of the same call did not run: repeat it with its token.
+func (q *Queue) AckPopToken(ctx context.Context, user string, n int, token uint64) ([]string, error) {
+	if err := q.guard(); err != nil {
+		return nil, err
+	}
 	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user)}
 	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token).StringSlice()
 	if errors.Is(err, redis.Nil) {
@@ -268,6 +297,9 @@ func (q *Queue) Ack(ctx context.Context, user string) error {
 // the end of the queue that is read next, in its original order, and reports
 // how many messages it moved.
 func (q *Queue) Requeue(ctx context.Context, user string) (int, error) {
+	if err := q.guard(); err != nil {
+		return 0, err
+	}
 	return q.requeueKey(ctx, q.ProcessingKey(user))
 }
 

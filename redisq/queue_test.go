@@ -350,11 +350,30 @@ func TestBlockerWakeSurvivesARefusedClientID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	q, _ := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "i1", WakeRound: 30 * time.Second})
+	const round = 200 * time.Millisecond
+	defer redisq.SetRefuseAgainAfter(time.Second)()
+	q, _ := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "i1", Round: round, WakeRound: 30 * time.Second})
 	b := q.Blocker()
 	defer b.Close()
-	if _, err := b.Pop(ctx, "w"); err == nil || !strings.Contains(err.Error(), "NOPERM") {
-		t.Fatalf("Pop with CLIENT refused = %v; want the NOPERM error", err)
+	// Refused, Pop blocks in short rounds on the shared connections: it
+	// neither fails (the consumer would count an outage, requeue and retry
+	// at once, forever) nor asks CLIENT ID again before a second passed.
+	admin.LPush(ctx, q.Key("w"), "m")
+	if msgs, err := b.Pop(ctx, "w"); err != nil || len(msgs) != 1 {
+		t.Fatalf("Pop with CLIENT refused = %v, %v; want the message by the short-round fallback", msgs, err)
+	}
+	if err := q.Ack(ctx, "w"); err != nil {
+		t.Fatal(err)
+	}
+	start, pops := time.Now(), 0
+	for time.Since(start) < 600*time.Millisecond {
+		if _, err := b.Pop(ctx, "w"); err != nil {
+			t.Fatalf("idle Pop with CLIENT refused: %v", err)
+		}
+		pops++
+	}
+	if want := int(600*time.Millisecond/round) + 1; pops > want {
+		t.Fatalf("%d idle Pops in 600 ms, want at most %d: rounds are not blocking", pops, want)
 	}
 	if err := admin.Do(ctx, "ACL", "SETUSER", "rot", "+client").Err(); err != nil {
 		t.Fatal(err)

@@ -47,6 +47,10 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	var bo backoff
 	pending := 0 // delivered, not yet acknowledged: the processing list
 	more := true // the queue may hold messages: pop without blocking
+	// token is the AckPop token to send again: its call timed out waiting
+	// for a pooled connection, which does not prove that an earlier
+	// attempt of go-redis's did not run (redisq.Queue.AckPopToken).
+	var token uint64
 	// failures counts the queue's consecutive failed deliveries (redisq's
 	// dead-letter rule): past IsolateAfter, messages go one at a time.
 	failures, _ := h.q.Failures(ctx, s.user)
@@ -65,29 +69,34 @@ func (h *hub) consume(ctx context.Context, s *session) {
 			// The ack must not be cut short by a shutdown: the batch it
 			// acknowledges was written, and requeueing it would send it
 			// twice. Its duration is bounded by the client's timeouts.
-			pop := h.q.AckPop
+			n := h.q.BatchSize()
 			if failures >= redisq.IsolateAfter {
-				pop = h.q.AckPopOne
+				n = 1 // the message that keeps failing goes alone
 			}
-			msgs, err = pop(context.WithoutCancel(ctx), s.user)
+			if token == 0 {
+				token = h.q.NewToken()
+			}
+			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, n, token)
 		} else { // nothing pending: the AckPop that found the queue empty acked it
 			msgs, err = b.Pop(ctx, s.user)
 		}
 		if err != nil && errors.Is(err, redis.ErrPoolTimeout) {
-			// Every pooled connection was busy: the command was never
-			// sent, nothing was acked or popped. Retry it as it was; Redis
-			// itself is fine.
+			// Every pooled connection was busy. Send the same call again,
+			// with the same token: Redis itself is fine.
 			h.log.Debug("redis pool busy; retrying", "user", s.user)
 			if !bo.wait(ctx) {
 				break
 			}
 			continue
 		}
+		token = 0
 		if err != nil {
 			switch {
 			case ctx.Err() != nil:
 			case errors.Is(err, redisq.ErrSlotMoved):
 				h.log.Debug("cluster slot moved", "user", s.user, "err", err)
+			case errors.Is(err, redisq.ErrClaimLapsed):
+				h.log.Debug("instance id claim not renewed in time; waiting", "user", s.user)
 			default:
 				h.health.fail(err)
 			}
@@ -299,11 +308,15 @@ func (b *backoff) wait(ctx context.Context) bool {
 
 // redisFailed records a failed Redis command of a consumer as an outage,
 // unless it never left: a pool timeout says every pooled connection was
-// busy, not that Redis is down.
+// busy, and a lapsed claim that this process must not touch its lists
+// until it renewed the claim, not that Redis is down.
 func (h *hub) redisFailed(err error) {
-	if errors.Is(err, redis.ErrPoolTimeout) {
+	switch {
+	case errors.Is(err, redis.ErrPoolTimeout):
 		h.log.Debug("redis pool busy; retrying", "err", err)
-		return
+	case errors.Is(err, redisq.ErrClaimLapsed):
+		h.log.Debug("instance id claim not renewed in time; waiting", "err", err)
+	default:
+		h.health.fail(err)
 	}
-	h.health.fail(err)
 }

@@ -49,6 +49,13 @@ func startGatewayAt(t *testing.T, url string, rc redis.UniversalClient, cfg serv
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = clients.Close() })
+	return startGatewayOn(t, clients, rc, cfg)
+}
+
+// startGatewayOn starts a gateway over clients, e.g. with a go-redis hook
+// that injects a fault.
+func startGatewayOn(t *testing.T, clients *redisq.Clients, rc redis.UniversalClient, cfg server.Config) *gateway {
+	t.Helper()
 	logs := &testutil.SyncBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if cfg.Instance == "" {

@@ -144,7 +144,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(claimDone)
 		s.holdClaim(claimCtx, claim, lose)
 	}()
-	endClaim := func() { stopClaim(); <-claimDone }
+	// Every way out of Serve, a failed start included, gives the id up at
+	// once (if this process still holds it): a successor need not wait for
+	// the claim to expire.
+	var endOnce sync.Once
+	endClaim := func() {
+		endOnce.Do(func() {
+			stopClaim()
+			<-claimDone
+			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = claim.Release(rctx)
+		})
+	}
 	defer endClaim()
 	lists, msgs, err := s.q.Recover(ctx)
 	if err != nil {
@@ -187,9 +199,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if cause := context.Cause(ctx); errors.Is(cause, redisq.ErrInstanceLost) {
 		return cause
 	}
-	rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_ = claim.Release(rctx) // a successor need not wait for it to expire
 	return err
 }
 
@@ -215,8 +224,14 @@ func (s *Server) holdClaim(ctx context.Context, c *redisq.Claim, lose context.Ca
 			lose(err)
 			return
 		}
-		if err != nil && ctx.Err() == nil {
-			s.log.Debug("renewing the instance id's claim failed; retrying", "err", err)
+		switch {
+		case err == nil:
+			s.hub.health.ok()
+		case ctx.Err() == nil:
+			// While the claim cannot be renewed, consumers soon stop
+			// touching Redis (redisq.ErrClaimLapsed): the outage shows
+			// here, whether or not anyone is online.
+			s.hub.health.fail(err)
 		}
 	}
 }

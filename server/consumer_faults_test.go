@@ -1,0 +1,305 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/redisq"
+	"github.com/redpush/redpush/server"
+)
+
+// Faults between the consumer and Redis that only show when they meet at
+// the wrong moment; each test makes the moment happen.
+
+// faultHook is a go-redis hook on the gateway's command client: after
+// runs after each command that went to Redis, and may rewrite its outcome.
+type faultHook struct {
+	before func(cmd redis.Cmder)
+	after  func(cmd redis.Cmder, err error) error
+}
+
+func (h faultHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h faultHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.before != nil {
+			h.before(cmd)
+		}
+		err := next(ctx, cmd)
+		if h.after != nil {
+			err = h.after(cmd, err)
+		}
+		return err
+	}
+}
+
+// hasArg reports whether cmd carries arg (a script's key or argument).
+func hasArg(cmd redis.Cmder, arg string) bool {
+	return slices.ContainsFunc(cmd.Args(), func(a any) bool { s, ok := a.(string); return ok && s == arg })
+}
+
+// gatewayWithHook starts a gateway whose command client carries h.
+func gatewayWithHook(t *testing.T, h redis.Hook, cfg server.Config) *gateway {
+	t.Helper()
+	rds := testutil.StartRedis(t)
+	clients, err := redisq.Dial(context.Background(), rds.URL(), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = clients.Close() })
+	clients.Command.AddHook(h)
+	g := startGatewayOn(t, clients, rds.Client(), cfg)
+	g.rds = rds
+	return g
+}
+
+// go-redis returns the error of its last attempt: an ack script whose
+// first attempt ran, popped the next batch and lost its reply, then whose
+// retries found the pool busy, reports redis.ErrPoolTimeout. Sent again
+// with a new token it would acknowledge the batch the first attempt popped,
+// which nobody was sent; with the same token it returns that batch.
+func TestPoolTimeoutAfterTheAckRanLosesNothing(t *testing.T) {
+	var armed, fired atomic.Bool
+	h := faultHook{after: func(cmd redis.Cmder, err error) error {
+		if err != nil || !armed.Load() || !hasArg(cmd, "{user_pt_messages}:relay") {
+			return err
+		}
+		if c, ok := cmd.(*redis.Cmd); ok {
+			if v, _ := c.StringSlice(); len(v) > 0 && armed.CompareAndSwap(true, false) {
+				fired.Store(true)
+				cmd.SetErr(redis.ErrPoolTimeout)
+				return redis.ErrPoolTimeout
+			}
+		}
+		return err
+	}}
+	g := gatewayWithHook(t, h, server.Config{Format: server.FormatRaw, Batch: 1})
+	c := g.dialReady("pt")
+	armed.Store(true)
+	g.push("pt", "a", "b", "c", "end")
+	var got []string
+	for m := c.MustRead(); m != "end"; m = c.MustRead() {
+		got = append(got, m)
+	}
+	if !fired.Load() {
+		t.Fatal("no ack script ran with a batch: the test proves nothing")
+	}
+	if !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("received %v, want a b c: a batch was acknowledged unsent", got)
+	}
+}
+
+// An ACL that refuses CLIENT ID (not an unknown command) leaves consumers
+// in short BLMOVE rounds: an idle user costs about one command a second,
+// is not an outage, and is still served.
+func TestRefusedClientIDIsNoOutageAndNoSpin(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	admin := rds.Client()
+	ctx := context.Background()
+	if err := admin.Do(ctx, "ACL", "SETUSER", "rot", "on", ">pw", "~*", "&*", "+@all", "-client").Err(); err != nil {
+		t.Fatal(err)
+	}
+	clients, err := redisq.Dial(ctx, "redis://rot:pw@"+rds.Addr(), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = clients.Close() })
+	g := startGatewayOn(t, clients, admin, server.Config{Format: server.FormatRaw})
+	c := g.dialReady("idle")
+	g.push("idle", "first") // served once the consumer has started
+	if got := c.MustRead(); got != "first" {
+		t.Fatalf("got %q", got)
+	}
+	if err := admin.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	const window = 3 * time.Second
+	time.Sleep(window) // a measurement window, not a synchronisation
+	calls := commandCalls(t, admin)
+	// One 1 s BLMOVE round a second, the heartbeat, the claim's renewal
+	// (1/s) and the relay's keep-alive: about 8 in 3 s. A consumer that
+	// spins makes hundreds.
+	if calls > 30 {
+		t.Fatalf("%d commands in %v for one idle user: the consumer spins", calls, window)
+	}
+	if strings.Contains(g.logs.String(), "redis unreachable") {
+		t.Fatal("a refused CLIENT ID was logged as Redis being unreachable")
+	}
+	g.push("idle", "x")
+	if got := c.MustRead(); got != "x" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// commandCalls sums the calls of INFO commandstats, less the INFO itself.
+func commandCalls(t *testing.T, rc *redis.Client) int {
+	t.Helper()
+	info, err := rc.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, line := range strings.Split(info, "\r\n") {
+		if !strings.HasPrefix(line, "cmdstat_") || strings.HasPrefix(line, "cmdstat_info:") || strings.HasPrefix(line, "cmdstat_config|resetstat:") {
+			continue
+		}
+		_, rest, _ := strings.Cut(line, "calls=")
+		n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+		total += n
+	}
+	return total
+}
+
+// A process that stalls past the claim's life (a pause, a partition) may
+// have been replaced by another with the same id when it resumes; the
+// processing lists are then the other's. Here the process stalls after a
+// delivery (its consumer in a hook, its renewals held back) until the
+// claim expired, another process takes the id and pops into the shared
+// processing list; when the process resumes, it must not acknowledge (DEL)
+// that list, and it stops serving.
+func TestResumingAfterTheClaimLapsedTouchesNoList(t *testing.T) {
+	var stalled atomic.Bool
+	release := make(chan struct{})
+	h := faultHook{before: func(cmd redis.Cmder) {
+		if stalled.Load() && hasArg(cmd, "redpush:claim:dup") {
+			<-release // the renewal waits out the stall too
+		}
+	}}
+	g := gatewayWithHook(t, h, server.Config{Instance: "dup", Format: server.FormatRaw})
+	ctx := context.Background()
+	var once atomic.Bool
+	defer server.SetHook(func(_ context.Context, user, stage string) {
+		if user != "sb" || stage != "delivered" || !once.CompareAndSwap(false, true) {
+			return
+		}
+		stalled.Store(true)
+		testutil.Eventually(t, 10*time.Second, func() error {
+			if n, _ := g.rc.Exists(ctx, "redpush:claim:dup").Result(); n != 0 {
+				return errors.New("the claim has not expired yet")
+			}
+			return nil
+		})
+		g.rc.Set(ctx, "redpush:claim:dup", "another process", time.Minute)
+		g.rc.LPush(ctx, "{user_sb_messages}:processing:dup", "theirs")
+		stalled.Store(false)
+		close(release)
+	})()
+	c := g.dialReady("sb")
+	g.push("sb", "mine")
+	if got := c.MustRead(); got != "mine" {
+		t.Fatalf("got %q", got)
+	}
+	select {
+	case err := <-g.done:
+		g.done <- err
+		if !errors.Is(err, redisq.ErrInstanceLost) {
+			t.Fatalf("Serve = %v, want ErrInstanceLost", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("still serving after another process took the id")
+	}
+	// "mine" was delivered and stays unacknowledged: the other process's
+	// ack drops it, a duplicate at worst. "theirs" must be there.
+	if p, _ := g.rc.LRange(ctx, "{user_sb_messages}:processing:dup", 0, -1).Result(); !slices.Contains(p, "theirs") {
+		t.Fatalf("the other process's processing list holds %q: this one acknowledged it", p)
+	}
+}
+
+// The failure count is shared by every instance serving a queue, so a
+// consumer may find it high (another instance's failing tab); one dropped
+// connection must then not send a whole batch of innocent messages to the
+// dead-letter list: only a message that failed alone goes there.
+func TestADroppedConnectionDeadLettersNoBatch(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+	ctx := context.Background()
+	c := testutil.DialBuffer(t, g.addr, "dl", 4096)
+	if got := c.MustRead(); got != "hello;\n" {
+		t.Fatalf("greeting %q", got)
+	}
+	g.push("dl", "first")
+	if got := c.MustRead(); got != "first" {
+		t.Fatalf("got %q", got)
+	}
+	g.rc.Set(ctx, "{user_dl_messages}:failures", redisq.DeadAfter-1, time.Hour)
+	big := make([]string, 4) // 8 MiB: more than the sockets hold, the write blocks
+	for i := range big {
+		big[i] = fmt.Sprint(i) + strings.Repeat("x", 2<<20)
+	}
+	// The idle consumer's BLMOVE takes "go" alone, then the big ones in
+	// one batch.
+	g.push("dl", append([]string{"go"}, big...)...)
+	if got := c.MustRead(); got != "go" {
+		t.Fatalf("got %q", got)
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n, _ := g.rc.LLen(ctx, "{user_dl_messages}:processing:test").Result(); n != 4 {
+			return fmt.Errorf("%d in flight, want the batch of 4", n)
+		}
+		return nil
+	})
+	// The batch's write has begun once its first bytes arrive; then the
+	// tab drops.
+	_ = c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Conn.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	c.Reset()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n, _ := g.rc.LLen(ctx, "{user_dl_messages}:processing:test").Result(); n != 0 {
+			return fmt.Errorf("%d still in flight", n)
+		}
+		return nil
+	})
+	dead, _ := g.rc.LLen(ctx, "{user_dl_messages}:dead").Result()
+	queued, _ := g.rc.LLen(ctx, "user_dl_messages").Result()
+	if dead != 0 || queued != 4 {
+		t.Fatalf("%d dead-lettered, %d back in the queue; want 0 and 4", dead, queued)
+	}
+}
+
+// Ack after write, with every tab stalled: a batch queued for connections
+// that never write it is never acknowledged. When the write timeout closes
+// them, it goes back to the queue whole, before what came after it.
+func TestABatchNoTabWroteIsNeverAcknowledged(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, WriteTimeout: time.Second})
+	ctx := context.Background()
+	for range 2 { // two tabs, neither reads
+		c := testutil.DialBuffer(t, g.addr, "st", 4096)
+		if got := c.MustRead(); got != "hello;\n" {
+			t.Fatalf("greeting %q", got)
+		}
+	}
+	g.awaitConsumers(1, 5*time.Second)
+	big := make([]string, 4) // each more than the sockets hold (4 MiB here)
+	for i := range big {
+		big[i] = fmt.Sprint(i) + strings.Repeat("x", 6<<20)
+	}
+	g.push("st", append(big, "later")...)
+	g.awaitConsumers(0, 20*time.Second) // both tabs closed by the write timeout
+	q, err := g.rc.LRange(ctx, "user_st_messages", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Reverse(q) // oldest first
+	if want := append(big, "later"); !slices.Equal(q, want) {
+		t.Fatalf("queue holds %d messages, want all %d back in order: a batch no tab wrote was acknowledged", len(q), len(want))
+	}
+	if n, _ := g.rc.LLen(ctx, "{user_st_messages}:processing:test").Result(); n != 0 {
+		t.Fatalf("%d left in flight", n)
+	}
+	if s := g.srv.Snapshot(); s.Delivered != 0 {
+		t.Fatalf("%d counted as delivered", s.Delivered)
+	}
+}
