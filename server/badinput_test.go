@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -99,8 +101,8 @@ func rawUpgrade(t *testing.T, addr, path string, headers ...string) (int, string
 		return 101, ""
 	}
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode == 503 && resp.Header.Get("Retry-After") == "" {
-		t.Error("503 without Retry-After")
+	if ra := resp.Header.Get("Retry-After"); resp.StatusCode == 503 && ra != "1" {
+		t.Errorf("503 with Retry-After %q, want 1", ra)
 	}
 	return resp.StatusCode, string(body)
 }
@@ -226,22 +228,57 @@ func TestPingIsAnsweredAndCloseEchoed(t *testing.T) {
 
 func TestSilentPeerIsPingedThenClosed(t *testing.T) {
 	const idle = 600 * time.Millisecond
+	// quiet's consumer holds a popped message until the test lets it go:
+	// it is in flight when the idle timeout closes the connection.
+	release := make(chan struct{})
+	held := make(chan struct{})
+	var once sync.Once
+	defer server.SetHook(func(_ context.Context, user, stage string) {
+		if user == "quiet" && stage == "deliver" {
+			once.Do(func() { close(held); <-release })
+		}
+	})()
 	g := startGateway(t, nil, server.Config{IdleTimeout: idle})
-	c := g.dialReady("quiet")
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release) // a failed check must not leave the consumer held
+		}
+	}()
+	// Timed from before the dial: the server's idle clock starts after it,
+	// so neither bound below needs slack for a slow machine.
 	start := time.Now()
-	_ = c.Conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c := g.dialReady("quiet")
+	g.push("quiet", "in flight")
+	<-held
+	_ = c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	f, err := ws.ReadFrame(c.Conn)
 	if err != nil || f.Header.OpCode != ws.OpPing {
 		t.Fatalf("got %+v (%v), want a ping", f.Header, err)
+	}
+	if took := time.Since(start); took < idle/2 {
+		t.Fatalf("pinged after %v, want after half the idle timeout %v", took, idle/2)
 	}
 	f, err = ws.ReadFrame(c.Conn) // no pong: the peer stays silent
 	if err != nil || f.Header.OpCode != ws.OpClose {
 		t.Fatalf("got %+v (%v), want a close", f.Header, err)
 	}
-	if took := time.Since(start); took < idle-50*time.Millisecond || took > idle+time.Second {
-		t.Fatalf("closed after %v, want about %v", took, idle)
+	took := time.Since(start)
+	if code, reason := ws.ParseCloseFrameData(f.Payload); code != ws.StatusGoingAway || reason != "idle timeout" {
+		t.Fatalf("close %d %q, want 1001 \"idle timeout\"", code, reason)
 	}
+	if took < idle || took > idle+5*time.Second {
+		t.Fatalf("closed after %v, want after the idle timeout %v (and not long after)", took, idle)
+	}
+	close(release) // the consumer finds its user gone: the message goes back
 	g.awaitConsumers(0, 5*time.Second)
+	if got := g.rc.LRange(t.Context(), "user_quiet_messages", 0, -1).Val(); !slices.Equal(got, []string{"in flight"}) {
+		t.Fatalf("quiet's queue holds %q after the idle close, want its in-flight message back", got)
+	}
+	if s := g.srv.Snapshot(); s.Requeued != 1 || s.Delivered != 0 {
+		t.Fatalf("snapshot %+v, want 1 requeued and none delivered", s)
+	}
 	if line := logLine(g, "user=quiet reason="); !strings.Contains(line, `reason="server sent close 1001 idle timeout"`) {
 		t.Errorf("the idle close is logged as %q", line)
 	}
@@ -255,5 +292,50 @@ func TestSilentPeerIsPingedThenClosed(t *testing.T) {
 	g.push("alive", "m")
 	if got := alive.MustRead(); got != swoole("alive", "m") {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// A request head over 4 KiB gets 431 and the socket is closed, whether the
+// head would have ended or not; a head just under 4 KiB is served.
+func TestHeadOver4KiBIs431(t *testing.T) {
+	g := startGateway(t, nil, server.Config{HandshakeTimeout: 5 * time.Second})
+	upgrade := "GET /?user_id=h HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+	for _, tc := range []struct{ name, send string }{
+		{"complete head", upgrade + "X-Big: " + strings.Repeat("a", 5000) + "\r\n\r\n"},
+		{"endless header", upgrade + "X-Big: " + strings.Repeat("a", 5000)},
+		{"plain HTTP", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 5000) + "\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", g.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			start := time.Now()
+			_, _ = io.WriteString(c, tc.send)
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("no HTTP answer to a %d-byte head: %v", len(tc.send), err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 431 {
+				t.Fatalf("status %d, want 431", resp.StatusCode)
+			}
+			// Answered at once, not at the 5 s handshake timeout.
+			if took := time.Since(start); took > 2*time.Second {
+				t.Fatalf("431 after %v", took)
+			}
+			_, err = io.Copy(io.Discard, c) // then closed
+			if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("socket not closed after the 431: %v", err)
+			}
+		})
+	}
+	// Under the limit: served.
+	status, _ := rawUpgrade(t, g.addr, "/?user_id=small", "X-Pad: "+strings.Repeat("a", 3500))
+	if status != 101 {
+		t.Fatalf("a head under 4 KiB got %d, want 101", status)
 	}
 }
