@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,13 +27,31 @@ func TestConsumerStopsAfterLastConnectionCloses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+			mon := g.rds.StartMonitor()
 			c := g.dialReady("42")
 			g.awaitConsumers(1, 5*time.Second)
+			// The consumer blocks in a 10 s round on its own connection.
+			testutil.Eventually(t, 5*time.Second, func() error {
+				for _, l := range mon.Lines() {
+					if strings.HasSuffix(l, `"blmove" "user_42_messages" "{user_42_messages}:processing:test" "RIGHT" "LEFT" "10"`) {
+						return nil
+					}
+				}
+				return fmt.Errorf("the consumer is not blocked in a 10 s round yet")
+			})
+			unblocks := commandCalls(t, g, "client|unblock")
 			closed := time.Now()
 			tc.close(c)
 			g.awaitConsumers(0, 5*time.Second)
+			// Within 2.5 s of a 10 s round that began before the close:
+			// woken, not timed out; and woken by CLIENT UNBLOCK (which
+			// MONITOR does not show), which the 1 s-round fallback never
+			// sends.
 			if took := time.Since(closed); took > 2500*time.Millisecond {
-				t.Errorf("consumer stopped %v after the close, want about a second", took)
+				t.Errorf("consumer stopped %v after the close, want at once", took)
+			}
+			if n := commandCalls(t, g, "client|unblock"); n <= unblocks {
+				t.Errorf("no CLIENT UNBLOCK after the close: the consumer was not woken")
 			}
 			g.push("42", "later")
 			n, err := g.rc.LLen(t.Context(), "user_42_messages").Result()
@@ -276,4 +295,21 @@ func TestManyUsersConcurrently(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// commandCalls is how many times Redis ran cmd (INFO commandstats; cmd as
+// Redis names it there, e.g. "client|unblock").
+func commandCalls(t *testing.T, g *gateway, cmd string) int {
+	t.Helper()
+	info, err := g.rc.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls="); ok {
+			n, _ := strconv.Atoi(strings.Split(v, ",")[0])
+			return n
+		}
+	}
+	return 0
 }
