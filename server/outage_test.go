@@ -1,10 +1,14 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/redpush/redpush/internal/testutil"
 	"github.com/redpush/redpush/server"
@@ -48,6 +52,10 @@ func TestRedisErrorHidingAnAckRequeues(t *testing.T) {
 	if v := metric(t, g, "redpush_redis_errors_total"); v < 1 {
 		t.Fatalf("redpush_redis_errors_total = %v during the outage", v)
 	}
+	// Through the outage the consumer keeps what it holds in Redis.
+	if held := rc.LRange(t.Context(), "{user_h_messages}:processing:test", 0, -1).Val(); len(held) != 1 || held[0] != msgs[1] {
+		t.Fatalf("processing list %q during the outage, want [%s]", held, msgs[1])
+	}
 	proxy.Heal()
 	for _, want := range msgs[1:] {
 		if got := c.MustRead(); got != want {
@@ -69,5 +77,96 @@ func TestRedisErrorHidingAnAckRequeues(t *testing.T) {
 		if held := rc.LRange(t.Context(), keys[0], 0, -1).Val(); len(keys) != 1 || strings.Join(held, ",") != msgs[4] {
 			t.Fatalf("processing lists left: %v %q", keys, held)
 		}
+	}
+}
+
+// A consumer whose Redis commands fail retries with a capped, jittered
+// backoff: 50 ms first, doubling, at most 2 s. Here Redis refuses the
+// consumer's keys (an ACL: NOPERM, nothing else changes) for 10 s; each
+// attempt is the consumer's requeue script, seen in Redis's
+// rejected_calls, polled every few milliseconds.
+func TestConsumerBacksOff50msTo2s(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	ctx := context.Background()
+	if err := rds.Client().Do(ctx, "ACL", "SETUSER", "admin", "on", "nopass", "~*", "&*", "+@all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	admin := redis.NewClient(&redis.Options{Addr: rds.Addr(), Username: "admin"})
+	defer admin.Close()
+	g := startGatewayAt(t, rds.URL(), admin, server.Config{Format: server.FormatRaw})
+	g.rds = rds
+	// The gateway's own keys stay allowed (its claim and heartbeat).
+	if err := admin.Do(ctx, "ACL", "SETUSER", "default", "resetkeys", "~redpush:*").Err(); err != nil {
+		t.Fatal(err)
+	}
+	scripts := func() int {
+		info := admin.Info(ctx, "commandstats").Val()
+		n := 0
+		for _, cmd := range []string{"evalsha", "eval"} {
+			if _, v, ok := strings.Cut(info, "cmdstat_"+cmd+":"); ok {
+				_, v, _ = strings.Cut(v, "rejected_calls=")
+				k, _ := strconv.Atoi(strings.Split(v, ",")[0])
+				n += k
+			}
+		}
+		return n
+	}
+	last := scripts()
+	c := g.dialReady("bo") // its consumer's first requeue is refused
+	const window = 10 * time.Second
+	var attempts []time.Time
+	for start := time.Now(); time.Since(start) < window; {
+		if n := scripts(); n != last {
+			for range n - last {
+				attempts = append(attempts, time.Now())
+			}
+			last = n
+		}
+		time.Sleep(2 * time.Millisecond) // the polling interval
+	}
+	end := time.Now()
+	if err := admin.Do(ctx, "ACL", "SETUSER", "default", "allkeys").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(attempts) == 0 {
+		t.Fatal("the consumer never tried")
+	}
+	var gaps []time.Duration
+	for i := 1; i < len(attempts); i++ {
+		gaps = append(gaps, attempts[i].Sub(attempts[i-1]))
+	}
+	t.Logf("%d attempts in %v; gaps %v", len(attempts), window, gaps)
+	// 50 ms first: by 500 ms at least 3 retries (25-50, 50-100, 100-200
+	// ms), where a first delay of a second would allow none.
+	early := 0
+	for _, a := range attempts[1:] {
+		if a.Sub(attempts[0]) <= 500*time.Millisecond {
+			early++
+		}
+	}
+	if early < 3 {
+		t.Errorf("%d retries within 500 ms of the first failure, want at least 3 (backoff from 50 ms)", early)
+	}
+	// At most 2 s (jitter takes it down to 1 s): no gap, not even the
+	// open one at the end, over 2 s plus slack for a loaded machine.
+	if open := end.Sub(attempts[len(attempts)-1]); open > 2500*time.Millisecond {
+		t.Errorf("no retry for the last %v of the outage, want one every 2 s at most", open)
+	}
+	grew := false
+	for _, d := range gaps {
+		if d > 2500*time.Millisecond {
+			t.Errorf("a gap of %v between retries, want at most 2 s", d)
+		}
+		grew = grew || d >= 800*time.Millisecond
+	}
+	// Doubling to the cap: gaps reach a second or so; 10 s hold about
+	// 10-14 attempts, not the hundreds of a fixed short delay.
+	if !grew || len(attempts) > 20 {
+		t.Errorf("%d attempts in %v, longest gap under 800 ms = %v: want a backoff growing to 1-2 s", len(attempts), window, !grew)
+	}
+	// Redis answers again: the user is served.
+	g.push("bo", "after")
+	if got := c.MustRead(); got != "after" {
+		t.Fatalf("got %q", got)
 	}
 }
