@@ -340,3 +340,58 @@ func TestHeadOver4KiBIs431(t *testing.T) {
 		t.Fatalf("a head under 4 KiB got %d, want 101", status)
 	}
 }
+
+// A full pool refuses at once and never blocks: 30 new users at the same
+// moment each get their 503 promptly, and meanwhile the port still accepts
+// and answers (/healthz) and the user already online opens a second tab.
+func TestFullPoolNeverBlocksTheAcceptLoop(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Workers: 1, Format: server.FormatRaw})
+	holder := g.dialReady("holder")
+	const newcomers = 30
+	errs := make(chan error, newcomers)
+	for i := range newcomers {
+		go func() {
+			c, err := net.Dial("tcp", g.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+			fmt.Fprintf(c, "GET /?user_id=new%d HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", i)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				errs <- fmt.Errorf("newcomer %d: no answer within 3 s: %v", i, err)
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" {
+				errs <- fmt.Errorf("newcomer %d: %d Retry-After %q, want 503 and 1", i, resp.StatusCode, resp.Header.Get("Retry-After"))
+				return
+			}
+			errs <- nil
+		}()
+	}
+	hc := &http.Client{Timeout: 3 * time.Second}
+	resp, err := hc.Get("http://" + g.addr + "/healthz")
+	if err != nil {
+		t.Fatalf("/healthz during the refusals: %v", err)
+	}
+	resp.Body.Close()
+	tab := g.dialReady("holder")
+	for range newcomers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	g.push("holder", "served")
+	for _, c := range []*testutil.Client{holder, tab} {
+		if got := c.MustRead(); got != "served" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	if v := metric(t, g, `redpush_handshakes_refused_total{status="503"}`); v != newcomers {
+		t.Fatalf(`redpush_handshakes_refused_total{status="503"} = %v, want %d`, v, newcomers)
+	}
+}
