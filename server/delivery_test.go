@@ -249,6 +249,9 @@ func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 	if line := logLine(g, "user=slow reason="); !strings.Contains(line, `reason="write failed: `) {
 		t.Errorf("the slow reader's close is logged as %q", line)
 	}
+	if v := metric(t, g, "redpush_write_failures_total"); v != 1 {
+		t.Errorf("redpush_write_failures_total = %v, want 1 (slow's write)", v)
+	}
 	drain(slow, seen) // complete frames the kernel buffered before the close
 	readAll(t, g.dialReady("slow"), msgs, seen)
 }
