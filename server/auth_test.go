@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -146,4 +147,66 @@ func upgradeWithOrigin(t *testing.T, addr, origin string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// RS256: an RSA public key verifies RS256 tokens and nothing else; exp and
+// nbf are checked with 5 s of leeway, no more.
+func TestRS256PublicKeyAndLeeway(t *testing.T) {
+	priv, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	auth, err := server.NewPublicKeyAuth(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, nil, server.Config{Auth: auth, Format: server.FormatRaw})
+	rs256 := func(c jwt.RegisteredClaims) string {
+		tok, err := jwt.NewWithClaims(jwt.SigningMethodRS256, c).SignedString(priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	now := time.Now()
+	at := func(d time.Duration) *jwt.NumericDate { return jwt.NewNumericDate(now.Add(d)) }
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	es, _ := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(time.Hour)}).SignedString(ecKey)
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	forged, _ := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(time.Hour)}).SignedString(other)
+	for _, tc := range []struct {
+		name, token string
+		status      int
+		reason      string
+	}{
+		{"valid", rs256(jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(time.Hour)}), 101, ""},
+		// Leeway: 5 s either way; the tokens sit 2 s inside or outside it.
+		{"expired 3 s ago", rs256(jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(-3 * time.Second)}), 101, ""},
+		{"expired 8 s ago", rs256(jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(-8 * time.Second)}), 401, "expired"},
+		{"valid from 3 s ahead", rs256(jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(time.Hour), NotBefore: at(3 * time.Second)}), 101, ""},
+		{"valid from 8 s ahead", rs256(jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(time.Hour), NotBefore: at(8 * time.Second)}), 401, "not valid yet"},
+		{"no exp", rs256(jwt.RegisteredClaims{Subject: "rs"}), 401, "invalid token"},
+		{"another RSA key", forged, 401, "invalid token"},
+		{"ES256", es, 401, "invalid token"},
+		{"HS256 keyed with the public key", hs256(t, der, jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(time.Hour)}), 401, "invalid token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := rawUpgrade(t, g.addr, "/?token="+tc.token)
+			if status != tc.status || !strings.Contains(body, tc.reason) {
+				t.Fatalf("got %d %q, want %d %q", status, body, tc.status, tc.reason)
+			}
+		})
+	}
+	// The valid token reads rs's queue.
+	c, err := testutil.TryDial(g.addr, "/?token="+rs256(jwt.RegisteredClaims{Subject: "rs", ExpiresAt: at(time.Hour)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := testutil.NewClient(t, c)
+	cl.MustRead()
+	g.push("rs", "signed with RSA")
+	if got := cl.MustRead(); got != "signed with RSA" {
+		t.Fatalf("got %q", got)
+	}
 }

@@ -2,7 +2,12 @@ package server
 
 import (
 	"fmt"
+	"net"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/redpush/redpush/redisq"
 )
 
 // Hot paths, with allocations reported: `go test -bench . -benchmem ./server`.
@@ -33,25 +38,74 @@ func BenchmarkEncodeOne(b *testing.B) {
 	}
 }
 
-// BenchmarkRegistryLookup is what a consumer does per batch: snapshot the
-// connections of its user while 10,000 users are registered.
+// BenchmarkRegistryLookup is what the relay does per batch: find the user
+// among 10,000 registered in the hub (user → session → connections) and
+// hand the batch to its connection. Each connection is on one real
+// loopback socket whose peer counts what it receives: the run fails unless
+// every timed lookup found its user and wrote its frame.
 func BenchmarkRegistryLookup(b *testing.B) {
-	h := newHub(nil, nil, encoder{}, nil)
-	var sessions []*session
-	for u := range 10000 {
-		s := &session{user: fmt.Sprint(u), wake: make(chan struct{}, 1), refs: 1}
-		h.users[s.user] = s
-		c := &conn{fd: uint64(u), sess: s}
+	const users = 10000
+	q, err := redisq.New(nil, nil, redisq.Config{Instance: "bench"}) // names queues only: no Redis call is timed
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := newHub(nil, q, encoder{format: FormatRaw}, nil)
+	sink, received := countingConn(b)
+	names := make([]string, users)
+	for u := range users {
+		names[u] = fmt.Sprint("u", u)
+		s := &session{user: names[u], wake: make(chan struct{}, 1), done: make(chan struct{}), refs: 1}
+		c := &conn{fd: uint64(u), user: s.user, sess: s, nc: sink.nc, writeTimeout: 10e9, m: h.m}
 		s.conns = append(s.conns, c)
+		h.users[s.user] = s
 		h.conns[c.fd] = c
-		sessions = append(sessions, s)
 	}
+	msgs := []string{"order shipped"}
+	frame := len(h.enc.appendFrames(nil, "u0", "user_u0_messages", msgs))
 	b.ReportAllocs()
-	i := 0
+	n := 0
 	for b.Loop() {
-		if len(h.connsOf(sessions[i%len(sessions)])) != 1 {
-			b.Fatal("lookup lost a connection")
-		}
-		i++
+		h.deliverUser(names[n%users], msgs)
+		n++
 	}
+	b.StopTimer()
+	want := int64(n * frame)
+	deadline := time.Now().Add(10 * time.Second)
+	for received.Load() < want && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := received.Load(); got != want {
+		b.Fatalf("the peer received %d bytes for %d lookups of %d-byte frames, want %d: lookups missed the registry", got, n, frame, want)
+	}
+}
+
+// countingConn returns a conn on a real loopback socket and the count of
+// bytes its peer has received.
+func countingConn(b *testing.B) (*conn, *atomic.Int64) {
+	var n atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		peer, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := peer.Read(buf)
+			n.Add(int64(k))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { nc.Close() })
+	return &conn{nc: nc, writeTimeout: 10e9}, &n
 }

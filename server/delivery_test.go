@@ -1,10 +1,12 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
-
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,13 +27,31 @@ func TestConsumerStopsAfterLastConnectionCloses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+			mon := g.rds.StartMonitor()
 			c := g.dialReady("42")
 			g.awaitConsumers(1, 5*time.Second)
+			// The consumer blocks in a 10 s round on its own connection.
+			testutil.Eventually(t, 5*time.Second, func() error {
+				for _, l := range mon.Lines() {
+					if strings.HasSuffix(l, `"blmove" "user_42_messages" "{user_42_messages}:processing:test" "RIGHT" "LEFT" "10"`) {
+						return nil
+					}
+				}
+				return fmt.Errorf("the consumer is not blocked in a 10 s round yet")
+			})
+			unblocks := commandCalls(t, g, "client|unblock")
 			closed := time.Now()
 			tc.close(c)
 			g.awaitConsumers(0, 5*time.Second)
+			// Within 2.5 s of a 10 s round that began before the close:
+			// woken, not timed out; and woken by CLIENT UNBLOCK (which
+			// MONITOR does not show), which the 1 s-round fallback never
+			// sends.
 			if took := time.Since(closed); took > 2500*time.Millisecond {
-				t.Errorf("consumer stopped %v after the close, want about a second", took)
+				t.Errorf("consumer stopped %v after the close, want at once", took)
+			}
+			if n := commandCalls(t, g, "client|unblock"); n <= unblocks {
+				t.Errorf("no CLIENT UNBLOCK after the close: the consumer was not woken")
 			}
 			g.push("42", "later")
 			n, err := g.rc.LLen(t.Context(), "user_42_messages").Result()
@@ -47,30 +67,62 @@ func TestConsumerStopsAfterLastConnectionCloses(t *testing.T) {
 }
 
 // The original reuses fds, so a dead user's consumer pushes into the next
-// user's socket. Here a user who just left never has a message written to
-// the user who connected right after, and none of its messages is lost.
+// user's socket. Here a's consumer holds a message in flight while a dies
+// and b connects; it then never writes that message to b, and the message
+// is not lost: it is the first thing a's next connection gets.
 func TestNoMessageReachesAnotherUser(t *testing.T) {
+	var hold atomic.Pointer[chan struct{}] // set: a's next delivery waits on it
+	reached := make(chan struct{}, 1)
+	defer server.SetHook(func(_ context.Context, user, stage string) {
+		if user != "a" || stage != "deliver" {
+			return
+		}
+		if h := hold.Swap(nil); h != nil {
+			reached <- struct{}{}
+			<-*h
+		}
+	})()
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
 	const rounds = 30
 	for i := range rounds {
 		a := g.dialReady("a")
-		mine := fmt.Sprintf("a-%d", i)
-		late := fmt.Sprintf("a-late-%d", i)
-		g.push("a", mine)
-		for m := ""; m != mine; { // requeued late messages of earlier rounds come first
-			m = a.MustRead()
-			if !strings.HasPrefix(m, "a-") {
-				t.Fatalf("a got %q", m)
+		if i > 0 { // the message held while a died comes first, then the new one
+			if got, want := a.MustRead(), fmt.Sprintf("a-late-%d", i-1); got != want {
+				t.Fatalf("round %d: a got %q first, want %q held in flight when it died", i, got, want)
 			}
 		}
-		g.push("a", late) // may be in flight while a dies
+		mine := fmt.Sprintf("a-%d", i)
+		g.push("a", mine)
+		if got := a.MustRead(); got != mine {
+			t.Fatalf("a got %q, want %q", got, mine)
+		}
+		release := make(chan struct{})
+		hold.Store(&release)
+		g.push("a", fmt.Sprintf("a-late-%d", i))
+		select { // a's consumer holds a-late-i, popped, not yet written
+		case <-reached:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a's consumer never took the late message")
+		}
 		a.Reset()
+		testutil.Eventually(t, 5*time.Second, func() error {
+			if n := g.srv.Snapshot().Conns; n != 0 {
+				return fmt.Errorf("%d connections, want a's gone", n)
+			}
+			return nil
+		})
 		b := g.dialReady("b")
+		close(release) // a's consumer goes on while b is connected
 		g.push("b", fmt.Sprintf("b-%d", i))
 		if got := b.MustRead(); got != fmt.Sprintf("b-%d", i) {
 			t.Fatalf("b got %q, want its own message b-%d", got, i)
 		}
+		g.awaitQueueLen("a", 1) // a-late-i went back to a's queue
 		b.SendClose()
+	}
+	a := g.dialReady("a")
+	if got, want := a.MustRead(), fmt.Sprintf("a-late-%d", rounds-1); got != want {
+		t.Fatalf("a got %q, want %q", got, want)
 	}
 }
 
@@ -155,13 +207,22 @@ func countMissing(want []string, seen map[string]bool) int {
 // A client that stops reading stalls nobody else; after the write timeout it
 // is disconnected and its messages wait for its next connection.
 func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
-	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, WriteTimeout: 300 * time.Millisecond})
+	// The write timeout is long enough for fast's 20 round trips to end
+	// well before it on a loaded machine, and short enough to wait for.
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, WriteTimeout: 3 * time.Second})
 	msgs := testutil.BigMessages(100)
 	g.push("slow", msgs...)
 	slow := testutil.DialBuffer(t, g.addr, "slow", 4096)
 	if got := slow.MustRead(); got != "hello;\n" {
 		t.Fatalf("greeting %q", got)
 	}
+	// The first message of the batch arrives: slow's consumer is in its
+	// write of the 6 MB batch, which then stalls (slow reads no more).
+	seen := map[string]bool{}
+	if got := slow.MustRead(); got != msgs[0] {
+		t.Fatalf("slow got %.10q…, want the first message", got)
+	}
+	seen[msgs[0]] = true
 	fast := g.dialReady("fast")
 	// While slow's consumer is stuck in a write, fast is served.
 	for i := range 20 {
@@ -169,6 +230,14 @@ func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 		if got := fast.MustRead(); got != fmt.Sprint(i) {
 			t.Fatalf("fast got %q", got)
 		}
+	}
+	// ... and slow was stuck all along: still connected, its whole batch
+	// still in flight, nothing requeued yet.
+	if s := g.srv.Snapshot(); s.Conns != 2 || s.Requeued != 0 {
+		t.Fatalf("snapshot %+v after fast was served: want slow still connected and stuck", s)
+	}
+	if n := g.rc.LLen(t.Context(), "{user_slow_messages}:processing:test").Val(); n != int64(len(msgs)) {
+		t.Fatalf("slow's processing list holds %d after fast was served, want its whole batch of %d", n, len(msgs))
 	}
 	// The stalled connection is closed by the server, the batch requeued.
 	testutil.Eventually(t, 10*time.Second, func() error {
@@ -180,7 +249,9 @@ func TestSlowReaderIsDisconnectedAndLosesNothing(t *testing.T) {
 	if line := logLine(g, "user=slow reason="); !strings.Contains(line, `reason="write failed: `) {
 		t.Errorf("the slow reader's close is logged as %q", line)
 	}
-	seen := map[string]bool{}
+	if v := metric(t, g, "redpush_write_failures_total"); v != 1 {
+		t.Errorf("redpush_write_failures_total = %v, want 1 (slow's write)", v)
+	}
 	drain(slow, seen) // complete frames the kernel buffered before the close
 	readAll(t, g.dialReady("slow"), msgs, seen)
 }
@@ -227,4 +298,21 @@ func TestManyUsersConcurrently(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// commandCalls is how many times Redis ran cmd (INFO commandstats; cmd as
+// Redis names it there, e.g. "client|unblock").
+func commandCalls(t *testing.T, g *gateway, cmd string) int {
+	t.Helper()
+	info, err := g.rc.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls="); ok {
+			n, _ := strconv.Atoi(strings.Split(v, ",")[0])
+			return n
+		}
+	}
+	return 0
 }

@@ -149,3 +149,15 @@ func (g *gateway) awaitQueueEmpty(user string) {
 func swoole(user, msg string) string {
 	return "redis 的 user_" + user + "_messages 队列发送消息:" + msg
 }
+
+// awaitQueueLen waits until the user's queue holds n messages.
+func (g *gateway) awaitQueueLen(user string, n int64) {
+	g.t.Helper()
+	testutil.Eventually(g.t, 10*time.Second, func() error {
+		got, err := g.rc.LLen(context.Background(), "user_"+user+"_messages").Result()
+		if err == nil && got != n {
+			err = fmt.Errorf("%d messages queued, want %d", got, n)
+		}
+		return err
+	})
+}

@@ -118,3 +118,52 @@ func TestCappedQueueRecipe(t *testing.T) {
 		t.Fatalf("TTL %v, want about a week", ttl)
 	}
 }
+
+// Every refused handshake is counted under its status, and only there.
+func TestRefusalsAreCountedByStatus(t *testing.T) {
+	const key = "a-secret-of-at-least-16-bytes"
+	auth, err := server.NewHMACAuth([]byte(key))
+	must(t, err)
+	g := startGateway(t, nil, server.Config{Auth: auth, Workers: 1, AllowedOrigins: []string{"https://app.example"}})
+	token := func(user string) string {
+		tok, err := server.Sign([]byte(key), user, time.Minute)
+		must(t, err)
+		return tok
+	}
+	hc, err := testutil.TryDial(g.addr, "/?token="+token("holder")) // the only worker
+	must(t, err)
+	testutil.NewClient(t, hc).MustRead()
+	// Each status is refused a different number of times, so a swap of
+	// two counters shows.
+	refusals := []struct {
+		path, origin string
+		status       int
+	}{
+		{"/?token=" + token("a") + "&x=%zz", "", 400},
+		{"/?token=" + token("a") + "&x=%zz", "", 400},
+		{"/?user_id=a", "", 401},
+		{"/?token=garbage", "", 401},
+		{"/?token=garbage", "", 401},
+		{"/?token=" + token("a"), "https://evil.example", 403},
+		{"/?token=" + token("holder"), "https://evil.example", 403},
+		{"/?token=" + token("b"), "https://evil.example", 403},
+		{"/?token=" + token("c"), "https://evil.example", 403},
+		{"/?token=" + token("newcomer"), "", 503},
+	}
+	for _, r := range refusals {
+		var status int
+		if r.origin != "" {
+			status, _ = rawUpgrade(t, g.addr, r.path, "Origin: "+r.origin)
+		} else {
+			status, _ = rawUpgrade(t, g.addr, r.path)
+		}
+		if status != r.status {
+			t.Fatalf("%s (origin %q): %d, want %d", r.path, r.origin, status, r.status)
+		}
+	}
+	for status, want := range map[string]float64{"400": 2, "401": 3, "403": 4, "503": 1} {
+		if v := metric(t, g, `redpush_handshakes_refused_total{status="`+status+`"}`); v != want {
+			t.Errorf("refused %s = %v, want %v", status, v, want)
+		}
+	}
+}

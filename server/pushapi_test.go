@@ -40,41 +40,49 @@ func TestPushAPI(t *testing.T) {
 	g := startGateway(t, nil, server.Config{APIKey: "k3y", Format: server.FormatRaw})
 	url := "http://" + g.addr + "/api/push"
 	c := g.dialReady("42")
+	const shape = `body must be {"user":"42","data":"..."} or an array of them: `
+	const noData = `data missing (a string; "" for an empty message)`
 	for _, tc := range []struct {
 		key, body string
 		status    int
+		answer    string // the whole body, without its final newline
 	}{
-		{"", `{"user":"42","data":"x"}`, 401},
-		{"wrong", `{"user":"42","data":"x"}`, 401},
-		{"k3y", `{"user":"4 2","data":"x"}`, 400},
-		{"k3y", `not json`, 400},
-		{"k3y", `[]`, 400},
-		{"k3y", `{"user":"42"}`, 400},                            // no data: not an empty message
-		{"k3y", `{"user":"42","data":null}`, 400},                // the same
-		{"k3y", `[{"user":"42","data":"x"},{"user":"42"}]`, 400}, // nothing of a bad batch
-		{"k3y", `{"user":4.2,"data":"x"}`, 400},                  // a number must be an integer
-		{"k3y", `{"user":"42","data":"one"}`, 200},
-		{"k3y", `[{"user":"42","data":"two"},{"user":"42","data":"three"}]`, 200},
-		{"k3y", `{"user":42,"data":"four"}`, 200}, // PHP and JavaScript send numbers
-		{"k3y", `{"user":"42","data":""}`, 200},   // an empty message, asked for
+		{"", `{"user":"42","data":"x"}`, 401, "missing or wrong API key"},
+		{"wrong", `{"user":"42","data":"x"}`, 401, "missing or wrong API key"},
+		{"k3y", `{"user":"4 2","data":"x"}`, 400, "message 0: user_id must be 1-128 characters of [A-Za-z0-9_.:-]"},
+		{"k3y", `not json`, 400, shape + "invalid character 'o' in literal null (expecting 'u')"},
+		{"k3y", `[]`, 400, "no messages"},
+		{"k3y", `{"user":"42"}`, 400, "message 0: " + noData},                            // not an empty message
+		{"k3y", `{"user":"42","data":null}`, 400, "message 0: " + noData},                // the same
+		{"k3y", `[{"user":"42","data":"x"},{"user":"42"}]`, 400, "message 1: " + noData}, // nothing of a bad batch
+		{"k3y", `{"user":4.2,"data":"x"}`, 400, shape + "user must be a string or an integer"},
+		{"k3y", `{"user":"42","data":"one"}`, 200, `{"queued":1}`},
+		{"k3y", `[{"user":"42","data":"two"},{"user":"42","data":"three"}]`, 200, `{"queued":2}`},
+		{"k3y", `{"user":42,"data":"four"}`, 200, `{"queued":1}`}, // PHP and JavaScript send numbers
+		{"k3y", `{"user":"42","data":""}`, 200, `{"queued":1}`},   // an empty message, asked for
 	} {
-		if status, body := post(t, url, tc.key, tc.body); status != tc.status {
-			t.Errorf("key %q body %s: %d %q, want %d", tc.key, tc.body, status, body, tc.status)
+		status, body := post(t, url, tc.key, tc.body)
+		if status != tc.status || body != tc.answer+"\n" {
+			t.Errorf("key %q body %s: %d %q, want %d %q", tc.key, tc.body, status, body, tc.status, tc.answer+"\n")
 		}
 	}
 	// RFC 7235: the scheme is case-insensitive.
-	if status, body := postAuth(t, url, "bearer k3y", `{"user":"42","data":"five"}`); status != 200 {
+	if status, body := postAuth(t, url, "bearer k3y", `{"user":"42","data":"five"}`); status != 200 || body != "{\"queued\":1}\n" {
 		t.Errorf("lower-case bearer: %d %q", status, body)
 	}
-	for _, want := range []string{"one", "two", "three", "four", "", "five"} { // same delivery path, same order
+	// Only what was accepted arrives, in order: nothing of a refusal.
+	for _, want := range []string{"one", "two", "three", "four", "", "five"} {
 		if got := c.MustRead(); got != want {
 			t.Fatalf("got %q, want %q", got, want)
 		}
 	}
 	// Without -api-key there is no push API.
 	g2 := startGateway(t, nil, server.Config{})
-	if status, _ := post(t, "http://"+g2.addr+"/api/push", "k3y", `{"user":"42","data":"x"}`); status == 200 {
-		t.Fatal("push API enabled without an API key")
+	if status, body := post(t, "http://"+g2.addr+"/api/push", "k3y", `{"user":"42","data":"x"}`); status != 404 || body != "404 page not found\n" {
+		t.Fatalf("push API without an API key: %d %q, want 404", status, body)
+	}
+	if n := g2.rc.LLen(t.Context(), "user_42_messages").Val(); n != 0 {
+		t.Fatal("push API without an API key queued the message")
 	}
 }
 
@@ -86,8 +94,8 @@ func TestPushAPIAnswers503FastWhenRedisIsDown(t *testing.T) {
 	start := time.Now()
 	status, body := post(t, "http://"+g.addr+"/api/push", "k3y", `{"user":"42","data":"x"}`)
 	took := time.Since(start)
-	if status != 503 {
-		t.Fatalf("%d %q, want 503", status, body)
+	if status != 503 || !strings.HasPrefix(body, "redis unavailable (the message may or may not have been queued; a retry may queue it twice): ") {
+		t.Fatalf("%d %q, want 503 redis unavailable …", status, body)
 	}
 	// One second of budget; the slack is for a loaded machine.
 	if took > 2500*time.Millisecond {

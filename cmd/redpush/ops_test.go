@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -195,4 +196,38 @@ func TestSIGHUPWithoutTLSKeepsRunning(t *testing.T) {
 	if got := c.MustRead(); got != "hello;\n" {
 		t.Fatalf("greeting %q after SIGHUP", got)
 	}
+}
+
+// -tls-cert and -tls-key end to end, in the built binary and a browser:
+// the page comes over https:// and connects with wss:// by itself (the
+// port speaks nothing but TLS), and a pushed message shows on it.
+func TestTLSFlagsServeThePageAndItConnectsWithWSS(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	cert, key := certFiles(t, t.TempDir(), 7)
+	p := startProc(t, nil, "-redis", rds.URL(), "-tls-cert", cert, "-tls-key", key)
+	if s := serialOf(t, p.addr); s != 7 {
+		t.Fatalf("serial %d, want the certificate of -tls-cert", s)
+	}
+	// Plain HTTP on the TLS port gets no page.
+	if resp, err := (&http.Client{Timeout: 3 * time.Second}).Get("http://" + p.addr + "/"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("the page was served over plain http on the TLS port")
+		}
+	}
+	ctx := testutil.Browser(t, 60*time.Second, chromedp.Flag("ignore-certificate-errors", true))
+	if err := chromedp.Do(ctx, chromedp.Navigate("https://"+p.addr+"/?user_id=7"),
+		chromedp.WaitVisible(chromedp.CSS("#state.open"))); err != nil {
+		t.Fatal(err)
+	}
+	url, err := chromedp.Run(ctx, chromedp.Evaluate[string](`ws.url`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "wss://" + p.addr + "/"; !strings.HasPrefix(url, want) {
+		t.Fatalf("the page connected to %q, want %s…", url, want)
+	}
+	rds.Client().LPush(t.Context(), "user_7_messages", "over wss")
+	testutil.PageText(t, ctx, "#content", "user_7_messages 队列发送消息:over wss", 15*time.Second)
+	testutil.Screenshot(t, ctx, "tls-page.png")
 }

@@ -14,8 +14,10 @@ import (
 
 // Browser starts headless Chromium (Debian's package, which `make test`
 // installs) for t and returns its chromedp context, ended after timeout or
-// when t ends. It fails t when chromium is missing: it never skips.
-func Browser(t testing.TB, timeout time.Duration) context.Context {
+// when t ends. It fails t when chromium is missing: it never skips. extra
+// adds allocator options (e.g. a flag to accept a test's self-signed
+// certificate).
+func Browser(t testing.TB, timeout time.Duration, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
@@ -27,6 +29,7 @@ func Browser(t testing.TB, timeout time.Duration) context.Context {
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
 	}
+	opts = append(opts, extra...)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx)
 	ctx, cancelTimeout := context.WithTimeout(ctx, timeout)

@@ -1,0 +1,79 @@
+package server_test
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/server"
+)
+
+// The -redis URL forms besides redis://, each against a real redis-server
+// listening that way: the gateway's connections are found there (CLIENT
+// LIST's laddr), and a message pushed through the plain port arrives.
+
+func TestRedisOverAUnixSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	rds := testutil.StartRedis(t, "--unixsocket", sock, "--unixsocketperm", "700")
+	g := startGatewayAt(t, "unix://"+sock, rds.Client(), server.Config{Format: server.FormatRaw})
+	g.rds = rds
+	servedThrough(t, g, "laddr="+sock+":0 ")
+}
+
+func TestRedisOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert := selfSigned(t)
+	certFile, keyFile := filepath.Join(dir, "redis.crt"), filepath.Join(dir, "redis.key")
+	kder, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	must(t, err)
+	must(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600))
+	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600))
+	tlsPort := testutil.FreePort(t)
+	// The plain port stays for the test's producer; the TLS port speaks
+	// nothing but TLS.
+	rds := testutil.StartRedis(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-auth-clients", "no")
+	// The certificate is the test's own: skip_verify (go-redis's option).
+	url := fmt.Sprintf("rediss://127.0.0.1:%d?skip_verify=true", tlsPort)
+	g := startGatewayAt(t, url, rds.Client(), server.Config{Format: server.FormatRaw})
+	g.rds = rds
+	servedThrough(t, g, fmt.Sprintf("laddr=127.0.0.1:%d ", tlsPort))
+}
+
+// servedThrough checks that the gateway's Redis connections (its command
+// connection and a consumer's) are the ones CLIENT LIST shows with laddr,
+// and that a user is served through them.
+func servedThrough(t *testing.T, g *gateway, laddr string) {
+	t.Helper()
+	c := g.dialReady("u")
+	g.awaitConsumers(1, 5*time.Second)
+	testutil.Eventually(t, 5*time.Second, func() error {
+		list := g.rc.ClientList(t.Context()).Val()
+		var through, blocked int
+		for _, l := range strings.Split(strings.TrimSpace(list), "\n") {
+			if strings.Contains(l, laddr) {
+				through++
+				if strings.Contains(l, "cmd=blmove") {
+					blocked++
+				}
+			} else if !strings.Contains(l, "cmd=client|list") {
+				return fmt.Errorf("a connection not through %q:\n%s", laddr, l)
+			}
+		}
+		if through < 2 || blocked != 1 {
+			return fmt.Errorf("%d connections through %q, %d of them blocked in BLMOVE; want the command client's and a blocked consumer's:\n%s", through, laddr, blocked, list)
+		}
+		return nil
+	})
+	g.push("u", "through "+laddr)
+	if got := c.MustRead(); got != "through "+laddr {
+		t.Fatalf("got %q", got)
+	}
+}
