@@ -127,7 +127,7 @@ func TestRefusedClientIDIsNoOutageAndNoSpin(t *testing.T) {
 	}
 	const window = 3 * time.Second
 	time.Sleep(window) // a measurement window, not a synchronisation
-	calls := commandCalls(t, admin)
+	calls := allCommandCalls(t, admin)
 	// One 1 s BLMOVE round a second, the heartbeat, the claim's renewal
 	// (1/s) and the relay's keep-alive: about 8 in 3 s. A consumer that
 	// spins makes hundreds.
@@ -143,8 +143,8 @@ func TestRefusedClientIDIsNoOutageAndNoSpin(t *testing.T) {
 	}
 }
 
-// commandCalls sums the calls of INFO commandstats, less the INFO itself.
-func commandCalls(t *testing.T, rc *redis.Client) int {
+// allCommandCalls sums the calls of INFO commandstats, less the INFO itself.
+func allCommandCalls(t *testing.T, rc *redis.Client) int {
 	t.Helper()
 	info, err := rc.Info(context.Background(), "commandstats").Result()
 	if err != nil {

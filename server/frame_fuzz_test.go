@@ -35,9 +35,9 @@ func FuzzFrameReader(f *testing.F) {
 		frame(true, ws.OpClose, "\x03\xe8bye"),
 		frame(true, ws.OpText, "\xff"),
 		{0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4}, // 2^63 bytes declared
-		{0x81, 0xfe, 0xff, 0xff, 1, 2, 3, 4, 'x'},          // 65535 declared, 1 sent
-		{0x89, 0xfe, 0, 126, 1, 2, 3, 4},                   // a ping of 126 bytes
-		{0x81, 0x02, 'h', 'i'},                             // unmasked
+		{0x81, 0xfe, 0xff, 0xff, 1, 2, 3, 4, 'x'},           // 65535 declared, 1 sent
+		{0x89, 0xfe, 0, 126, 1, 2, 3, 4},                    // a ping of 126 bytes
+		{0x81, 0x02, 'h', 'i'},                              // unmasked
 	} {
 		f.Add(seed)
 	}
