@@ -43,6 +43,8 @@ type chaosCfg struct {
 	serverBin                 string
 	instances, users, rate    int
 	slow, stoppers, payload   int
+	slowWeight, stopWeight    int
+	heavyPayload              int
 	double, dropShare         float64
 	duration, grace, stopFor  time.Duration
 	redisEvery, killEvery     time.Duration
@@ -65,6 +67,9 @@ func parseChaos(args []string, out io.Writer) (*chaosCfg, error) {
 	fs.IntVar(&c.slow, "slow", 200, "connections that read a few frames a second")
 	fs.IntVar(&c.stoppers, "stoppers", 50, "connections that stop reading for -stop-for, then read on")
 	fs.DurationVar(&c.stopFor, "stop-for", time.Minute, "how long a stopper stops reading")
+	fs.IntVar(&c.slowWeight, "slow-weight", 6, "a slow reader's user gets this many times a normal user's share of -rate")
+	fs.IntVar(&c.stopWeight, "stopper-weight", 8, "a stopper's user gets this many times a normal user's share of -rate")
+	fs.IntVar(&c.heavyPayload, "heavy-payload", 16<<10, "payload bytes of the messages of slow readers' and stoppers' users: enough that a stopped reader fills its socket and its outbox, and the server closes it")
 	fs.DurationVar(&c.duration, "duration", 10*time.Minute, "how long to push and break things")
 	fs.DurationVar(&c.grace, "grace", time.Minute, "how long to wait for the last messages after the faults end")
 	fs.DurationVar(&c.redisEvery, "redis-every", time.Minute, "restart Redis this often (0: never)")
@@ -91,6 +96,8 @@ func parseChaos(args []string, out io.Writer) (*chaosCfg, error) {
 		return nil, fmt.Errorf("-instances must be at least 2, -users and -rate at least 1")
 	case c.slow+c.stoppers > c.users:
 		return nil, fmt.Errorf("-slow + -stoppers exceed -users")
+	case c.slowWeight < 1 || c.stopWeight < 1 || c.heavyPayload < c.payload:
+		return nil, fmt.Errorf("-slow-weight and -stopper-weight must be at least 1, -heavy-payload at least -payload")
 	case c.redisDownMin <= 0 || c.redisDownMx < c.redisDownMin:
 		return nil, fmt.Errorf("want 0 < -redis-down-min ≤ -redis-down-max")
 	}
@@ -148,30 +155,34 @@ type resourcePoint struct {
 
 // chaosResult is the chaos run's output.
 type chaosResult struct {
-	Seed          uint64          `json:"seed"`
-	Seconds       float64         `json:"seconds"`
-	Instances     int             `json:"instances"`
-	Users         int             `json:"users"`
-	Seats         int             `json:"connections"`
-	Sent          int64           `json:"sent"`
-	Unsent        int64           `json:"unsent"`
-	Delivered     int64           `json:"delivered"`
-	Lost          int64           `json:"lost"`
-	LostIDs       []string        `json:"lost_messages,omitempty"` // the first, as user/seq
-	Misdelivered  int64           `json:"misdelivered"`
-	Duplicated    int64           `json:"duplicated"`
-	Reordered     int64           `json:"reordered"`
-	Partial       int64           `json:"partial"`
-	StillQueued   int64           `json:"still_in_queue"`
-	StillInFlight int64           `json:"still_processing"`
-	Unparsed      int64           `json:"unparsed_frames"`
-	Reconnects    int64           `json:"reconnects"`
-	Faults        map[string]int  `json:"faults"`
-	Events        []chaosEvent    `json:"events"`
-	Anomalies     []timeCount     `json:"duplicates_and_reorderings_by_second"`
-	Growth        []string        `json:"resource_growth"`
-	Resources     []resourcePoint `json:"resources"`
-	Verdict       string          `json:"verdict"`
+	Seed          uint64   `json:"seed"`
+	Seconds       float64  `json:"seconds"`
+	Instances     int      `json:"instances"`
+	Users         int      `json:"users"`
+	Seats         int      `json:"connections"`
+	Sent          int64    `json:"sent"`
+	Unsent        int64    `json:"unsent"`
+	Delivered     int64    `json:"delivered"`
+	Lost          int64    `json:"lost"`
+	LostIDs       []string `json:"lost_messages,omitempty"` // the first, as user/seq
+	Misdelivered  int64    `json:"misdelivered"`
+	Duplicated    int64    `json:"duplicated"`
+	Reordered     int64    `json:"reordered"`
+	Partial       int64    `json:"partial"`
+	StillQueued   int64    `json:"still_in_queue"`
+	StillInFlight int64    `json:"still_processing"`
+	Unparsed      int64    `json:"unparsed_frames"`
+	Reconnects    int64    `json:"reconnects"`
+	// StoppersClosed counts the connections of stopped readers that the
+	// server closed while they did not read (their outbox overflowed, or a
+	// write timed out): the push-back the stoppers are there to cause.
+	StoppersClosed int64           `json:"stoppers_closed_by_server"`
+	Faults         map[string]int  `json:"faults"`
+	Events         []chaosEvent    `json:"events"`
+	Anomalies      []timeCount     `json:"duplicates_and_reorderings_by_second"`
+	Growth         []string        `json:"resource_growth"`
+	Resources      []resourcePoint `json:"resources"`
+	Verdict        string          `json:"verdict"`
 }
 
 // timeCount is how many duplicates and reorderings one second saw.
@@ -190,10 +201,11 @@ type chaosRun struct {
 	byUser map[string][]*seat
 	t0     time.Time
 
-	mu     sync.Mutex
-	events []chaosEvent
-	faults map[string]int
-	points []resourcePoint
+	mu        sync.Mutex
+	events    []chaosEvent
+	faults    map[string]int
+	points    []resourcePoint
+	restarted map[int]bool // instances restarted at least once
 }
 
 // quietRedis drops go-redis's own log lines: Redis is down on purpose
@@ -222,9 +234,10 @@ func runChaos(ctx context.Context, c *chaosCfg) (*chaosResult, error) {
 	}
 	rc := ep.NewClient(bcfg.producers + 2)
 	defer rc.Close()
-	r := &chaosRun{cfg: c, fl: fl, tr: newTracker(8), faults: map[string]int{}}
+	r := &chaosRun{cfg: c, fl: fl, tr: newTracker(8), faults: map[string]int{}, restarted: map[int]bool{}}
 	r.tr.anomalies = &anomalyLog{}
 	r.seats = r.makeSeats()
+	r.weigh(bcfg)
 
 	runCtx, stopSeats := context.WithCancel(ctx)
 	var seatsWG sync.WaitGroup
@@ -268,6 +281,23 @@ func runChaos(ctx context.Context, c *chaosCfg) (*chaosResult, error) {
 		return nil, fmt.Errorf("reading what is left in Redis: %v", err)
 	}
 	return r.result(bcfg, pr, left), nil
+}
+
+// weigh gives the users of slow readers and stoppers their larger share
+// of the rate, in heavy messages: a stopper that gets a few bytes a second
+// never fills its socket, and the server never has to close it.
+func (r *chaosRun) weigh(bcfg *config) {
+	bcfg.weight, bcfg.heavy = make([]int, r.cfg.users), make([]bool, r.cfg.users)
+	bcfg.heavyPayload = r.cfg.heavyPayload
+	for _, s := range r.seats {
+		u := userIndex(s.user)
+		switch s.kind {
+		case seatSlow:
+			bcfg.weight[u], bcfg.heavy[u] = max(bcfg.weight[u], r.cfg.slowWeight), true
+		case seatStopper:
+			bcfg.weight[u], bcfg.heavy[u] = max(bcfg.weight[u], r.cfg.stopWeight), true
+		}
+	}
 }
 
 // makeSeats gives every user a connection, and -double of them a second
@@ -374,15 +404,21 @@ func (r *chaosRun) breakThings(ctx context.Context, rng *rand.Rand) {
 			logf("chaos: restarting Redis: %v", err)
 		}
 	})
+	// Instance 0 is never killed nor stopped: the one whose resources
+	// over the whole run say whether anything grows (a restarted process
+	// starts from nothing). It still lives through everything else.
+	victim := func() int { return 1 + pick(c.instances-1) }
 	every(c.killEvery, func() {
-		i := pick(c.instances)
+		i := victim()
+		r.markRestarted(i)
 		r.event("instance_kill", fmt.Sprintf("instance %d SIGKILLed and restarted", i))
 		if err := r.fl.restartInstance(ctx, i, syscall.SIGKILL); err != nil {
 			logf("chaos: restarting instance %d: %v", i, err)
 		}
 	})
 	every(c.termEvery, func() {
-		i := pick(c.instances)
+		i := victim()
+		r.markRestarted(i)
 		r.event("instance_term", fmt.Sprintf("instance %d SIGTERMed and restarted", i))
 		if err := r.fl.restartInstance(ctx, i, syscall.SIGTERM); err != nil {
 			logf("chaos: restarting instance %d: %v", i, err)
@@ -401,6 +437,12 @@ func (r *chaosRun) breakThings(ctx context.Context, rng *rand.Rand) {
 	wg.Wait()
 }
 
+func (r *chaosRun) markRestarted(i int) {
+	r.mu.Lock()
+	r.restarted[i] = true
+	r.mu.Unlock()
+}
+
 // healAll makes sure every instance runs at the end (a fault may have been
 // cut short by the end of the schedule): one that is not running is
 // started again. Redis is always started again by its own fault.
@@ -409,6 +451,7 @@ func (r *chaosRun) healAll(ctx context.Context) {
 		p := r.fl.inst(i)
 		select {
 		case <-p.done:
+			r.markRestarted(i)
 			_ = r.fl.restartInstance(ctx, i, syscall.SIGKILL)
 		default:
 		}
@@ -466,10 +509,11 @@ func (r *chaosRun) result(bcfg *config, pr *producers, left leftovers) *chaosRes
 		users[i] = userName(i + 1)
 	}
 	conns := map[string][]*bitset{}
-	var reconnects int64
+	var reconnects, stoppersClosed int64
 	for _, s := range r.seats {
 		conns[s.user] = append(conns[s.user], &s.st.seen)
 		reconnects += s.dials.Load() - 1
+		stoppersClosed += s.closedWhileStopped.Load()
 	}
 	t := account(users, pr.sent, pr.uncertain, conns, left)
 	r.mu.Lock()
@@ -478,15 +522,20 @@ func (r *chaosRun) result(bcfg *config, pr *producers, left leftovers) *chaosRes
 		Sent: t.sent, Unsent: t.unsent, Delivered: r.tr.received.Load(), Lost: t.lost, LostIDs: t.lostIDs, Misdelivered: r.tr.wrong.Load(),
 		Duplicated: r.tr.dups.Load(), Reordered: r.tr.ooo.Load(), Partial: t.partial,
 		StillQueued: left.queued, StillInFlight: left.processing, Unparsed: r.tr.garbage.Load() + left.unparsed,
-		Reconnects: reconnects, Faults: r.faults, Events: r.events, Anomalies: r.tr.anomalies.bySecond(r.t0),
+		Reconnects: reconnects, StoppersClosed: stoppersClosed, Faults: r.faults, Events: r.events, Anomalies: r.tr.anomalies.bySecond(r.t0),
 		Resources: r.points}
-	res.Growth = resourceGrowth(r.points, r.cfg.duration)
-	res.judge()
+	res.Growth = resourceGrowth(r.points, r.cfg.duration, r.restarted)
+	res.judge(r.cfg)
 	return res
 }
 
-func (res *chaosResult) judge() {
+func (res *chaosResult) judge(c *chaosCfg) {
 	var bad []string
+	if c.stoppers > 0 && c.duration >= 5*time.Minute && res.StoppersClosed == 0 {
+		// The stoppers are there to make the server push back; a run in
+		// which none was closed did not test that.
+		bad = append(bad, "no stopped reader was closed by the server")
+	}
 	for _, f := range []struct {
 		n    int64
 		what string
@@ -507,7 +556,9 @@ func (res *chaosResult) judge() {
 // first minute no instance's RSS, goroutines or open files grew by more
 // than 10% while the number of connections was flat: it compares the
 // median of the first minute after warm-up with that of the last minute.
-func resourceGrowth(pts []resourcePoint, d time.Duration) []string {
+// Only instances that were never restarted count: a restarted process
+// starts from nothing, and its figures say nothing about growth.
+func resourceGrowth(pts []resourcePoint, d time.Duration, restarted map[int]bool) []string {
 	if d < 5*time.Minute || len(pts) < 240 {
 		return nil
 	}
@@ -522,6 +573,9 @@ func resourceGrowth(pts []resourcePoint, d time.Duration) []string {
 	}
 	var out []string
 	for i := range pts[0].Instances {
+		if restarted[i] {
+			continue
+		}
 		for _, m := range []struct {
 			name string
 			get  func(instanceStat) float64
@@ -576,5 +630,6 @@ func (res *chaosResult) printTable(w io.Writer) {
 	row("partial", fmt.Sprintf("%d (messages one tab of a user missed while another got them)", res.Partial))
 	row("left in Redis", fmt.Sprintf("queued %d, processing %d", res.StillQueued, res.StillInFlight))
 	row("reconnects", res.Reconnects)
+	row("stoppers closed", fmt.Sprintf("%d (stopped readers' connections the server closed)", res.StoppersClosed))
 	row("verdict", res.Verdict)
 }

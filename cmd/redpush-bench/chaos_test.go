@@ -56,7 +56,20 @@ func TestChaosVerdict(t *testing.T) {
 		{chaosResult{Duplicated: 5, Reordered: 2, Partial: 9}, "pass"}, // reported, allowed around crashes
 		{chaosResult{Growth: []string{"instance 0 RSS grew 10 → 20"}}, "fail: instance 0 RSS grew 10 → 20"},
 	} {
-		tc.r.judge()
+		tc.r.judge(&chaosCfg{stoppers: 50, duration: time.Minute})
+		if tc.r.Verdict != tc.want {
+			t.Errorf("%+v: verdict %q, want %q", tc.r, tc.r.Verdict, tc.want)
+		}
+	}
+	// A long run whose stoppers were never closed did not test push-back.
+	for _, tc := range []struct {
+		r    chaosResult
+		want string
+	}{
+		{chaosResult{}, "fail: no stopped reader was closed by the server"},
+		{chaosResult{StoppersClosed: 3}, "pass"},
+	} {
+		tc.r.judge(&chaosCfg{stoppers: 50, duration: 10 * time.Minute})
 		if tc.r.Verdict != tc.want {
 			t.Errorf("%+v: verdict %q, want %q", tc.r, tc.r.Verdict, tc.want)
 		}
@@ -75,17 +88,20 @@ func TestResourceGrowth(t *testing.T) {
 		return pts
 	}
 	flat := func(float64) int { return 1000 }
-	if g := resourceGrowth(series(func(float64) float64 { return 100 }, flat), 10*time.Minute); g != nil {
+	if g := resourceGrowth(series(func(float64) float64 { return 100 }, flat), 10*time.Minute, nil); g != nil {
 		t.Errorf("flat resources: %v", g)
 	}
 	leak := series(func(at float64) float64 { return 100 + at/4 }, flat)
-	if g := resourceGrowth(leak, 10*time.Minute); len(g) != 1 || !strings.Contains(g[0], "RSS") {
+	if g := resourceGrowth(leak, 10*time.Minute, nil); len(g) != 1 || !strings.Contains(g[0], "RSS") {
 		t.Errorf("a leak: %v", g)
 	}
-	if g := resourceGrowth(series(func(at float64) float64 { return 100 + at/4 }, func(at float64) int { return 1000 + int(at) }), 10*time.Minute); g != nil {
+	if g := resourceGrowth(series(func(at float64) float64 { return 100 + at/4 }, func(at float64) int { return 1000 + int(at) }), 10*time.Minute, nil); g != nil {
 		t.Errorf("growth with the connections: %v", g)
 	}
-	if g := resourceGrowth(leak, time.Minute); g != nil {
+	if g := resourceGrowth(leak, time.Minute, nil); g != nil {
 		t.Errorf("a one-minute run is not judged on growth: %v", g)
+	}
+	if g := resourceGrowth(leak, 10*time.Minute, map[int]bool{0: true}); g != nil {
+		t.Errorf("a restarted instance is not judged on growth: %v", g)
 	}
 }

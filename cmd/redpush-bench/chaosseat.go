@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -45,6 +46,10 @@ type seat struct {
 	stopping  atomic.Bool  // a stopper that is not reading now
 	dropReq   atomic.Int32 // dropClose or dropReset, for the reader
 	dials     atomic.Int64
+	// closedWhileStopped counts connections that ended while this stopper
+	// did not read, on instance 0, which the run never restarts: only the
+	// server's push-back (outbox full, write timeout) closes them there.
+	closedWhileStopped atomic.Int64
 }
 
 // runSeat connects, reads, and reconnects until ctx ends. addr returns the
@@ -68,6 +73,18 @@ func (s *seat) run(ctx context.Context, t0 time.Time, addr func(int) string, for
 
 func (s *seat) dial(ctx context.Context, addr string) (net.Conn, *bufio.Reader, error) {
 	d := ws.Dialer{Timeout: 5 * time.Second}
+	if s.kind == seatStopper {
+		// A small receive buffer: the server's writes to a stopped reader
+		// block after a few kilobytes, and its outbox takes the rest.
+		d.NetDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
+				return errors.Join(err, serr)
+			}}
+			return nd.DialContext(ctx, network, addr)
+		}
+	}
 	c, br, _, err := d.Dial(ctx, "ws://"+addr+"/?user_id="+url.QueryEscape(s.user))
 	if err != nil {
 		return nil, nil, err
@@ -94,8 +111,15 @@ func (s *seat) dial(ctx context.Context, addr string) (net.Conn, *bufio.Reader, 
 // has just gone away, which no server can see).
 func (s *seat) read(ctx context.Context, c net.Conn, r *bufio.Reader, t0 time.Time, format string, tr *tracker, stopped *bool) {
 	f := frameReader{c: c, r: r, format: format, tr: tr, st: s.st}
+	stoppedHere, dropped := false, false // this connection lived through the stop; the run dropped it
+	defer func() {
+		if stoppedHere && !dropped && s.inst == 0 && ctx.Err() == nil {
+			s.closedWhileStopped.Add(1)
+		}
+	}()
 	for ctx.Err() == nil {
 		if req := s.dropReq.Swap(0); req != 0 {
+			dropped = true
 			s.finishDrop(&f, req == dropReset)
 			return
 		}
@@ -104,6 +128,7 @@ func (s *seat) read(ctx context.Context, c net.Conn, r *bufio.Reader, t0 time.Ti
 			s.stopping.Store(true)
 			sleepCtx(ctx, s.stopFor)
 			s.stopping.Store(false)
+			stoppedHere = true
 		}
 		if _, err := r.Peek(1); err != nil { // a safe point: no frame begun
 			if isTimeout(err) && s.dropReq.Load() != 0 {

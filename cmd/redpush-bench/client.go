@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,4 +157,10 @@ func (cs *clients) closeAll() {
 	}
 	cs.mu.Unlock()
 	cs.wg.Wait()
+}
+
+// userIndex is the index of userName(u+1) in a run whose first user is 1.
+func userIndex(name string) int {
+	n, _ := strconv.Atoi(name)
+	return n - 1
 }

@@ -30,6 +30,20 @@ type config struct {
 	reportOut, hgrmOut            string
 	sourceIPs                     []net.IP
 	keyPrefix, keySuffix          string
+	// weight, when set (chaos), is each user's share of -rate relative to
+	// the others (default 1), and heavy the users whose messages carry
+	// heavyPayload bytes instead of -payload.
+	weight       []int
+	heavy        []bool
+	heavyPayload int
+}
+
+// payloadOf is the payload size of user index u's messages.
+func (c *config) payloadOf(u int) int {
+	if c.heavy != nil && c.heavy[u] {
+		return c.heavyPayload
+	}
+	return c.payload
 }
 
 func logf(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }

@@ -36,6 +36,40 @@ func newProducers(cfg *config, rc redis.UniversalClient) *producers {
 	return &producers{cfg: cfg, rc: rc, sent: make([]int64, cfg.users), uncertain: make([]bitset, cfg.users)}
 }
 
+// usersOf lists the user indexes producer j sends to, each as often as
+// its weight, interleaved so that a heavy user's messages are spread out.
+func (p *producers) usersOf(j int) []int {
+	var rounds [][]int // rounds[k]: the users with a weight over k
+	for u := j; u < p.cfg.users; u += p.cfg.producers {
+		for k := range p.weightOf(u) {
+			if k == len(rounds) {
+				rounds = append(rounds, nil)
+			}
+			rounds[k] = append(rounds[k], u)
+		}
+	}
+	var mine []int
+	for _, r := range rounds {
+		mine = append(mine, r...)
+	}
+	return mine
+}
+
+func (p *producers) weightOf(u int) int {
+	if p.cfg.weight == nil {
+		return 1
+	}
+	return max(p.cfg.weight[u], 1)
+}
+
+func (p *producers) totalWeight() int {
+	n := 0
+	for u := range p.cfg.users {
+		n += p.weightOf(u)
+	}
+	return n
+}
+
 // run sends until every user has -messages (or -duration is over) and
 // returns when done or ctx ends.
 func (p *producers) run(ctx context.Context) {
@@ -56,10 +90,7 @@ func (p *producers) run(ctx context.Context) {
 // actually went out, so a stall shows in the latency of every message it
 // delayed (coordinated omission, corrected as wrk2 does).
 func (p *producers) produce(ctx context.Context, j int, start time.Time) {
-	var mine []int // user indexes of this producer
-	for u := j; u < p.cfg.users; u += p.cfg.producers {
-		mine = append(mine, u)
-	}
+	mine := p.usersOf(j)
 	if len(mine) == 0 {
 		return
 	}
@@ -67,8 +98,9 @@ func (p *producers) produce(ctx context.Context, j int, start time.Time) {
 	if p.cfg.duration > 0 {
 		deadline = start.Add(p.cfg.duration)
 	}
-	// messages/s of this producer: the producers that have users share -rate
-	rate := float64(p.cfg.rate) / float64(min(p.cfg.producers, p.cfg.users))
+	// messages/s of this producer: the producers that have users share
+	// -rate, in proportion to the weight of their users
+	rate := float64(p.cfg.rate) * float64(len(mine)) / float64(p.totalWeight())
 	due := func(k int64) time.Time { return start.Add(time.Duration(float64(k) / rate * float64(time.Second))) }
 	var sent int64
 	limit := int64(-1) // messages due within -duration, in rate mode
@@ -76,7 +108,7 @@ func (p *producers) produce(ctx context.Context, j int, start time.Time) {
 		limit = int64(math.Ceil(p.cfg.duration.Seconds() * rate))
 	}
 	next := 0
-	buf := make([]byte, 0, p.cfg.payload)
+	buf := make([]byte, 0, max(p.cfg.payload, p.cfg.heavyPayload))
 	b := &batch{}
 	for ctx.Err() == nil {
 		now := time.Now()
@@ -111,7 +143,7 @@ func (p *producers) produce(ctx context.Context, j int, start time.Time) {
 				scheduled = d
 			}
 			lag := now.Sub(scheduled).Microseconds()
-			buf = makePayload(buf, userName(p.cfg.firstUser+u), p.sent[u], scheduled.UnixNano(), lag, p.cfg.payload)
+			buf = makePayload(buf, userName(p.cfg.firstUser+u), p.sent[u], scheduled.UnixNano(), lag, p.cfg.payloadOf(u))
 			b.add(ctx, keyOf(p.cfg, p.cfg.firstUser+u), string(buf), u, p.sent[u])
 			p.sent[u]++
 			p.noteLag(lag)
