@@ -72,9 +72,7 @@ func (c *Claim) renewed(sent time.Time) { c.until.Store(sent.Add(ClaimTTL - Clai
 // meanwhile, a live process has the id, and Claim fails with
 // ErrInstanceTaken.
 func (q *Queue) Claim(ctx context.Context) (*Claim, error) {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	c := &Claim{q: q, token: hex.EncodeToString(b[:])}
+	c := &Claim{q: q, token: newToken()}
 	deadline := time.Now().Add(ClaimTTL + ClaimEvery)
 	for {
 		sent := time.Now()
@@ -98,6 +96,37 @@ func (q *Queue) Claim(ctx context.Context) (*Claim, error) {
 		case <-t.C:
 		}
 	}
+}
+
+// ClaimSlot claims the first free id of the Queue's instance id followed by
+// -0, -1, … -(slots-1), and makes it the Queue's instance id; call it
+// before the Queue is used. It does not wait for a claim to expire: a slot
+// held by a process that died is skipped, and its in-flight messages are
+// returned by ReclaimDead once its heartbeat expired.
+func (q *Queue) ClaimSlot(ctx context.Context, slots int) (*Claim, error) {
+	base := q.instance[:min(len(q.instance), 120)] // a slot id stays within 128 characters
+	for n := range slots {
+		id := fmt.Sprintf("%s-%d", base, n)
+		c := &Claim{q: q, token: newToken()}
+		sent := time.Now()
+		ok, err := q.cmd.SetNX(ctx, claimKey(id), c.token, ClaimTTL).Result()
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			q.setInstance(id)
+			c.renewed(sent)
+			q.claim.Store(c)
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: all %d slots of %q are held", ErrInstanceTaken, slots, base)
+}
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Renew extends the claim for another ClaimTTL. It fails with

@@ -232,6 +232,14 @@ func (q *Queue) ackPop(ctx context.Context, user string, n int) ([]string, error
 	return q.AckPopToken(ctx, user, n, q.NewToken())
 }
 
+// Instance is the id whose processing lists this Queue uses.
+func (q *Queue) Instance() string { return q.instance }
+
+// setInstance changes the instance id (ClaimSlot), before any use.
+func (q *Queue) setInstance(id string) {
+	q.instance, q.procTail = id, "}:processing:"+id
+}
+
 // BatchSize is the most messages AckPop moves (Config.Batch).
 func (q *Queue) BatchSize() int { return q.batch }
 
@@ -329,8 +337,14 @@ func splitProcessing(proc string) (queue, instance string, ok bool) {
 // Recover returns to their queues the messages this instance had popped but
 // not acknowledged when it last stopped (a crash, kill -9, or Redis being
 // down during shutdown). Call it once at start, before any consumer runs. It
-// reports how many processing lists and messages it found.
+// reports how many processing lists and messages it found. Besides the
+// registered lists it SCANs for this instance's, once: lists left by a
+// version without the registry come back too.
 func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
+	lists, msgs, err = q.reclaimRegistered(ctx, q.instance)
+	if err != nil {
+		return lists, msgs, err
+	}
 	// The instance id passed ValidID, so it holds no glob metacharacters.
 	match := "{*" + q.procTail
 	err = forEachMaster(ctx, q.cmd, func(ctx context.Context, c *redis.Client) error {
@@ -340,8 +354,10 @@ func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
 			if err != nil {
 				return err
 			}
-			lists++
-			msgs += n
+			if n > 0 {
+				lists++
+				msgs += n
+			}
 		}
 		return iter.Err()
 	})
@@ -389,16 +405,21 @@ func ValidID(s string) bool {
 // heartbeatKey marks instance as alive while it exists.
 func heartbeatKey(instance string) string { return "redpush:instance:" + instance }
 
-// Heartbeat marks this instance alive for ttl. Call it every ttl/3.
+// Heartbeat marks this instance alive for ttl, and lists it among the
+// instances that may hold processing lists. Call it every ttl/3.
 func (q *Queue) Heartbeat(ctx context.Context, ttl time.Duration) error {
-	return q.cmd.Set(ctx, heartbeatKey(q.instance), "alive", ttl).Err()
+	_, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, heartbeatKey(q.instance), "alive", ttl)
+		p.SAdd(ctx, instancesKey, q.instance)
+		return nil
+	})
+	return err
 }
 
-// ReclaimDead returns to their queues the processing lists of instances
-// whose heartbeat expired: an instance that died and never came back. A
-// live instance whose heartbeat was lost (Redis restarted without
-// persistence) may see messages it holds delivered twice, never lost.
-func (q *Queue) ReclaimDead(ctx context.Context) (lists, msgs int, err error) {
+// ReclaimDeadScan is ReclaimDead by SCANning every master's keyspace for
+// processing lists whose instance's heartbeat expired, registered or not:
+// the slow safety net, for lists of versions without the registry.
+func (q *Queue) ReclaimDeadScan(ctx context.Context) (lists, msgs int, err error) {
 	alive := map[string]bool{q.instance: true}
 	err = forEachMaster(ctx, q.cmd, func(ctx context.Context, c *redis.Client) error {
 		iter := c.Scan(ctx, 0, "{*}:processing:*", 1000).Iterator()

@@ -262,11 +262,26 @@ func TestReclaimDeadReturnsOnlyDeadInstancesLists(t *testing.T) {
 	rc := rds.Client()
 	rc.LPush(ctx, "user_l_messages", "l1")
 	rc.LPush(ctx, "user_d_messages", "d1", "d2")
-	live.AckPop(ctx, "l") // both "crash" with a batch in flight
-	dead.AckPop(ctx, "d")
+	for _, q := range []*redisq.Queue{live, dead} { // both "crash" with a batch in flight
+		if err := q.Register(ctx, q.Instance()[:1]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := q.AckPop(ctx, q.Instance()[:1]); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := live.Heartbeat(ctx, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	if err := dead.Heartbeat(ctx, 20*time.Millisecond); err != nil { // it lived, then died
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n, _ := rc.Exists(ctx, "redpush:instance:dead").Result(); n != 0 {
+			return errors.New("the dead instance's heartbeat has not expired yet")
+		}
+		return nil
+	})
 	lists, msgs, err := me.ReclaimDead(ctx)
 	if err != nil || lists != 1 || msgs != 2 {
 		t.Fatalf("ReclaimDead = %d, %d, %v; want the dead instance's one list of 2", lists, msgs, err)
@@ -276,6 +291,55 @@ func TestReclaimDeadReturnsOnlyDeadInstancesLists(t *testing.T) {
 	}
 	if n, _ := rc.LLen(ctx, live.ProcessingKey("l")).Result(); n != 1 {
 		t.Fatal("a live instance's in-flight message was taken")
+	}
+	if m, _ := rc.SMembers(ctx, "redpush:instances").Result(); slices.Contains(m, "dead") || !slices.Contains(m, "live") {
+		t.Fatalf("registered instances %v: want the dead one gone, the live one kept", m)
+	}
+}
+
+// ReclaimDead reads the registry: no SCAN, and the same few commands
+// whether the keyspace holds ten keys or ten thousand. A processing list
+// the registry does not know (left by a version without it) is found by
+// the slow safety net, ReclaimDeadScan.
+func TestReclaimDeadDoesNotGrowWithTheKeyspace(t *testing.T) {
+	q, rds := newQueue(t, 10)
+	ctx := context.Background()
+	rc := rds.Client()
+	if err := q.Heartbeat(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// A dead instance's legacy list: in the keyspace, not in the registry.
+	rc.RPush(ctx, "{user_old_messages}:processing:gone", "o1")
+	mon := rds.StartMonitor()
+	count := func() int {
+		from := mon.Mark(fmt.Sprint("from-", time.Now().UnixNano()))
+		if _, _, err := q.ReclaimDead(ctx); err != nil {
+			t.Fatal(err)
+		}
+		lines := mon.Lines()[from+1 : mon.Mark(fmt.Sprint("to-", time.Now().UnixNano()))]
+		for _, l := range lines {
+			if strings.Contains(strings.ToUpper(l), `"SCAN"`) {
+				t.Fatalf("ReclaimDead scanned the keyspace: %s", l)
+			}
+		}
+		return len(lines)
+	}
+	few := count()
+	p := rc.Pipeline()
+	for i := range 10000 {
+		p.Set(ctx, fmt.Sprint("unrelated:", i), "x", 0)
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if many := count(); many != few {
+		t.Fatalf("ReclaimDead ran %d commands with 10,000 more keys, %d without", many, few)
+	}
+	if n, _ := rc.LLen(ctx, "user_old_messages").Result(); n != 0 {
+		t.Fatal("ReclaimDead found a list the registry does not know: it scanned")
+	}
+	if lists, msgs, err := q.ReclaimDeadScan(ctx); err != nil || lists != 1 || msgs != 1 {
+		t.Fatalf("ReclaimDeadScan = %d, %d, %v; want the legacy list of 1", lists, msgs, err)
 	}
 }
 

@@ -29,8 +29,14 @@ type Config struct {
 	// Format of a pushed frame: "swoole" (default), "raw" or "json".
 	Format string
 	// Instance is this process's stable id; one live process holds it at a
-	// time (redisq.Queue.Claim). Default DefaultInstance(Addr): host-port.
+	// time (redisq.Queue.Claim). Default DefaultInstance(Addr): host-port;
+	// with ReusePort, host-port-N, N the lowest slot no live process holds.
 	Instance string
+	// ReusePort listens with SO_REUSEPORT, so that several processes serve
+	// one port (the kernel spreads new connections over them): to use more
+	// cores or open files than one process has, and for restarts without
+	// downtime (start the new process, then stop the old one).
+	ReusePort bool
 	// InstanceTTL is how long this instance's heartbeat lives in Redis; it
 	// is renewed every third of it. Another instance that finds the
 	// heartbeat of an instance gone returns that instance's in-flight
@@ -92,6 +98,8 @@ type Config struct {
 	TLS *tls.Config
 	// Logger receives the structured log. Default slog.Default().
 	Logger *slog.Logger
+
+	slotted bool // Instance was defaulted with ReusePort: a slot is claimed at start
 }
 
 const (
@@ -262,6 +270,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Format = FormatSwoole
 	}
 	if c.Instance == "" {
+		c.slotted = c.ReusePort
 		c.Instance = DefaultInstance(c.Addr)
 	}
 	if c.MaxQueuedBytes == 0 {

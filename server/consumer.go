@@ -39,57 +39,97 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	h.mu.Lock()
 	s.blocker = b
 	h.mu.Unlock()
-	// A previous consumer of this user could not requeue its last batch only
-	// if Redis was down; returning it first keeps the order.
-	if !h.requeue(ctx, s.user) {
+	// The queue is registered before the first pop (redisq's registry: a
+	// dead instance's lists are found there). A previous consumer of this
+	// user could not requeue its last batch only if Redis was down;
+	// returning it first keeps the order.
+	if !h.register(ctx, s.user) || !h.requeue(ctx, s.user) {
 		return
 	}
-	var bo backoff
-	pending := 0 // delivered, not yet acknowledged: the processing list
-	more := true // the queue may hold messages: pop without blocking
+	c := &consumer{h: h, s: s, b: b}
+	// failures counts the queue's consecutive failed deliveries (redisq's
+	// dead-letter rule): past IsolateAfter, messages go one at a time.
+	c.failures, _ = h.q.Failures(ctx, s.user)
+	for c.serve(ctx) {
+		// The user's last connection is gone, and what was delivered is
+		// acknowledged. The session leaves the hub only now: a connection
+		// of the user that came meanwhile joined this session, and this
+		// consumer serves it, so that never two consumers of one user
+		// share its processing list. The queue leaves the instance's
+		// registry first: a consumer of the user that starts after the
+		// session left registers it again after that.
+		testHook(ctx, s.user, "retiring")
+		if err := h.q.Unregister(ctx, s.user); err != nil {
+			h.log.Debug("unregistering the queue failed; its entry stays", "user", s.user, "err", err)
+		}
+		if h.retire(ctx, s) {
+			return
+		}
+		if !h.register(ctx, s.user) {
+			break
+		}
+	}
+	h.retire(ctx, s) // shutting down
+}
+
+// consumer is the state of one user's consumer between two Redis calls.
+type consumer struct {
+	h *hub
+	s *session
+	b *redisq.Blocker
+
+	bo       backoff
+	pending  int  // delivered, not yet acknowledged: the processing list
+	more     bool // the queue may hold messages: pop without blocking
+	failures int  // see consume
 	// token is the AckPop token to send again: its call timed out waiting
 	// for a pooled connection, which does not prove that an earlier
 	// attempt of go-redis's did not run (redisq.Queue.AckPopToken).
-	var token uint64
-	// failures counts the queue's consecutive failed deliveries (redisq's
-	// dead-letter rule): past IsolateAfter, messages go one at a time.
-	failures, _ := h.q.Failures(ctx, s.user)
-	if !h.waitOnline(ctx, s) {
-		return
+	token uint64
+}
+
+// serve pops, delivers and acknowledges while the user is online. It
+// reports true when the user went offline with nothing held (what was
+// delivered is acknowledged), false when the server shuts down.
+func (c *consumer) serve(ctx context.Context) bool {
+	h, s := c.h, c.s
+	if !h.waitOnline(ctx, s) { // its connection may be gone before it started
+		return ctx.Err() == nil
 	}
+	c.more = true
 	for {
 		// While batches keep coming the user is online: skip the registry
 		// lock until the queue runs dry or a delivery found nobody.
-		if !more && !h.waitOnline(ctx, s) {
+		if !c.more && !h.waitOnline(ctx, s) {
 			break
 		}
 		var msgs []string
 		var err error
-		if more {
+		if c.more {
 			// The ack must not be cut short by a shutdown: the batch it
 			// acknowledges was written, and requeueing it would send it
 			// twice. Its duration is bounded by the client's timeouts.
 			n := h.q.BatchSize()
-			if failures >= redisq.IsolateAfter {
+			if c.failures >= redisq.IsolateAfter {
 				n = 1 // the message that keeps failing goes alone
 			}
-			if token == 0 {
-				token = h.q.NewToken()
+			if c.token == 0 {
+				c.token = h.q.NewToken()
 			}
-			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, n, token)
+			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, n, c.token)
 		} else { // nothing pending: the AckPop that found the queue empty acked it
-			msgs, err = b.Pop(ctx, s.user)
+			msgs, err = c.b.Pop(ctx, s.user)
 		}
 		if err != nil && errors.Is(err, redis.ErrPoolTimeout) {
 			// Every pooled connection was busy. Send the same call again,
 			// with the same token: Redis itself is fine.
 			h.log.Debug("redis pool busy; retrying", "user", s.user)
-			if !bo.wait(ctx) {
+			if !c.bo.wait(ctx) {
 				break
 			}
 			continue
 		}
-		token = 0
+		c.token = 0
 		if err != nil {
 			switch {
 			case ctx.Err() != nil:
@@ -104,49 +144,51 @@ func (h *hub) consume(ctx context.Context, s *session) {
 			// into the processing list before the reply was lost, is
 			// unknown: requeue all of it (the pending batch may come
 			// twice) before popping again, never ack it unseen.
-			pending, more = 0, true
-			if !h.requeue(ctx, s.user) || !bo.wait(ctx) {
-				return
+			c.pending, c.more = 0, true
+			if !h.requeue(ctx, s.user) || !c.bo.wait(ctx) {
+				return false
 			}
 			continue
 		}
 		h.health.ok()
-		bo.reset()
-		h.stats.Delivered.Add(int64(pending))
-		pending = 0
+		c.bo.reset()
+		h.stats.Delivered.Add(int64(c.pending))
+		c.pending = 0
 		// Until a pop comes back empty, more may have arrived meanwhile:
 		// keep taking batches, which is what makes a busy consumer cheap.
-		more = len(msgs) > 0
-		if !more {
+		c.more = len(msgs) > 0
+		if !c.more {
 			continue
 		}
 		testHook(ctx, s.user, "deliver")
 		if ctx.Err() != nil {
 			h.requeue(ctx, s.user)
-			return
+			return false
 		}
 		if written, tried := h.deliver(s, msgs, time.Now()); !written {
 			if tried {
-				failures = h.requeueFailed(ctx, s.user)
+				c.failures = h.requeueFailed(ctx, s.user)
 			} else if !h.requeue(ctx, s.user) {
-				return
+				return false
 			}
 			if !h.waitOnline(ctx, s) {
-				return
+				return ctx.Err() == nil // requeued: nothing held
 			}
-			more = true // the requeued batch is next
+			c.more = true // the requeued batch is next
 			continue
 		}
-		if failures > 0 {
-			failures = 0
+		if c.failures > 0 {
+			c.failures = 0
 			_ = h.q.ClearFailures(ctx, s.user)
 		}
-		pending = len(msgs)
+		c.pending = len(msgs)
 		testHook(ctx, s.user, "delivered")
 	}
-	if pending > 0 {
-		h.ack(ctx, s.user, pending)
+	if c.pending > 0 {
+		h.ack(ctx, s.user, c.pending)
+		c.pending = 0
 	}
+	return ctx.Err() == nil
 }
 
 // hook, set only by tests, runs before each delivery ("deliver") and after
@@ -237,6 +279,22 @@ func (h *hub) requeue(ctx context.Context, user string) bool {
 		cancel()
 		if err == nil {
 			h.stats.Requeued.Add(int64(n))
+			return true
+		}
+		h.redisFailed(err)
+		if !bo.wait(ctx) {
+			return false
+		}
+	}
+}
+
+// register records the user's queue in this instance's registry, retrying
+// while Redis is down; false when the server shuts down first.
+func (h *hub) register(ctx context.Context, user string) bool {
+	var bo backoff
+	for {
+		err := h.q.Register(ctx, user)
+		if err == nil {
 			return true
 		}
 		h.redisFailed(err)

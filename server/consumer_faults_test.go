@@ -303,3 +303,42 @@ func TestABatchNoTabWroteIsNeverAcknowledged(t *testing.T) {
 		t.Fatalf("%d counted as delivered", s.Delivered)
 	}
 }
+
+// A page reload: the user's last connection closes and a new one opens
+// while the consumer still acknowledges what the old one got. The new
+// connection joins the retiring session, so that never two consumers of
+// one user share its processing list (the old one's final ack would drop
+// what the new one popped, and the new one's start-up requeue would send
+// the old batch again).
+func TestReconnectDuringRetirementJoinsTheSession(t *testing.T) {
+	retiring, resume := make(chan struct{}), make(chan struct{})
+	var once atomic.Bool
+	defer server.SetHook(func(_ context.Context, user, stage string) {
+		if user == "rl" && stage == "retiring" && once.CompareAndSwap(false, true) {
+			close(retiring)
+			<-resume
+		}
+	})()
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+	c1 := g.dialReady("rl")
+	g.push("rl", "m1")
+	if got := c1.MustRead(); got != "m1" {
+		t.Fatalf("got %q", got)
+	}
+	c1.SendClose()
+	<-retiring // m1 delivered, not yet acknowledged; the consumer is held
+	c2 := g.dialReady("rl")
+	g.push("rl", "m2")
+	// While the first consumer is held, nothing may serve the user: a
+	// second consumer would requeue m1 and send it again.
+	if got, _, err := c2.Read(time.Second); err == nil {
+		t.Fatalf("got %q while the user's consumer was retiring: a second consumer served it", got)
+	}
+	if n := g.srv.Snapshot().Consumers; n != 1 {
+		t.Fatalf("%d consumers for one user", n)
+	}
+	close(resume)
+	if got := c2.MustRead(); got != "m2" {
+		t.Fatalf("the new connection got %q first, want m2 (m1 was delivered and acknowledged)", got)
+	}
+}

@@ -22,7 +22,8 @@
 //
 // Shutdown: /readyz turns 503 first; the listener stays open while clients
 // are closed with 1001 and consumers requeue, so new clients get a 503 with
-// a reason meanwhile; then it closes.
+// a reason meanwhile; then it closes. With Config.ReusePort the listener
+// closes first: the other processes on the port take the new clients.
 //
 // Concurrency contract:
 //   - Each user has at most one consumer per process (a task of the pool). It

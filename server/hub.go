@@ -207,8 +207,7 @@ func (s *session) online() bool {
 }
 
 // waitOnline blocks until s has an open connection (true) or must end:
-// its last reference is gone or the server shuts down (false). On false the
-// session has been removed from the registry.
+// its last reference is gone or the server shuts down (false).
 func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 	for {
 		h.mu.Lock()
@@ -217,12 +216,6 @@ func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 			h.mu.Unlock()
 			return true
 		case ctx.Err() != nil || s.refs == 0:
-			if h.users[s.user] == s {
-				delete(h.users, s.user)
-				if h.relay != nil {
-					h.relay.unwatch(s.user)
-				}
-			}
 			h.mu.Unlock()
 			return false
 		}
@@ -232,6 +225,24 @@ func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 		case <-ctx.Done():
 		}
 	}
+}
+
+// retire removes s from the registry once its consumer is done with it
+// (true), unless a connection of its user came meanwhile and the server is
+// not shutting down (false): the consumer then serves on.
+func (h *hub) retire(ctx context.Context, s *session) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.refs > 0 && ctx.Err() == nil {
+		return false
+	}
+	if h.users[s.user] == s {
+		delete(h.users, s.user)
+		if h.relay != nil {
+			h.relay.unwatch(s.user)
+		}
+	}
+	return true
 }
 
 // refuseNew makes acquire and attach refuse from now on.

@@ -106,7 +106,11 @@ func (s *Server) Run(ctx context.Context) error {
 // A command listens before it starts anything else, so that a port in use
 // is its first and only complaint.
 func Listen(cfg Config) (net.Listener, error) {
-	ln, err := net.Listen("tcp", cfg.Addr)
+	var lc net.ListenConfig
+	if cfg.ReusePort {
+		lc.Control = reusePort
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrStart, err)
 	}
@@ -129,7 +133,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer ln.Close()
 	// The id first: recovery returns this instance's in-flight messages,
 	// which must not belong to another live process.
-	claim, err := s.q.Claim(ctx)
+	claim, err := s.claim(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrStart, err)
 	}
@@ -202,6 +206,25 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
+// claim takes the instance id: Config.Instance, or, with ReusePort and no
+// Instance given, the lowest free slot of DefaultInstance (host-port-0,
+// host-port-1, …), so that several processes on one port get ids of their
+// own that stay stable across restarts.
+func (s *Server) claim(ctx context.Context) (*redisq.Claim, error) {
+	if !s.cfg.slotted {
+		return s.q.Claim(ctx)
+	}
+	c, err := s.q.ClaimSlot(ctx, maxSlots)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Instance = s.q.Instance()
+	return c, nil
+}
+
+// maxSlots bounds the processes that share one port with default ids.
+const maxSlots = 256
+
 // holdClaim renews the claim on the instance id until ctx ends (after the
 // shutdown: the claim outlives serving). If another
 // process took the id (this one could not renew it in time, during an
@@ -239,12 +262,18 @@ func (s *Server) holdClaim(ctx context.Context, c *redisq.Claim, lose context.Ca
 // shutdown drains in order. The listener stays open until the end, so that
 // /readyz can answer 503 while clients are closed and in-flight messages
 // requeued, and a client that reconnects meanwhile gets a 503 with a reason
-// instead of a refused connection.
+// instead of a refused connection; with ReusePort it closes first, as
+// other processes on the port serve the clients that come.
 func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan struct{}) error {
 	// New connections are refused before /readyz turns 503: a client whose
 	// handshake falls between the two gets the 503 too, never a 101.
 	s.hub.refuseNew()
 	s.stopping.Store(true)
+	if s.cfg.ReusePort {
+		// Other processes share the port: closing the listener now sends
+		// every new client to them instead of to this one's 503s.
+		_ = ln.Close()
+	}
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
 	// Close frames get at most a second, or half the timeout, so that
@@ -266,13 +295,18 @@ func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan st
 	return err
 }
 
+// scanEvery is how many heartbeats pass between two SCANs of the keyspace
+// for dead instances' processing lists that the registry does not know
+// (left by versions without it): 180 × 10 s, half an hour by default.
+const scanEvery = 180
+
 // keepAlive renews this instance's heartbeat and returns the in-flight
 // messages of instances whose heartbeat expired (they died and did not come
 // back) to their queues.
 func (s *Server) keepAlive(ctx context.Context) {
 	t := time.NewTicker(s.cfg.InstanceTTL / 3)
 	defer t.Stop()
-	for {
+	for tick := 1; ; tick++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -282,7 +316,11 @@ func (s *Server) keepAlive(ctx context.Context) {
 			s.log.Debug("heartbeat failed", "err", err)
 			continue
 		}
-		lists, msgs, err := s.q.ReclaimDead(ctx)
+		reclaim := s.q.ReclaimDead // the registry: as cheap as the instances are few
+		if tick%scanEvery == 0 {
+			reclaim = s.q.ReclaimDeadScan // the safety net: every key, rarely
+		}
+		lists, msgs, err := reclaim(ctx)
 		if err != nil {
 			s.log.Debug("reclaiming dead instances' messages failed", "err", err)
 		}

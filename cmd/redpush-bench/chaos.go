@@ -67,7 +67,7 @@ func parseChaos(args []string, out io.Writer) (*chaosCfg, error) {
 	fs.IntVar(&c.slow, "slow", 200, "connections that read a few frames a second")
 	fs.IntVar(&c.stoppers, "stoppers", 50, "connections that stop reading for -stop-for, then read on")
 	fs.DurationVar(&c.stopFor, "stop-for", time.Minute, "how long a stopper stops reading")
-	fs.IntVar(&c.slowWeight, "slow-weight", 6, "a slow reader's user gets this many times a normal user's share of -rate")
+	fs.IntVar(&c.slowWeight, "slow-weight", 2, "a slow reader's user gets this many times a normal user's share of -rate")
 	fs.IntVar(&c.stopWeight, "stopper-weight", 8, "a stopper's user gets this many times a normal user's share of -rate")
 	fs.IntVar(&c.heavyPayload, "heavy-payload", 16<<10, "payload bytes of the messages of slow readers' and stoppers' users: enough that a stopped reader fills its socket and its outbox, and the server closes it")
 	fs.DurationVar(&c.duration, "duration", 10*time.Minute, "how long to push and break things")

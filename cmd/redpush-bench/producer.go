@@ -99,8 +99,11 @@ func (p *producers) produce(ctx context.Context, j int, start time.Time) {
 		deadline = start.Add(p.cfg.duration)
 	}
 	// messages/s of this producer: the producers that have users share
-	// -rate, in proportion to the weight of their users
-	rate := float64(p.cfg.rate) * float64(len(mine)) / float64(p.totalWeight())
+	// -rate, equally, or in proportion to the weight of their users
+	rate := float64(p.cfg.rate) / float64(min(p.cfg.producers, p.cfg.users))
+	if p.cfg.weight != nil {
+		rate = float64(p.cfg.rate) * float64(len(mine)) / float64(p.totalWeight())
+	}
 	due := func(k int64) time.Time { return start.Add(time.Duration(float64(k) / rate * float64(time.Second))) }
 	var sent int64
 	limit := int64(-1) // messages due within -duration, in rate mode

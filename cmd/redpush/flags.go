@@ -47,7 +47,8 @@ func defineFlags(fs *flag.FlagSet, o *options) *string {
 	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num: 1 to 100000; 0 means the default, from the open-file limit (at most 10000)")
 	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
 	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")
-	fs.StringVar(&c.Instance, "instance", "", "stable instance `id`, so a restart returns its in-flight messages (default host-port)")
+	fs.StringVar(&c.Instance, "instance", "", "stable instance `id`, so a restart returns its in-flight messages (default host-port; with -reuseport host-port-N, the lowest slot N no live process holds)")
+	fs.BoolVar(&c.ReusePort, "reuseport", false, "listen with SO_REUSEPORT: several redpush processes share -addr's port, the kernel spreading new connections over them")
 	durationVar(fs, &c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this `duration`: 1s to 24h; 0 means the default")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client frame or message in bytes, larger is closed with 1009: 16 to 67108864; 0 means the default")
 	fs.IntVar(&c.MaxQueuedBytes, "max-queued-bytes", 1<<20, "bytes that may wait for one client beyond its first batch; a client over it for -write-timeout, or over 4 times it, is closed with 1008: 4096 to 1073741824; 0 means the default")
@@ -113,8 +114,8 @@ func (o *options) finish(fs *flag.FlagSet, getenv func(string) string, level str
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return fmt.Errorf("-log-format: %q is not text or json", o.logFormat)
 	}
-	if o.cfg.Instance == "" {
-		o.cfg.Instance = server.DefaultInstance(o.cfg.Addr)
+	if o.cfg.Instance == "" && !o.cfg.ReusePort {
+		o.cfg.Instance = server.DefaultInstance(o.cfg.Addr) // with -reuseport the server picks a slot
 	}
 	if err := o.security(); err != nil {
 		return err

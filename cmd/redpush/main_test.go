@@ -55,7 +55,12 @@ type proc struct {
 
 func startProc(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	return startProcAt(t, fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), env, args...)
+}
+
+// startProcAt is startProc on addr.
+func startProcAt(t *testing.T, addr string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, addr: addr, stderr: &testutil.SyncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, append([]string{"-addr", addr}, args...)...)
 	p.cmd.Env = append(os.Environ(), env...)

@@ -1,0 +1,112 @@
+package redisq
+
+import (
+	"context"
+	"errors"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Housekeeping that does not grow with the keyspace. Each instance records
+// in Redis the queues it may hold a processing list of, so that the
+// instances reclaiming a dead one's messages read a short list instead of
+// SCANning every key of a shared Redis every few seconds:
+//
+//	redpush:instances        SET of instance ids that may hold processing
+//	                         lists (each live instance adds itself with
+//	                         every heartbeat)
+//	redpush:lists:<instance> SET of the queue keys whose processing list of
+//	                         that instance may be non-empty
+//
+// A consumer registers its queue before its first pop and unregisters it
+// once its processing list is empty and it is done (Register, Unregister).
+// An entry whose list is in fact empty costs one idle requeue; a list with
+// no entry would be reclaimed only by the slow SCAN that remains as a safety
+// net (ReclaimDeadScan): for lists of versions without the registry, during
+// a rolling upgrade.
+
+const instancesKey = "redpush:instances"
+
+func listsKey(instance string) string { return "redpush:lists:" + instance }
+
+// Register records that this instance may hold a processing list of user's
+// queue. Call it before the first pop of a consumer.
+func (q *Queue) Register(ctx context.Context, user string) error {
+	return q.cmd.SAdd(ctx, listsKey(q.instance), q.Key(user)).Err()
+}
+
+// Unregister drops the record, once the processing list is empty and the
+// consumer is done with it.
+func (q *Queue) Unregister(ctx context.Context, user string) error {
+	return q.cmd.SRem(ctx, listsKey(q.instance), q.Key(user)).Err()
+}
+
+// reclaimRegistered returns the processing lists that instance registered
+// to their queues and drops their entries; a list registered again
+// meanwhile (the instance lives after all) keeps its entry.
+func (q *Queue) reclaimRegistered(ctx context.Context, instance string) (lists, msgs int, err error) {
+	iter := q.cmd.SScan(ctx, listsKey(instance), 0, "", 1000).Iterator()
+	for iter.Next(ctx) {
+		queue := iter.Val()
+		n, err := requeueAll.Run(ctx, q.cmd, []string{"{" + queue + "}:processing:" + instance, queue}).Int()
+		if err != nil {
+			return lists, msgs, err
+		}
+		if n > 0 {
+			lists++
+			msgs += n
+		}
+		if err := q.cmd.SRem(ctx, listsKey(instance), queue).Err(); err != nil {
+			return lists, msgs, err
+		}
+	}
+	return lists, msgs, iter.Err()
+}
+
+// ReclaimDead returns to their queues the processing lists of instances
+// whose heartbeat expired: an instance that died and never came back. Its
+// cost grows with the number of instances and of their registered lists,
+// not with the keyspace. A live instance whose heartbeat was lost (Redis
+// restarted without persistence) may see messages it holds delivered
+// twice, never lost.
+func (q *Queue) ReclaimDead(ctx context.Context) (lists, msgs int, err error) {
+	ids, err := q.cmd.SMembers(ctx, instancesKey).Result()
+	if err != nil {
+		return 0, 0, err
+	}
+	others := ids[:0]
+	for _, id := range ids {
+		if id != q.instance && ValidID(id) {
+			others = append(others, id)
+		}
+	}
+	if len(others) == 0 {
+		return 0, 0, nil
+	}
+	alive := make([]*redis.IntCmd, len(others))
+	_, err = q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range others {
+			alive[i] = p.Exists(ctx, heartbeatKey(id))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	for i, id := range others {
+		if alive[i].Val() == 1 {
+			continue
+		}
+		l, m, err := q.reclaimRegistered(ctx, id)
+		lists, msgs = lists+l, msgs+m
+		if err != nil {
+			return lists, msgs, err
+		}
+		// Gone for good unless it comes back, which adds it again with
+		// its first heartbeat.
+		if err := q.cmd.SRem(ctx, instancesKey, id).Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return lists, msgs, err
+		}
+	}
+	return lists, msgs, nil
+}
