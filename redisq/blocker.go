@@ -16,8 +16,9 @@ import (
 // It is a dedicated connection whose CLIENT ID is known, so [Blocker.Wake]
 // can end a blocked BLMOVE at once with CLIENT UNBLOCK, sent to the same
 // server. A consumer then notices at once that its user left or that the
-// server shuts down, and an idle user costs one command per long round (10 s)
-// instead of one a second. On a cluster the connection goes to the master of
+// server shuts down, and an idle user costs one command per long round
+// instead of one a second (rounds end before the instance claim may
+// expire: 1–2 s; see blockPop). On a cluster the connection goes to the master of
 // the user's slot; when the slot moves, BLMOVE fails with MOVED, Pop returns
 // [ErrSlotMoved] after asking go-redis to reload the slot map, and the next
 // Pop dials the new master. Where CLIENT ID is refused (the embedded

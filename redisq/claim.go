@@ -63,6 +63,10 @@ type Claim struct {
 // process can have taken the id.
 func (c *Claim) Held() bool { return time.Now().UnixNano() < c.until.Load() }
 
+// expires is when another process may take the id at the earliest, by the
+// last renewal: a command sent now must be over by then.
+func (c *Claim) expires() time.Time { return time.Unix(0, c.until.Load()).Add(ClaimEvery) }
+
 // renewed records a successful claim or renewal sent at sent.
 func (c *Claim) renewed(sent time.Time) { c.until.Store(sent.Add(ClaimTTL - ClaimEvery).UnixNano()) }
 
@@ -151,6 +155,7 @@ func (c *Claim) Renew(ctx context.Context) error {
 // Release gives the id up, if this process still holds it, so that a
 // successor need not wait for the claim to expire.
 func (c *Claim) Release(ctx context.Context) error {
+	c.until.Store(0) // from now on this process touches no processing list
 	err := releaseClaim.Run(ctx, c.q.cmd, []string{claimKey(c.q.instance)}, c.token).Err()
 	if errors.Is(err, redis.Nil) {
 		return nil

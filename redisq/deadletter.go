@@ -60,9 +60,11 @@ return {n, f, dead}
 // the failure, and returns how many messages it moved, the count so far,
 // and whether they went to the dead-letter list instead of the queue.
 func (q *Queue) RequeueFailed(ctx context.Context, user string) (moved, failures int, dead bool, err error) {
-	if err := q.guard(); err != nil {
+	ctx, cancel, err := q.leased(ctx)
+	if err != nil {
 		return 0, 0, false, err
 	}
+	defer cancel()
 	keys := []string{q.ProcessingKey(user), q.Key(user), q.failuresKey(user), q.DeadKey(user)}
 	r, err := requeueFailed.Run(ctx, q.cmd, keys, DeadAfter).Int64Slice()
 	if err != nil || len(r) != 3 {

@@ -71,6 +71,26 @@ func (q *Queue) guard() error {
 	return nil
 }
 
+// leaseMargin is how long before the claim may expire a guarded command
+// must be done: the time it takes to reach Redis.
+const leaseMargin = 200 * time.Millisecond
+
+// leased is guard, and a context that ends before another process may take
+// the id: a command that passed the guard cannot reach Redis after that
+// (go-redis does not retry past a deadline), however long it waited for a
+// pooled connection or for a reply.
+func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	c := q.claim.Load()
+	if c == nil {
+		return ctx, func() {}, nil
+	}
+	if !c.Held() {
+		return nil, nil, ErrClaimLapsed
+	}
+	ctx, cancel := context.WithDeadline(ctx, c.expires().Add(-leaseMargin))
+	return ctx, cancel, nil
+}
+
 // ackPop drops the processing list KEYS[2] (the previous batch was
 // delivered, or it is empty) and moves up to ARGV[1] messages from the right
 // of the queue KEYS[1] to the left of the processing list, returning them
@@ -207,6 +227,17 @@ func (q *Queue) ProcessingKey(user string) string { return "{" + q.Key(user) + q
 // and moves it into the processing list. It returns none when the round
 // ended (or a Blocker was woken).
 func (q *Queue) blockPop(ctx context.Context, bc redis.Cmdable, round time.Duration, user string) ([]string, error) {
+	if c := q.claim.Load(); c != nil {
+		// A BLMOVE blocked in Redis moves a message into the processing
+		// list whenever one comes, even if this process stalled
+		// meanwhile: it must time out before another process may take
+		// the id and its lists. The round shrinks to fit.
+		// (BLMOVE takes whole seconds here: go-redis sends them so.)
+		round = min(round, time.Until(c.expires().Add(-leaseMargin)).Truncate(time.Second))
+		if round < time.Second {
+			return nil, ErrClaimLapsed
+		}
+	}
 	first, err := bc.BLMove(ctx, q.Key(user), q.ProcessingKey(user), "RIGHT", "LEFT", round).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
@@ -253,9 +284,11 @@ func (q *Queue) NewToken() uint64 { return q.token.Add(1) }
 // its last attempt, so a redis.ErrPoolTimeout does not prove that an
 // earlier attempt of the same call did not run: repeat it with its token.
 func (q *Queue) AckPopToken(ctx context.Context, user string, n int, token uint64) ([]string, error) {
-	if err := q.guard(); err != nil {
+	ctx, cancel, err := q.leased(ctx)
+	if err != nil {
 		return nil, err
 	}
+	defer cancel()
 	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user)}
 	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token).StringSlice()
 	if errors.Is(err, redis.Nil) {
@@ -305,9 +338,11 @@ func (q *Queue) Ack(ctx context.Context, user string) error {
 // the end of the queue that is read next, in its original order, and reports
 // how many messages it moved.
 func (q *Queue) Requeue(ctx context.Context, user string) (int, error) {
-	if err := q.guard(); err != nil {
+	ctx, cancel, err := q.leased(ctx)
+	if err != nil {
 		return 0, err
 	}
+	defer cancel()
 	return q.requeueKey(ctx, q.ProcessingKey(user))
 }
 
@@ -343,6 +378,10 @@ func splitProcessing(proc string) (queue, instance string, ok bool) {
 func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
 	lists, msgs, err = q.reclaimRegistered(ctx, q.instance)
 	if err != nil {
+		return lists, msgs, err
+	}
+	// Its consumers register what they serve from now on.
+	if err := q.cmd.Del(ctx, listsKey(q.instance)).Err(); err != nil {
 		return lists, msgs, err
 	}
 	// The instance id passed ValidID, so it holds no glob metacharacters.
@@ -406,14 +445,19 @@ func ValidID(s string) bool {
 func heartbeatKey(instance string) string { return "redpush:instance:" + instance }
 
 // Heartbeat marks this instance alive for ttl, and lists it among the
-// instances that may hold processing lists. Call it every ttl/3.
-func (q *Queue) Heartbeat(ctx context.Context, ttl time.Duration) error {
-	_, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+// instances that may hold processing lists. Call it every ttl/3. relisted
+// reports that the instance was not listed: at the first heartbeat, or
+// because another instance took it for dead (its heartbeat lapsed during
+// an outage) and dropped its registry; the caller then registers the
+// queues it serves again (RegisterAll).
+func (q *Queue) Heartbeat(ctx context.Context, ttl time.Duration) (relisted bool, err error) {
+	var added *redis.IntCmd
+	_, err = q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, heartbeatKey(q.instance), "alive", ttl)
-		p.SAdd(ctx, instancesKey, q.instance)
+		added = p.SAdd(ctx, instancesKey, q.instance)
 		return nil
 	})
-	return err
+	return err == nil && added.Val() == 1, err
 }
 
 // ReclaimDeadScan is ReclaimDead by SCANning every master's keyspace for

@@ -270,10 +270,10 @@ func TestReclaimDeadReturnsOnlyDeadInstancesLists(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := live.Heartbeat(ctx, time.Minute); err != nil {
+	if _, err := live.Heartbeat(ctx, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if err := dead.Heartbeat(ctx, 20*time.Millisecond); err != nil { // it lived, then died
+	if _, err := dead.Heartbeat(ctx, 20*time.Millisecond); err != nil { // it lived, then died
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -305,7 +305,7 @@ func TestReclaimDeadDoesNotGrowWithTheKeyspace(t *testing.T) {
 	q, rds := newQueue(t, 10)
 	ctx := context.Background()
 	rc := rds.Client()
-	if err := q.Heartbeat(ctx, time.Minute); err != nil {
+	if _, err := q.Heartbeat(ctx, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	// A dead instance's legacy list: in the keyspace, not in the registry.
@@ -316,7 +316,8 @@ func TestReclaimDeadDoesNotGrowWithTheKeyspace(t *testing.T) {
 		if _, _, err := q.ReclaimDead(ctx); err != nil {
 			t.Fatal(err)
 		}
-		lines := mon.Lines()[from+1 : mon.Mark(fmt.Sprint("to-", time.Now().UnixNano()))]
+		to := mon.Mark(fmt.Sprint("to-", time.Now().UnixNano()))
+		lines := mon.Lines()[from+1 : to]
 		for _, l := range lines {
 			if strings.Contains(strings.ToUpper(l), `"SCAN"`) {
 				t.Fatalf("ReclaimDead scanned the keyspace: %s", l)

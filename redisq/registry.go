@@ -2,7 +2,6 @@ package redisq
 
 import (
 	"context"
-	"errors"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -20,6 +19,11 @@ import (
 //
 // A consumer registers its queue before its first pop and unregisters it
 // once its processing list is empty and it is done (Register, Unregister).
+// An instance taken for dead (its heartbeat lapsed while it lived, during
+// an outage) finds itself dropped from redpush:instances at its next
+// heartbeat and registers every queue it serves again (RegisterAll); a
+// list it popped into in between, if it then died for good, is left to
+// the SCAN.
 // An entry whose list is in fact empty costs one idle requeue; a list with
 // no entry would be reclaimed only by the slow SCAN that remains as a safety
 // net (ReclaimDeadScan): for lists of versions without the registry, during
@@ -35,6 +39,22 @@ func (q *Queue) Register(ctx context.Context, user string) error {
 	return q.cmd.SAdd(ctx, listsKey(q.instance), q.Key(user)).Err()
 }
 
+// RegisterAll is Register for many users at once.
+func (q *Queue) RegisterAll(ctx context.Context, users []string) error {
+	for len(users) > 0 {
+		n := min(len(users), 1000)
+		keys := make([]any, n)
+		for i, u := range users[:n] {
+			keys[i] = q.Key(u)
+		}
+		if err := q.cmd.SAdd(ctx, listsKey(q.instance), keys...).Err(); err != nil {
+			return err
+		}
+		users = users[n:]
+	}
+	return nil
+}
+
 // Unregister drops the record, once the processing list is empty and the
 // consumer is done with it.
 func (q *Queue) Unregister(ctx context.Context, user string) error {
@@ -42,8 +62,8 @@ func (q *Queue) Unregister(ctx context.Context, user string) error {
 }
 
 // reclaimRegistered returns the processing lists that instance registered
-// to their queues and drops their entries; a list registered again
-// meanwhile (the instance lives after all) keeps its entry.
+// to their queues. The entries stay: the caller drops the registry once it
+// is sure the instance is gone.
 func (q *Queue) reclaimRegistered(ctx context.Context, instance string) (lists, msgs int, err error) {
 	iter := q.cmd.SScan(ctx, listsKey(instance), 0, "", 1000).Iterator()
 	for iter.Next(ctx) {
@@ -56,11 +76,21 @@ func (q *Queue) reclaimRegistered(ctx context.Context, instance string) (lists, 
 			lists++
 			msgs += n
 		}
-		if err := q.cmd.SRem(ctx, listsKey(instance), queue).Err(); err != nil {
-			return lists, msgs, err
-		}
 	}
 	return lists, msgs, iter.Err()
+}
+
+// dropRegistry forgets instance, unless its heartbeat is back: its lists
+// were returned, and if it lives after all it lists itself again with its
+// next heartbeat and registers its queues again.
+func (q *Queue) dropRegistry(ctx context.Context, instance string) error {
+	if n, err := q.cmd.Exists(ctx, heartbeatKey(instance)).Result(); err != nil || n == 1 {
+		return err
+	}
+	if err := q.cmd.Del(ctx, listsKey(instance)).Err(); err != nil {
+		return err
+	}
+	return q.cmd.SRem(ctx, instancesKey, instance).Err()
 }
 
 // ReclaimDead returns to their queues the processing lists of instances
@@ -102,9 +132,7 @@ func (q *Queue) ReclaimDead(ctx context.Context) (lists, msgs int, err error) {
 		if err != nil {
 			return lists, msgs, err
 		}
-		// Gone for good unless it comes back, which adds it again with
-		// its first heartbeat.
-		if err := q.cmd.SRem(ctx, instancesKey, id).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		if err := q.dropRegistry(ctx, id); err != nil {
 			return lists, msgs, err
 		}
 	}

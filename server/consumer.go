@@ -129,14 +129,21 @@ func (c *consumer) serve(ctx context.Context) bool {
 			}
 			continue
 		}
+		if errors.Is(err, redisq.ErrClaimLapsed) {
+			// Nothing was sent: wait for the claim's renewal and send the
+			// same call again, the delivered batch still pending.
+			h.log.Debug("instance id claim not renewed in time; waiting", "user", s.user)
+			if !c.bo.wait(ctx) {
+				break
+			}
+			continue
+		}
 		c.token = 0
 		if err != nil {
 			switch {
 			case ctx.Err() != nil:
 			case errors.Is(err, redisq.ErrSlotMoved):
 				h.log.Debug("cluster slot moved", "user", s.user, "err", err)
-			case errors.Is(err, redisq.ErrClaimLapsed):
-				h.log.Debug("instance id claim not renewed in time; waiting", "user", s.user)
 			default:
 				h.health.fail(err)
 			}
@@ -184,10 +191,17 @@ func (c *consumer) serve(ctx context.Context) bool {
 		c.pending = len(msgs)
 		testHook(ctx, s.user, "delivered")
 	}
-	if c.pending > 0 {
+	switch {
+	case c.token != 0:
+		// An AckPop whose outcome is unknown may have popped the next
+		// batch into the processing list: acknowledging with a new token
+		// would drop it unsent. Requeue all; the delivered batch may come
+		// twice.
+		h.requeue(ctx, s.user)
+	case c.pending > 0:
 		h.ack(ctx, s.user, c.pending)
-		c.pending = 0
 	}
+	c.pending, c.token = 0, 0
 	return ctx.Err() == nil
 }
 

@@ -279,12 +279,7 @@ func (h *hub) closeAll(code ws.StatusCode, reason string, deadline time.Time) {
 // backlog is how many messages wait in the queues of the users online
 // here, or -1 when Redis did not answer within a second.
 func (h *hub) backlog() int64 {
-	h.mu.Lock()
-	users := make([]string, 0, len(h.users))
-	for u := range h.users {
-		users = append(users, u)
-	}
-	h.mu.Unlock()
+	users := h.onlineUsers()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	n, err := h.q.Backlog(ctx, users)
@@ -292,6 +287,17 @@ func (h *hub) backlog() int64 {
 		return -1
 	}
 	return n
+}
+
+// onlineUsers lists the users with a session here.
+func (h *hub) onlineUsers() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	users := make([]string, 0, len(h.users))
+	for u := range h.users {
+		users = append(users, u)
+	}
+	return users
 }
 
 // counts reports online users and open connections.

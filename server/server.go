@@ -170,7 +170,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Info("returned in-flight messages of a previous run to their queues",
 			"instance", s.cfg.Instance, "lists", lists, "messages", msgs)
 	}
-	if err := s.q.Heartbeat(ctx, s.cfg.InstanceTTL); err != nil {
+	if _, err := s.q.Heartbeat(ctx, s.cfg.InstanceTTL); err != nil {
 		return fmt.Errorf("%w: heartbeat: %w", ErrStart, err)
 	}
 	keepAliveDone := make(chan struct{})
@@ -233,6 +233,7 @@ const maxSlots = 256
 func (s *Server) holdClaim(ctx context.Context, c *redisq.Claim, lose context.CancelCauseFunc) {
 	t := time.NewTicker(redisq.ClaimEvery)
 	defer t.Stop()
+	failing := false // this loop marked Redis down; it marks it up again
 	for {
 		select {
 		case <-ctx.Done():
@@ -248,12 +249,14 @@ func (s *Server) holdClaim(ctx context.Context, c *redisq.Claim, lose context.Ca
 			return
 		}
 		switch {
-		case err == nil:
+		case err == nil && failing:
+			failing = false
 			s.hub.health.ok()
-		case ctx.Err() == nil:
+		case err != nil && ctx.Err() == nil:
 			// While the claim cannot be renewed, consumers soon stop
 			// touching Redis (redisq.ErrClaimLapsed): the outage shows
 			// here, whether or not anyone is online.
+			failing = true
 			s.hub.health.fail(err)
 		}
 	}
@@ -312,9 +315,19 @@ func (s *Server) keepAlive(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := s.q.Heartbeat(ctx, s.cfg.InstanceTTL); err != nil {
+		relisted, err := s.q.Heartbeat(ctx, s.cfg.InstanceTTL)
+		if err != nil {
 			s.log.Debug("heartbeat failed", "err", err)
 			continue
+		}
+		if relisted {
+			// Another instance took this one for dead (its heartbeat
+			// lapsed during an outage), returned its in-flight messages
+			// and dropped its registry: register what it serves again.
+			s.log.Warn("this instance was taken for dead during an outage; its in-flight messages may come twice")
+			if err := s.q.RegisterAll(ctx, s.hub.onlineUsers()); err != nil {
+				s.log.Debug("registering the online users' queues failed", "err", err)
+			}
 		}
 		reclaim := s.q.ReclaimDead // the registry: as cheap as the instances are few
 		if tick%scanEvery == 0 {
