@@ -14,6 +14,9 @@ type tally struct {
 	lost    int64    // sent, received by no connection of the user, not in Redis
 	partial int64    // (connection, message) pairs: a message another connection of the user got and this one did not
 	lostIDs []string // the first lost messages, as user/seq
+	// lostRange is, per user with losses, how many and the first and last
+	// sequence number lost.
+	lostRange map[string][3]int64
 }
 
 // account matches per user. conns maps a user to the sets of sequence
@@ -37,6 +40,16 @@ func account(users []string, sent []int64, uncertain []bitset, conns map[string]
 				if len(t.lostIDs) < 20 {
 					t.lostIDs = append(t.lostIDs, user+"/"+strconv.FormatInt(seq, 10))
 				}
+				if t.lostRange == nil {
+					t.lostRange = map[string][3]int64{}
+				}
+				r, ok := t.lostRange[user]
+				if !ok {
+					r[1] = seq
+				}
+				r[0]++
+				r[2] = seq
+				t.lostRange[user] = r
 			}
 			t.sent++
 			if !got.has(seq) {

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/signal"
@@ -165,6 +167,7 @@ type chaosResult struct {
 	Delivered     int64    `json:"delivered"`
 	Lost          int64    `json:"lost"`
 	LostIDs       []string `json:"lost_messages,omitempty"` // the first, as user/seq
+	LostByUser    []string `json:"lost_by_user,omitempty"`  // the users with most losses: their seats, and which messages
 	Misdelivered  int64    `json:"misdelivered"`
 	Duplicated    int64    `json:"duplicated"`
 	Reordered     int64    `json:"reordered"`
@@ -524,9 +527,27 @@ func (r *chaosRun) result(bcfg *config, pr *producers, left leftovers) *chaosRes
 		StillQueued: left.queued, StillInFlight: left.processing, Unparsed: r.tr.garbage.Load() + left.unparsed,
 		Reconnects: reconnects, StoppersClosed: stoppersClosed, Faults: r.faults, Events: r.events, Anomalies: r.tr.anomalies.bySecond(r.t0),
 		Resources: r.points}
+	res.LostByUser = r.lostByUser(t.lostRange)
 	res.Growth = resourceGrowth(r.points, r.cfg.duration, r.restarted)
 	res.judge(r.cfg)
 	return res
+}
+
+// lostByUser describes the 20 users with the most losses: what kind of
+// seats on which instances they had, and which of their messages were lost.
+func (r *chaosRun) lostByUser(ranges map[string][3]int64) []string {
+	users := slices.Collect(maps.Keys(ranges))
+	slices.SortFunc(users, func(a, b string) int { return cmp.Compare(ranges[b][0], ranges[a][0]) })
+	var out []string
+	for _, u := range users[:min(len(users), 20)] {
+		var seats []string
+		for _, s := range r.byUser[u] {
+			seats = append(seats, fmt.Sprintf("%s on instance %d, %d connections", s.kind, s.inst, s.dials.Load()))
+		}
+		rg := ranges[u]
+		out = append(out, fmt.Sprintf("user %s: %d lost between %d and %d; %s", u, rg[0], rg[1], rg[2], strings.Join(seats, "; ")))
+	}
+	return out
 }
 
 func (res *chaosResult) judge(c *chaosCfg) {
@@ -631,5 +652,8 @@ func (res *chaosResult) printTable(w io.Writer) {
 	row("left in Redis", fmt.Sprintf("queued %d, processing %d", res.StillQueued, res.StillInFlight))
 	row("reconnects", res.Reconnects)
 	row("stoppers closed", fmt.Sprintf("%d (stopped readers' connections the server closed)", res.StoppersClosed))
+	for _, l := range res.LostByUser {
+		row("lost", l)
+	}
 	row("verdict", res.Verdict)
 }

@@ -25,6 +25,10 @@ import (
 
 type seatKind int
 
+func (k seatKind) String() string {
+	return [...]string{"normal reader", "slow reader", "stopper"}[k]
+}
+
 const (
 	seatNormal  seatKind = iota
 	seatSlow             // reads a few frames a second
