@@ -18,15 +18,22 @@
 // so that the multi-key commands and scripts work on a cluster too; so do
 // "{Q}:ack:I" (the ack fence), "{Q}:relay" (the relay channel),
 // "{Q}:failures" and "{Q}:dead" (failed deliveries and the dead-letter list,
-// [Queue.RequeueFailed]). Per instance: "redpush:instance:I" (heartbeat) and
-// "redpush:claim:I" (one live process per id, [Queue.Claim]).
+// [Queue.RequeueFailed]). Per instance: "redpush:instance:I" (heartbeat),
+// "redpush:claim:I" (one live process per id, [Queue.Claim]) and
+// "redpush:lists:I" (the registry of its queues with a processing list,
+// [Queue.Register]); "redpush:instances" lists the instances.
+//
+// Design of consumption without a blocked connection per user (the scale
+// work, not built yet): docs/consumption.md measures the options and
+// recommends client-tracking hints with plain LMOVE pops.
 //
 // Blocking: each consumer pops through its own [Blocker], a dedicated
 // connection whose CLIENT ID lets [Blocker.Wake] end a blocked BLMOVE at
-// once (CLIENT UNBLOCK). Consumers therefore block in long rounds and still
-// stop at once when their user leaves; on a cluster the connection goes to
-// the master of the user's slot. Where CLIENT ID is refused (the embedded
-// quick-start Redis) they block in 1 s rounds instead.
+// once (CLIENT UNBLOCK). Consumers therefore stop at once when their user
+// leaves; on a cluster the connection goes to the master of the user's
+// slot. Where CLIENT ID is unavailable (the embedded quick-start Redis) or
+// refused (an ACL) they block in 1 s rounds instead. A round never outlives
+// the instance's claim (below): 1–2 s.
 //
 // Several instances: the ack script publishes each acknowledged batch on the
 // user's relay channel ([Queue.RelayChannel], [ParseRelay]); a token fences
@@ -34,7 +41,14 @@
 // instance that died for good is found by its expired heartbeat
 // ([Queue.Heartbeat], [Queue.ReclaimDead]). Two live processes never share
 // an instance id: each claims it at start and renews the claim every second
-// ([Queue.Claim], [Claim.Renew]).
+// ([Queue.Claim], [Claim.Renew]; with -reuseport the lowest free slot of a
+// base id, [Queue.ClaimSlot]). While the last renewal is too old for the
+// claim to be sure, every command that changes a processing list fails
+// with [ErrClaimLapsed] without being sent, and each carries a deadline
+// before the claim may expire: a process that stalled cannot touch lists
+// that a successor with the same id may own. Housekeeping reads the
+// registry ([Queue.ReclaimDead]), not the keyspace; [Queue.ReclaimDeadScan]
+// is the rare safety net.
 //
 // Entry points: [Dial] parses a -redis URL ([ParseEndpoint]: one server, a
 // Sentinel-managed master, or a Cluster) and builds the two go-redis clients

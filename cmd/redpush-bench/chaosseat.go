@@ -130,7 +130,11 @@ func (s *seat) read(ctx context.Context, c net.Conn, r *bufio.Reader, t0 time.Ti
 		if s.kind == seatStopper && !*stopped && time.Since(t0) >= s.stopAt {
 			*stopped = true
 			s.stopping.Store(true)
+			s.dropReq.Store(0) // one asked for just before the stop is not carried out after it
 			sleepCtx(ctx, s.stopFor)
+			s.mu.Lock()
+			_ = c.SetReadDeadline(time.Time{}) // the cancelled drop's wake-up
+			s.mu.Unlock()
 			s.stopping.Store(false)
 			stoppedHere = true
 		}
@@ -167,6 +171,7 @@ type frameReader struct {
 	st      *connState
 	greeted bool
 	closed  bool // the server's close frame arrived
+	frames  int  // frames read
 }
 
 // next reads one frame; false when the connection is done.
@@ -179,6 +184,7 @@ func (f *frameReader) next() bool {
 	if _, err := io.ReadFull(f.r, p); err != nil {
 		return false
 	}
+	f.frames++
 	switch h.OpCode {
 	case ws.OpPing:
 		_ = ws.WriteFrame(f.c, ws.MaskFrameInPlace(ws.NewPongFrame(p)))
@@ -234,26 +240,34 @@ func (s *seat) drop(reset bool) bool {
 
 // finishDrop closes the connection. A close is the closing handshake of
 // RFC 6455 §5.5.1: send a close frame, read on until the server's. A reset
-// first reads what already arrived, until the socket holds nothing unread,
-// then closes at once with SO_LINGER 0: a reset discards what the socket
-// holds unread, and a frame the server wrote into it would be lost by TCP,
-// which no server can see (only an application-level ack could).
+// is a tab that vanishes when nothing is on its way to it: a reset discards
+// what the sockets hold, and a frame the server wrote would be lost by TCP,
+// which no server can see (only an application-level ack could). Nothing
+// unread on this side is not enough: behind a small receive window (a
+// stopper catching up) megabytes wait in the server's send buffer. So it
+// reads until nothing has arrived for quietFor and the socket holds nothing
+// unread, then closes at once with SO_LINGER 0; a connection that does not
+// fall quiet within a few seconds gets the closing handshake instead.
 func (s *seat) finishDrop(f *frameReader, reset bool) {
 	if reset {
 		tc, ok := f.c.(*net.TCPConn)
-		for range 100 {
-			_ = f.c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		const quietFor = 200 * time.Millisecond
+		quiet := false
+		for deadline := time.Now().Add(5 * time.Second); ok && time.Now().Before(deadline); {
+			before := f.frames
+			_ = f.c.SetReadDeadline(time.Now().Add(quietFor))
 			for f.next() {
 			}
-			if !ok || f.r.Buffered() == 0 && unread(tc) == 0 {
+			if f.closed || f.frames == before && f.r.Buffered() == 0 && unread(tc) == 0 {
+				quiet = true
 				break
 			}
 		}
-		if ok {
+		if quiet {
 			_ = tc.SetLinger(0)
+			_ = f.c.Close()
+			return
 		}
-		_ = f.c.Close()
-		return
 	}
 	_ = f.c.SetDeadline(time.Now().Add(2 * time.Second))
 	_ = ws.WriteFrame(f.c, ws.MaskFrameInPlace(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "chaos"))))
