@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -65,8 +66,8 @@ func (c *conn) stop(deadline time.Time) {
 }
 
 // closeWith sends a close frame with code and reason (RFC 6455 §5.5.1) and
-// closes the socket. The frame is best effort, written before deadline: a
-// peer that does not read must not hold up a shutdown.
+// ends the connection (closeLocked). The frame is best effort, written
+// before deadline: a peer that does not read must not hold up a shutdown.
 func (c *conn) closeWith(code ws.StatusCode, reason string, deadline time.Time) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -78,44 +79,67 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, deadline time.Time) 
 	c.closeLocked((&closeErr{code: code, reason: reason}).String())
 }
 
-// closeLingering is closeWith for a close the reader decides, while the
-// client may still be sending: a socket closed with unread input is reset
-// by the kernel, which discards what it still had to send, the close frame
-// included, so the client would see only a reset. It half-closes instead
-// (the close frame, then FIN), reads and discards what the client still
-// sends until it closes too, linger passes or a megabyte was read, and
-// then closes. Writes fail from the start, as after closeWith.
-func (c *conn) closeLingering(code ws.StatusCode, reason string, deadline time.Time, linger time.Duration, r io.Reader) {
+// close closes the socket for good: the end of serveConn, after the reader
+// lingered.
+func (c *conn) close() {
 	c.wmu.Lock()
-	if c.closed {
-		c.wmu.Unlock()
-		return
-	}
-	_ = c.nc.SetWriteDeadline(deadline)
-	_, _ = c.nc.Write(ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason))))
-	c.markClosedLocked((&closeErr{code: code, reason: reason}).String())
-	c.wmu.Unlock()
-	if hc, ok := c.nc.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
-		_ = c.nc.SetReadDeadline(time.Now().Add(linger))
-		_, _ = io.Copy(io.Discard, io.LimitReader(r, 1<<20))
+	defer c.wmu.Unlock()
+	if !c.closed {
+		c.markClosedLocked("")
 	}
 	_ = c.nc.Close()
 }
 
-// close closes the socket without a close frame.
-func (c *conn) close() {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.closeLocked("")
+// closeLocked ends the connection once, for the server's reason why: no
+// write goes out any more, and the socket is half-closed (FIN after what
+// was written) and its reader woken, which lingers and then closes it.
+//
+// Closing the socket at once would lose what it still holds for the client.
+// A client that stopped reading for a while still has megabytes on their way
+// to it in the kernel's send buffer, frames that count as delivered; when it
+// reads on, it answers the ping it finds among them, and a frame arriving on
+// a closed socket makes the kernel reset the connection, discarding the
+// rest. Likewise a client still sending when the server closes it for its
+// input would get a reset instead of the close frame. A lingering socket
+// takes what the client sends and lets it read what is on its way.
+func (c *conn) closeLocked(why string) {
+	if c.closed {
+		return
+	}
+	c.markClosedLocked(why)
+	if hc, ok := c.nc.(interface{ CloseWrite() error }); !ok || hc.CloseWrite() != nil {
+		_ = c.nc.Close() // cannot half-close, or broken already: nothing to wait for
+		return
+	}
+	_ = c.nc.SetReadDeadline(time.Now()) // wake the reader
 }
 
-// closeLocked closes the socket once and keeps why the server did: the
-// reader then fails with "use of closed network connection", which says
-// nothing.
-func (c *conn) closeLocked(why string) {
-	if !c.closed {
-		c.markClosedLocked(why)
-		_ = c.nc.Close()
+// linger is the reader's part of a close the server decided: it reads and
+// drops what the client sends, until the client has taken everything (its
+// kernel acknowledged every byte written), or closed its side, or sent a
+// megabyte, or -write-timeout (or the shutdown's deadline) passed. The
+// caller then closes the socket.
+func (c *conn) linger(r io.Reader) {
+	deadline := time.Now().Add(c.writeTimeout)
+	if by := c.stopBy.Load(); by != 0 && by < deadline.UnixNano() {
+		deadline = time.Unix(0, by)
+	}
+	left := int64(1 << 20)
+	for left > 0 && time.Now().Before(deadline) {
+		if unsent(c.nc) == 0 {
+			return
+		}
+		wait := time.Now().Add(20 * time.Millisecond)
+		if wait.After(deadline) {
+			wait = deadline
+		}
+		_ = c.nc.SetReadDeadline(wait)
+		n, err := io.Copy(io.Discard, io.LimitReader(r, left))
+		left -= n
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+			return // the client closed, or reset, or sent its megabyte
+		}
 	}
 }
 

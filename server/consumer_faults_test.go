@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redpush/redpush/internal/testutil"
@@ -340,5 +341,55 @@ func TestReconnectDuringRetirementJoinsTheSession(t *testing.T) {
 	close(resume)
 	if got := c2.MustRead(); got != "m2" {
 		t.Fatalf("the new connection got %q first, want m2 (m1 was delivered and acknowledged)", got)
+	}
+}
+
+// A client that stopped reading still has frames on their way to it when
+// the server closes it (here: for its silence); the socket lingers, so
+// that when the client reads on and sends something (a message, a pong),
+// no reset throws away what it had not read yet.
+func TestAClosedClientStillGetsWhatWasOnItsWay(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, IdleTimeout: 2 * time.Second})
+	c := testutil.DialBuffer(t, g.addr, "lg", 4096)
+	if got := c.MustRead(); got != "hello;\n" {
+		t.Fatalf("greeting %q", got)
+	}
+	const n = 60 // about 1 MiB, written (and acknowledged in Redis) into the socket
+	for i := range n {
+		g.push("lg", fmt.Sprintf("%04d", i)+strings.Repeat("x", 16<<10))
+		g.awaitQueueEmpty("lg")
+	}
+	g.awaitConsumers(0, 10*time.Second) // closed for its silence
+	got := map[string]bool{}
+	for range 10 {
+		m := c.MustRead()
+		got[m[:4]] = true
+	}
+	c.Send("back") // arrives at a socket the server has closed its side of
+	for {
+		m, op, err := c.Read(5 * time.Second)
+		if err != nil {
+			break
+		}
+		if op == ws.OpText && len(m) >= 4 {
+			got[m[:4]] = true
+		}
+	}
+	c2 := g.dialReady("lg")
+	for {
+		m, _, err := c2.Read(2 * time.Second)
+		if err != nil {
+			break
+		}
+		got[m[:4]] = true
+	}
+	var missing []int
+	for i := range n {
+		if !got[fmt.Sprintf("%04d", i)] {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("%d of %d messages lost (first %v): the socket was reset", len(missing), n, missing[:min(5, len(missing))])
 	}
 }

@@ -44,12 +44,15 @@
 //     by its deadline too (conn.stop).
 //   - Partial client messages grow as their bytes arrive, and all of them
 //     together are bounded by Config.MaxPendingBytes (reader.go); a client
-//     may send Config.MaxMessageRate frames a second. A close the reader
-//     decides lingers (conn.closeLingering): FIN after the close frame, the
-//     client's further bytes read and dropped for up to a second, so that
-//     the kernel does not reset the connection over unread input and drop
-//     the close frame. A connection with a token is closed when the token
-//     expires.
+//     may send Config.MaxMessageRate frames a second. A connection with a
+//     token is closed when the token expires.
+//   - A close the server decides (its client's input, silence, slowness, a
+//     shutdown) half-closes the socket and lingers (conn.closeLocked,
+//     conn.linger): the reader drops what the client still sends until
+//     the client's kernel acknowledged every byte written, or the client
+//     closed, or -write-timeout passed. Closing at once would let the
+//     client's next frame (a pong, after it read on) make the kernel reset
+//     the connection and discard what was still on its way to it.
 //   - The instance id is claimed in Redis for the life of Serve
 //     (redisq.Queue.Claim): a process that loses it stops serving.
 //   - A consumer ends at once after its user's last connection closed: the

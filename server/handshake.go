@@ -288,8 +288,12 @@ func (s *Server) serveConn(c *conn) {
 		})
 		defer expire.Stop()
 	}
-	err := s.readLoop(c, bufio.NewReaderSize(c.nc, 256))
+	br := bufio.NewReaderSize(c.nc, 256)
+	err := s.readLoop(c, br)
 	s.hub.release(c.sess, c)
+	if c.gone.Load() && !errors.Is(err, io.EOF) {
+		c.linger(br) // the server ended it: let the client take what is on its way
+	}
 	c.close()
 	s.log.Info(fmt.Sprintf("client-%d is closed", c.fd), "fd", c.fd, "user", c.user, "reason", closeReason(err, c))
 }

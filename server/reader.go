@@ -51,7 +51,7 @@ func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
 		if ce.byPeer {
 			reason = "" // echo the client's code (§5.5.1), not its words
 		}
-		c.closeLingering(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)), time.Second, br)
+		c.closeWith(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 	}
 	return err
 }
@@ -140,8 +140,8 @@ func (r *frameReader) awaitFrame() error {
 			return nil
 		}
 		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			return err
+		if !errors.As(err, &ne) || !ne.Timeout() || r.c.gone.Load() {
+			return err // broken, or woken because the server closed it
 		}
 		if pinged {
 			return &closeErr{code: ws.StatusGoingAway, reason: "idle timeout"}

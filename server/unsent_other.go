@@ -1,0 +1,8 @@
+//go:build !linux
+
+package server
+
+import "net"
+
+// unsent cannot be known here: lingering lasts until the client closes.
+func unsent(net.Conn) int { return -1 }
