@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -84,8 +83,9 @@ func (f *fleet) startInstance(ctx context.Context, i int) error {
 		f.mu.Lock()
 		f.insts[i] = p
 		f.mu.Unlock()
-		// Listening is enough here: with Redis down it cannot greet yet.
-		err = waitForUntil(20*time.Second, func() error { return portTaken(f.addrs[i]) }, p.done)
+		// Serving, not only listening: redpush listens before it dials
+		// Redis, and exits (2) when Redis is down.
+		err = waitForUntil(20*time.Second, func() error { return serving(f.addrs[i]) }, p.done)
 		if err == nil {
 			return nil
 		}
@@ -183,11 +183,17 @@ func sampleInstance(addr string) (instanceStat, bool) {
 	return s, found == 3
 }
 
-// portTaken is nil when something accepts connections on addr.
-func portTaken(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err == nil {
-		c.Close()
+// serving reports whether the redpush at addr accepts and answers
+// (/healthz: its accept loop runs).
+func serving(addr string) error {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + addr + "/healthz")
+	if err != nil {
+		return err
 	}
-	return err
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("/healthz: %s", resp.Status)
+	}
+	return nil
 }
