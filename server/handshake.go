@@ -277,6 +277,7 @@ func (s *Server) serveConn(c *conn) {
 			code = ws.StatusInternalServerError
 		}
 		c.closeWith(code, err.Error(), time.Now().Add(time.Second))
+		c.close() // no reader to linger: this one never began
 		return
 	}
 	s.log.Debug("client open", "fd", c.fd, "user", c.user, "remote", c.nc.RemoteAddr())
