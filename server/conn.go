@@ -29,6 +29,9 @@ type conn struct {
 	// stopBy, when not zero, is the unix-nanos deadline of a shutdown: no
 	// write may block past it, whenever it starts.
 	stopBy atomic.Int64
+	// stopAll is the hub's shutdown deadline (unix nanos, 0 until one),
+	// for a connection that lingers after it left the hub.
+	stopAll *atomic.Int64
 
 	// gone mirrors closed for readers that do not take wmu: a consumer
 	// hands no batch to, and does not wait on, a connection that is
@@ -79,6 +82,13 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, deadline time.Time) 
 	c.closeLocked((&closeErr{code: code, reason: reason}).String())
 }
 
+func (c *conn) stopAllAt() int64 {
+	if c.stopAll == nil {
+		return 0
+	}
+	return c.stopAll.Load()
+}
+
 // close closes the socket for good: the end of serveConn, after the reader
 // lingered.
 func (c *conn) close() {
@@ -121,8 +131,10 @@ func (c *conn) closeLocked(why string) {
 // caller then closes the socket.
 func (c *conn) linger(r io.Reader) {
 	deadline := time.Now().Add(c.writeTimeout)
-	if by := c.stopBy.Load(); by != 0 && by < deadline.UnixNano() {
-		deadline = time.Unix(0, by)
+	for _, by := range []int64{c.stopBy.Load(), c.stopAllAt()} {
+		if by != 0 && by < deadline.UnixNano() {
+			deadline = time.Unix(0, by)
+		}
 	}
 	left := int64(1 << 20)
 	for left > 0 && time.Now().Before(deadline) {

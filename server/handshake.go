@@ -113,7 +113,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return &conn{fd: s.nextFD.Add(1), user: id.user, until: id.until, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
-		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m}, nil
+		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m, stopAll: &s.hub.stopBy}, nil
 }
 
 // upgrader checks a handshake as it is parsed, writing into id who it is:

@@ -327,3 +327,57 @@ func TestRetryAfterIsSpread(t *testing.T) {
 		t.Fatalf("GET /check: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }
+
+// A connection the server closes while its client keeps sending pongs (a
+// one-way heartbeat RFC 6455 allows, which the server never answers)
+// still ends: the reader notices the close between two frames.
+func TestAClosedConnectionEndsThoughItsClientSendsPongs(t *testing.T) {
+	auth, err := server.NewHMACAuth([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server.SetLeeway(auth, 0)
+	g := startGateway(t, nil, server.Config{Auth: auth, Format: server.FormatRaw, WriteTimeout: time.Second, MaxMessageRate: 1_000_000})
+	exp := time.Now().Add(2 * time.Second).Truncate(time.Second)
+	tok := hs256(t, []byte(secret), jwt.RegisteredClaims{Subject: "pong", ExpiresAt: jwt.NewNumericDate(exp)})
+	conn, err := testutil.TryDial(g.addr, "/?token="+tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testutil.NewClient(t, conn)
+	c.MustRead()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := g.srv.Snapshot().Conns; n != 1 {
+			return fmt.Errorf("%d connections, want it registered", n)
+		}
+		return nil
+	})
+	var pongs bytes.Buffer
+	for range 40 {
+		_ = ws.WriteFrame(&pongs, ws.MaskFrame(ws.NewPongFrame(nil)))
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if _, err := c.Conn.Write(pongs.Bytes()); err != nil {
+				return
+			}
+		}
+	}()
+	// Expiry at exp; then at most -write-timeout of lingering, and a second.
+	testutil.Eventually(t, time.Until(exp)+3*time.Second, func() error {
+		if n := g.srv.Snapshot().Conns; n != 0 {
+			return fmt.Errorf("%d connections", n)
+		}
+		return nil
+	})
+	if time.Now().Before(exp) {
+		t.Fatal("the connection ended before its token expired: the test proves nothing")
+	}
+}

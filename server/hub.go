@@ -32,6 +32,7 @@ type hub struct {
 	closing bool // set by closeAll: no new sessions or connections
 
 	consumers atomic.Int64 // consumer tasks running now
+	stopBy    atomic.Int64 // unix nanos: the shutdown's deadline for closes, 0 until closeAll
 	stats     Stats
 }
 
@@ -258,6 +259,7 @@ func (h *hub) refuseNew() {
 // bounded by deadline first, so no close waits on a stalled write for
 // longer than that.
 func (h *hub) closeAll(code ws.StatusCode, reason string, deadline time.Time) {
+	h.stopBy.Store(deadline.UnixNano()) // connections that linger already end by it too
 	h.mu.Lock()
 	h.closing = true
 	all := make([]*conn, 0, len(h.conns))

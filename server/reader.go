@@ -121,6 +121,9 @@ func (r *frameReader) run() error {
 		}
 		// The frame has begun: all of it must arrive within the idle timeout.
 		_ = r.c.nc.SetReadDeadline(time.Now().Add(r.idle))
+		if r.c.gone.Load() { // closed meanwhile: the deadline above replaced its wake-up
+			return ErrConnClosed
+		}
 		if err := r.readFrame(); err != nil {
 			return err
 		}
@@ -135,6 +138,9 @@ func (r *frameReader) awaitFrame() error {
 	for {
 		wait := r.idle / 2
 		_ = r.c.nc.SetReadDeadline(time.Now().Add(wait))
+		if r.c.gone.Load() { // the server closed it: its wake-up may have been overwritten
+			return ErrConnClosed
+		}
 		_, err := r.br.Peek(1)
 		if err == nil {
 			return nil
