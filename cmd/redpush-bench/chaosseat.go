@@ -171,7 +171,6 @@ type frameReader struct {
 	st      *connState
 	greeted bool
 	closed  bool // the server's close frame arrived
-	frames  int  // frames read
 }
 
 // next reads one frame; false when the connection is done.
@@ -184,7 +183,6 @@ func (f *frameReader) next() bool {
 	if _, err := io.ReadFull(f.r, p); err != nil {
 		return false
 	}
-	f.frames++
 	switch h.OpCode {
 	case ws.OpPing:
 		_ = ws.WriteFrame(f.c, ws.MaskFrameInPlace(ws.NewPongFrame(p)))
@@ -254,12 +252,16 @@ func (s *seat) finishDrop(f *frameReader, reset bool) {
 		const quietFor = 200 * time.Millisecond
 		quiet := false
 		for deadline := time.Now().Add(5 * time.Second); ok && time.Now().Before(deadline); {
-			before := f.frames
+			// The deadline only ever waits for a frame to begin: one that
+			// fired inside a frame would leave it half read.
 			_ = f.c.SetReadDeadline(time.Now().Add(quietFor))
-			for f.next() {
+			if _, err := f.r.Peek(1); err != nil {
+				quiet = !isTimeout(err) || unread(tc) == 0 // ended, or quiet
+				break
 			}
-			if f.closed || f.frames == before && f.r.Buffered() == 0 && unread(tc) == 0 {
-				quiet = true
+			_ = f.c.SetReadDeadline(time.Time{})
+			if !f.next() {
+				quiet = true // the connection ended: nothing is on its way
 				break
 			}
 		}
