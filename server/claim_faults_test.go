@@ -16,7 +16,9 @@ import (
 	"github.com/redpush/redpush/server"
 )
 
-// fnHook may answer a command without sending it.
+// fnHook is a go-redis hook on a gateway's command client: fn runs each
+// command (next) or answers it without sending it, and may rewrite its
+// outcome.
 type fnHook struct {
 	fn func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error
 }

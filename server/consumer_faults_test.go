@@ -22,30 +22,6 @@ import (
 // Faults between the consumer and Redis that only show when they meet at
 // the wrong moment; each test makes the moment happen.
 
-// faultHook is a go-redis hook on the gateway's command client: after
-// runs after each command that went to Redis, and may rewrite its outcome.
-type faultHook struct {
-	before func(cmd redis.Cmder)
-	after  func(cmd redis.Cmder, err error) error
-}
-
-func (h faultHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h faultHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-func (h faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if h.before != nil {
-			h.before(cmd)
-		}
-		err := next(ctx, cmd)
-		if h.after != nil {
-			err = h.after(cmd, err)
-		}
-		return err
-	}
-}
-
 // hasArg reports whether cmd carries arg (a script's key or argument).
 func hasArg(cmd redis.Cmder, arg string) bool {
 	return slices.ContainsFunc(cmd.Args(), func(a any) bool { s, ok := a.(string); return ok && s == arg })
@@ -73,7 +49,8 @@ func gatewayWithHook(t *testing.T, h redis.Hook, cfg server.Config) *gateway {
 // which nobody was sent; with the same token it returns that batch.
 func TestPoolTimeoutAfterTheAckRanLosesNothing(t *testing.T) {
 	var armed, fired atomic.Bool
-	h := faultHook{after: func(cmd redis.Cmder, err error) error {
+	h := fnHook{fn: func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+		err := next(ctx, cmd)
 		if err != nil || !armed.Load() || !hasArg(cmd, "{user_pt_messages}:relay") {
 			return err
 		}
@@ -173,10 +150,11 @@ func allCommandCalls(t *testing.T, rc *redis.Client) int {
 func TestResumingAfterTheClaimLapsedTouchesNoList(t *testing.T) {
 	var stalled atomic.Bool
 	release := make(chan struct{})
-	h := faultHook{before: func(cmd redis.Cmder) {
+	h := fnHook{fn: func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
 		if stalled.Load() && hasArg(cmd, "redpush:claim:dup") {
 			<-release // the renewal waits out the stall too
 		}
+		return next(ctx, cmd)
 	}}
 	g := gatewayWithHook(t, h, server.Config{Instance: "dup", Format: server.FormatRaw})
 	ctx := context.Background()
