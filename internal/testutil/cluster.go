@@ -29,10 +29,12 @@ func StartCluster(t testing.TB) *Cluster {
 	c := &Cluster{t: t}
 	addrs := make([]string, 3)
 	for i := range addrs {
-		bus := strconv.Itoa(FreePort(t))
-		n := StartRedis(t, "--cluster-enabled", "yes", "--cluster-port", bus,
-			"--cluster-config-file", filepath.Join(dir, "nodes-"+bus+".conf"),
-			"--dir", dir, "--cluster-node-timeout", "5000")
+		n := startRedisWith(t, func() []string {
+			bus := strconv.Itoa(FreePort(t))
+			return []string{"--cluster-enabled", "yes", "--cluster-port", bus,
+				"--cluster-config-file", filepath.Join(dir, "nodes-"+bus+".conf"),
+				"--dir", dir, "--cluster-node-timeout", "5000"}
+		})
 		c.Nodes = append(c.Nodes, n)
 		addrs[i] = n.Addr()
 	}

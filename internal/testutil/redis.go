@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -29,10 +30,26 @@ func StartRedis(t testing.TB, extraArgs ...string) *Redis {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server not found (run `make test`, which installs it): %v", err)
 	}
-	r := &Redis{t: t, Port: FreePort(t), args: extraArgs}
-	r.start()
-	t.Cleanup(r.Stop)
-	return r
+	return startRedisWith(t, func() []string { return extraArgs })
+}
+
+// startRedisWith starts redis-server with the arguments args returns. A port
+// found free a moment ago may be taken by a parallel test before the server
+// binds it (the server then exits at once): it tries again, on new ports
+// and with new arguments, up to three times.
+func startRedisWith(t testing.TB, args func() []string) *Redis {
+	t.Helper()
+	r := &Redis{t: t}
+	var err error
+	for range 3 {
+		r.Port, r.args = FreePort(t), args()
+		if err = r.launch(); err == nil {
+			t.Cleanup(r.Stop)
+			return r
+		}
+	}
+	t.Fatalf("starting redis-server: %v", err)
+	return nil
 }
 
 // Addr is host:port of the server.
@@ -50,27 +67,45 @@ func (r *Redis) Client() *redis.Client {
 
 func (r *Redis) start() {
 	r.t.Helper()
+	if err := r.launch(); err != nil {
+		r.t.Fatalf("starting redis-server: %v", err)
+	}
+}
+
+// launch starts the server and waits until it answers, or reports why not.
+func (r *Redis) launch() error {
 	args := append([]string{
 		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--protected-mode", "no",
 		"--maxclients", "20000", "--loglevel", "warning",
 	}, r.args...)
 	r.cmd = exec.Command("redis-server", args...)
+	out := &SyncBuffer{}
+	r.cmd.Stdout, r.cmd.Stderr = out, out
 	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("starting redis-server: %v", err)
+		return err
 	}
 	r.exit = make(chan struct{})
 	go func(cmd *exec.Cmd, exit chan struct{}) { _ = cmd.Wait(); close(exit) }(r.cmd, r.exit)
 	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
 	defer c.Close()
-	Eventually(r.t, 10*time.Second, func() error {
+	for deadline := time.Now().Add(10 * time.Second); ; {
 		select {
 		case <-r.exit:
-			return fmt.Errorf("redis-server exited early")
+			r.cmd = nil
+			return fmt.Errorf("redis-server on port %d exited at start: %s", r.Port, strings.TrimSpace(out.String()))
 		default:
 		}
-		return c.Ping(context.Background()).Err()
-	})
+		err := c.Ping(context.Background()).Err()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			r.Stop()
+			return fmt.Errorf("redis-server on port %d does not answer: %v", r.Port, err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a process that announces nothing
+	}
 }
 
 // Stop kills the server and waits for it to exit.
