@@ -76,18 +76,11 @@ func (c *Claim) renewed(sent time.Time) { c.until.Store(sent.Add(ClaimTTL - Clai
 // meanwhile, a live process has the id, and Claim fails with
 // ErrInstanceTaken.
 func (q *Queue) Claim(ctx context.Context) (*Claim, error) {
-	c := &Claim{q: q, token: newToken()}
 	deadline := time.Now().Add(ClaimTTL + ClaimEvery)
 	for {
-		sent := time.Now()
-		ok, err := q.cmd.SetNX(ctx, claimKey(q.instance), c.token, ClaimTTL).Result()
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			c.renewed(sent)
-			q.claim.Store(c)
-			return c, nil
+		c, err := q.tryClaim(ctx, q.instance)
+		if c != nil || err != nil {
+			return c, err
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%w: %q is held by another live process", ErrInstanceTaken, q.instance)
@@ -110,21 +103,26 @@ func (q *Queue) Claim(ctx context.Context) (*Claim, error) {
 func (q *Queue) ClaimSlot(ctx context.Context, slots int) (*Claim, error) {
 	base := q.instance[:min(len(q.instance), 120)] // a slot id stays within 128 characters
 	for n := range slots {
-		id := fmt.Sprintf("%s-%d", base, n)
-		c := &Claim{q: q, token: newToken()}
-		sent := time.Now()
-		ok, err := q.cmd.SetNX(ctx, claimKey(id), c.token, ClaimTTL).Result()
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			q.setInstance(id)
-			c.renewed(sent)
-			q.claim.Store(c)
-			return c, nil
+		if c, err := q.tryClaim(ctx, fmt.Sprintf("%s-%d", base, n)); c != nil || err != nil {
+			return c, err
 		}
 	}
 	return nil, fmt.Errorf("%w: all %d slots of %q are held", ErrInstanceTaken, slots, base)
+}
+
+// tryClaim takes id if no process holds it, and makes it the Queue's
+// instance id; it returns no Claim and no error when id is held.
+func (q *Queue) tryClaim(ctx context.Context, id string) (*Claim, error) {
+	c := &Claim{q: q, token: newToken()}
+	sent := time.Now()
+	ok, err := q.cmd.SetNX(ctx, claimKey(id), c.token, ClaimTTL).Result()
+	if err != nil || !ok {
+		return nil, err
+	}
+	q.setInstance(id)
+	c.renewed(sent)
+	q.claim.Store(c)
+	return c, nil
 }
 
 func newToken() string {

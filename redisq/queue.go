@@ -60,25 +60,17 @@ type Queue struct {
 	refusedLog atomic.Int64          // unix nanos of the last "CLIENT ID refused" line
 }
 
-// guard fails with ErrClaimLapsed when this process claimed its instance
-// id and cannot be sure it still holds it: a process that stalled (a
-// pause, a partition) past ClaimTTL may have been replaced by another with
-// the same id, whose processing lists are the same keys.
-func (q *Queue) guard() error {
-	if c := q.claim.Load(); c != nil && !c.Held() {
-		return ErrClaimLapsed
-	}
-	return nil
-}
-
 // leaseMargin is how long before the claim may expire a guarded command
 // must be done: the time it takes to reach Redis.
 const leaseMargin = 200 * time.Millisecond
 
-// leased is guard, and a context that ends before another process may take
-// the id: a command that passed the guard cannot reach Redis after that
-// (go-redis does not retry past a deadline), however long it waited for a
-// pooled connection or for a reply.
+// leased fails with ErrClaimLapsed when this process claimed its instance
+// id and cannot be sure it still holds it: a process that stalled (a pause,
+// a partition) past ClaimTTL may have been replaced by another with the
+// same id, whose processing lists are the same keys. Otherwise it returns a
+// context that ends before another process may take the id: a command sent
+// with it cannot reach Redis after that (go-redis does not retry past a
+// deadline), however long it waited for a pooled connection or a reply.
 func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc, error) {
 	c := q.claim.Load()
 	if c == nil {
@@ -372,18 +364,11 @@ func splitProcessing(proc string) (queue, instance string, ok bool) {
 // Recover returns to their queues the messages this instance had popped but
 // not acknowledged when it last stopped (a crash, kill -9, or Redis being
 // down during shutdown). Call it once at start, before any consumer runs. It
-// reports how many processing lists and messages it found. Besides the
-// registered lists it SCANs for this instance's, once: lists left by a
-// version without the registry come back too.
+// reports how many processing lists and messages it found. It SCANs for
+// this instance's lists, registered or not (lists left by a version without
+// the registry come back too), then drops its registry: its consumers
+// register what they serve from now on.
 func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
-	lists, msgs, err = q.reclaimRegistered(ctx, q.instance)
-	if err != nil {
-		return lists, msgs, err
-	}
-	// Its consumers register what they serve from now on.
-	if err := q.cmd.Del(ctx, listsKey(q.instance)).Err(); err != nil {
-		return lists, msgs, err
-	}
 	// The instance id passed ValidID, so it holds no glob metacharacters.
 	match := "{*" + q.procTail
 	err = forEachMaster(ctx, q.cmd, func(ctx context.Context, c *redis.Client) error {
@@ -400,7 +385,10 @@ func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
 		}
 		return iter.Err()
 	})
-	return lists, msgs, err
+	if err != nil {
+		return lists, msgs, err
+	}
+	return lists, msgs, q.cmd.Del(ctx, listsKey(q.instance)).Err()
 }
 
 // forEachMaster runs fn on every node that holds keys: each master of a

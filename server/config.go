@@ -282,6 +282,13 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxMessage == 0 {
 		c.MaxMessage = 64 << 10
 	}
+	// Compared as browsers send them, each handshake canonicalising only
+	// its own Origin (Validate refused any that has no canonical form).
+	origins := make([]string, len(c.AllowedOrigins))
+	for i, o := range c.AllowedOrigins {
+		origins[i], _ = canonicalOrigin(o)
+	}
+	c.AllowedOrigins = origins
 	if c.MaxConnsPerUser == 0 {
 		c.MaxConnsPerUser = 16
 	}

@@ -26,12 +26,10 @@ type conn struct {
 	m            *metrics               // write failures
 	out          outbox                 // batches for this connection (writer.go)
 	slowWhy      atomic.Pointer[string] // set when the outbox closes the connection: the reason wins
-	// stopBy, when not zero, is the unix-nanos deadline of a shutdown: no
-	// write may block past it, whenever it starts.
-	stopBy atomic.Int64
-	// stopAll is the hub's shutdown deadline (unix nanos, 0 until one),
-	// for a connection that lingers after it left the hub.
-	stopAll *atomic.Int64
+	// stopBy is the hub's shutdown deadline (unix nanos, 0 until a shutdown;
+	// nil in unit tests): no write may block past it, whenever it starts,
+	// and no close lingers past it, even one that already left the hub.
+	stopBy *atomic.Int64
 
 	// gone mirrors closed for readers that do not take wmu: a consumer
 	// hands no batch to, and does not wait on, a connection that is
@@ -43,28 +41,47 @@ type conn struct {
 	why    string // under wmu: why the server closed it, for the log
 }
 
-// write sends p, which holds whole frames, under the write deadline. A failed
-// write closes the socket: a partial frame cannot be continued, and the
-// reader goroutine then sees the error and unregisters the connection.
+// write sends p, which holds whole frames, under the write lock and
+// deadline. A failed write ends the connection: a partial frame cannot be
+// continued, and the reader goroutine is woken to unregister it. It fails
+// with ErrConnClosed, having tried nothing, when the connection was closed
+// already.
 func (c *conn) write(p []byte) error {
-	_, err := c.writeFrames(p)
-	return err
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return ErrConnClosed
+	}
+	_ = c.nc.SetWriteDeadline(c.writeDeadline())
+	if _, err := c.nc.Write(p); err != nil {
+		c.m.writeFailures.Inc()
+		c.closeLocked("write failed: " + err.Error())
+		return err
+	}
+	return nil
 }
 
 // writeDeadline is the write timeout from now, or the shutdown's deadline
 // when that comes first.
 func (c *conn) writeDeadline() time.Time {
-	d := time.Now().Add(c.writeTimeout)
+	return c.bySoonest(time.Now().Add(c.writeTimeout))
+}
+
+// bySoonest is d, or the shutdown's deadline when that comes first.
+func (c *conn) bySoonest(d time.Time) time.Time {
+	if c.stopBy == nil {
+		return d
+	}
 	if by := c.stopBy.Load(); by != 0 && by < d.UnixNano() {
 		return time.Unix(0, by)
 	}
 	return d
 }
 
-// stop bounds every write of c, the one in progress included, by deadline.
-// It takes no lock: a writer blocked on a full socket buffer holds wmu.
+// stop bounds the write in progress, if any, by the shutdown's deadline,
+// which the hub set before; later writes read it in writeDeadline. It takes
+// no lock: a writer blocked on a full socket buffer holds wmu.
 func (c *conn) stop(deadline time.Time) {
-	c.stopBy.Store(deadline.UnixNano())
 	_ = c.nc.SetWriteDeadline(deadline)
 }
 
@@ -80,13 +97,6 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, deadline time.Time) 
 	_ = c.nc.SetWriteDeadline(deadline)
 	_, _ = c.nc.Write(ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason))))
 	c.closeLocked((&closeErr{code: code, reason: reason}).String())
-}
-
-func (c *conn) stopAllAt() int64 {
-	if c.stopAll == nil {
-		return 0
-	}
-	return c.stopAll.Load()
 }
 
 // close closes the socket for good: the end of serveConn, after the reader
@@ -130,12 +140,7 @@ func (c *conn) closeLocked(why string) {
 // megabyte, or -write-timeout (or the shutdown's deadline) passed. The
 // caller then closes the socket.
 func (c *conn) linger(r io.Reader) {
-	deadline := time.Now().Add(c.writeTimeout)
-	for _, by := range []int64{c.stopBy.Load(), c.stopAllAt()} {
-		if by != 0 && by < deadline.UnixNano() {
-			deadline = time.Unix(0, by)
-		}
-	}
+	deadline := c.writeDeadline()
 	left := int64(1 << 20)
 	for left > 0 && time.Now().Before(deadline) {
 		if unsent(c.nc) == 0 {

@@ -120,19 +120,11 @@ func (c *consumer) serve(ctx context.Context) bool {
 		} else { // nothing pending: the AckPop that found the queue empty acked it
 			msgs, err = c.b.Pop(ctx, s.user)
 		}
-		if err != nil && errors.Is(err, redis.ErrPoolTimeout) {
-			// Every pooled connection was busy. Send the same call again,
-			// with the same token: Redis itself is fine.
-			h.log.Debug("redis pool busy; retrying", "user", s.user)
-			if !c.bo.wait(ctx) {
-				break
-			}
-			continue
-		}
-		if errors.Is(err, redisq.ErrClaimLapsed) {
-			// Nothing was sent: wait for the claim's renewal and send the
-			// same call again, the delivered batch still pending.
-			h.log.Debug("instance id claim not renewed in time; waiting", "user", s.user)
+		if errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redisq.ErrClaimLapsed) {
+			// Every pooled connection was busy, or the claim waits for its
+			// renewal: send the same call again, with the same token, the
+			// delivered batch still pending. Redis itself is fine.
+			h.redisFailed(err)
 			if !c.bo.wait(ctx) {
 				break
 			}
@@ -284,15 +276,26 @@ func (h *hub) deliver(s *session, msgs []string, popped time.Time) (written, tri
 // Redis is down. It reports false when the server shuts down before it
 // succeeded: the messages then stay in the processing list for Recover.
 func (h *hub) requeue(ctx context.Context, user string) bool {
-	var bo backoff
-	for {
+	return h.retry(ctx, func() error {
 		// Requeueing must outlive a cancelled ctx: shutdown is exactly when
 		// in-flight messages have to go back.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
 		n, err := h.q.Requeue(actx, user)
-		cancel()
 		if err == nil {
 			h.stats.Requeued.Add(int64(n))
+		}
+		return err
+	})
+}
+
+// retry runs op until it succeeds (true), backing off while Redis fails,
+// or until ctx ends first (false).
+func (h *hub) retry(ctx context.Context, op func() error) bool {
+	var bo backoff
+	for {
+		err := op()
+		if err == nil {
 			return true
 		}
 		h.redisFailed(err)
@@ -305,17 +308,7 @@ func (h *hub) requeue(ctx context.Context, user string) bool {
 // register records the user's queue in this instance's registry, retrying
 // while Redis is down; false when the server shuts down first.
 func (h *hub) register(ctx context.Context, user string) bool {
-	var bo backoff
-	for {
-		err := h.q.Register(ctx, user)
-		if err == nil {
-			return true
-		}
-		h.redisFailed(err)
-		if !bo.wait(ctx) {
-			return false
-		}
-	}
+	return h.retry(ctx, func() error { return h.q.Register(ctx, user) })
 }
 
 // requeueFailed returns a batch that no connection took, counting the

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,7 +114,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return &conn{fd: s.nextFD.Add(1), user: id.user, until: id.until, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
-		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m, stopAll: &s.hub.stopBy}, nil
+		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m, stopBy: &s.hub.stopBy}, nil
 }
 
 // upgrader checks a handshake as it is parsed, writing into id who it is:
@@ -160,15 +161,7 @@ func (s *Server) originAllowed(origin string) bool {
 		return true
 	}
 	o, ok := canonicalOrigin(origin)
-	if !ok {
-		return false
-	}
-	for _, a := range s.cfg.AllowedOrigins {
-		if c, _ := canonicalOrigin(a); c == o {
-			return true
-		}
-	}
-	return false
+	return ok && slices.Contains(s.cfg.AllowedOrigins, o) // canonical since withDefaults
 }
 
 func originRefusal(origin string) string {

@@ -78,7 +78,7 @@ func (h *hub) acquire(user string) (*session, error) {
 		return nil, taskpool.ErrClosed
 	}
 	s := h.users[user]
-	if s != nil && h.maxPerUser > 0 && s.refs >= h.maxPerUser {
+	if h.full(s) {
 		return nil, errTooManyConns
 	}
 	if s == nil {
@@ -95,6 +95,12 @@ func (h *hub) acquire(user string) (*session, error) {
 	return s, nil
 }
 
+// full reports whether session s (nil: none yet) holds the most
+// connections a user may. Called with h.mu held.
+func (h *hub) full(s *session) bool {
+	return s != nil && h.maxPerUser > 0 && s.refs >= h.maxPerUser
+}
+
 // admissible reports whether acquire(user) would succeed now, without
 // admitting anyone: for GET /check, so it may be stale a moment later.
 func (h *hub) admissible(user string) error {
@@ -103,7 +109,7 @@ func (h *hub) admissible(user string) error {
 	switch {
 	case h.closing:
 		return taskpool.ErrClosed
-	case h.users[user] != nil && h.maxPerUser > 0 && h.users[user].refs >= h.maxPerUser:
+	case h.full(h.users[user]):
 		return errTooManyConns
 	case h.users[user] != nil:
 		return nil
@@ -259,7 +265,7 @@ func (h *hub) refuseNew() {
 // bounded by deadline first, so no close waits on a stalled write for
 // longer than that.
 func (h *hub) closeAll(code ws.StatusCode, reason string, deadline time.Time) {
-	h.stopBy.Store(deadline.UnixNano()) // connections that linger already end by it too
+	h.stopBy.Store(deadline.UnixNano()) // every write and linger ends by it, of connections gone from the hub too
 	h.mu.Lock()
 	h.closing = true
 	all := make([]*conn, 0, len(h.conns))

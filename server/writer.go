@@ -232,7 +232,7 @@ func (c *conn) writeNow(buf []byte) (written, tried, ok bool) {
 	}
 	o.writing = true // batches queued meanwhile wait behind this one
 	o.mu.Unlock()
-	tried, err := c.writeFrames(buf)
+	err := c.write(buf)
 	o.mu.Lock()
 	more := len(o.queue) > 0 && !o.closed
 	o.writing = more
@@ -240,22 +240,5 @@ func (c *conn) writeNow(buf []byte) (written, tried, ok bool) {
 	if more {
 		go c.drain()
 	}
-	return err == nil, tried, true
-}
-
-// writeFrames writes buf under the write lock and deadline; on error it
-// closes the connection. tried is false when it was closed already.
-func (c *conn) writeFrames(buf []byte) (tried bool, err error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.closed {
-		return false, ErrConnClosed
-	}
-	_ = c.nc.SetWriteDeadline(c.writeDeadline())
-	if _, err := c.nc.Write(buf); err != nil {
-		c.m.writeFailures.Inc()
-		c.closeLocked("write failed: " + err.Error())
-		return true, err
-	}
-	return true, nil
+	return err == nil, !errors.Is(err, ErrConnClosed), true
 }
