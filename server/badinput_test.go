@@ -83,11 +83,26 @@ func isBackground(line string) bool {
 // HTTP status and body of the answer.
 func rawUpgrade(t *testing.T, addr, path string, headers ...string) (int, string) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	resp, body, err := upgradeResponse(addr, path, 10*time.Second, headers...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if ra := resp.Header.Get("Retry-After"); resp.StatusCode == 503 && !retryAfterOK(ra) {
+		t.Errorf("503 with Retry-After %q, want 1 to 10 seconds", ra)
+	}
+	return resp.StatusCode, body
+}
+
+// upgradeResponse sends a WebSocket upgrade request for path, with the
+// extra header lines, and returns the answer (its body read, empty for a
+// 101) if it came within the time given; it fails no test, for goroutines.
+func upgradeResponse(addr, path string, within time.Duration, headers ...string) (*http.Response, string, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, "", err
+	}
 	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(within))
 	extra := ""
 	for _, h := range headers {
 		extra += h + "\r\n"
@@ -96,17 +111,14 @@ func rawUpgrade(t *testing.T, addr, path string, headers ...string) (int, string
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n%s\r\n", path, extra)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
-		t.Fatal(err)
+		return nil, "", err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode == 101 {
-		return 101, ""
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return resp, "", nil
 	}
-	body, _ := io.ReadAll(resp.Body)
-	if ra := resp.Header.Get("Retry-After"); resp.StatusCode == 503 && !retryAfterOK(ra) {
-		t.Errorf("503 with Retry-After %q, want 1 to 10 seconds", ra)
-	}
-	return resp.StatusCode, string(body)
+	body, err := io.ReadAll(resp.Body)
+	return resp, string(body), err
 }
 
 func TestFullPoolIs503AndSparesExistingUsers(t *testing.T) {
@@ -352,21 +364,11 @@ func TestFullPoolNeverBlocksTheAcceptLoop(t *testing.T) {
 	errs := make(chan error, newcomers)
 	for i := range newcomers {
 		go func() {
-			c, err := net.Dial("tcp", g.addr)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-			fmt.Fprintf(c, "GET /?user_id=new%d HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", i)
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			resp, _, err := upgradeResponse(g.addr, fmt.Sprintf("/?user_id=new%d", i), 3*time.Second)
 			if err != nil {
 				errs <- fmt.Errorf("newcomer %d: no answer within 3 s: %v", i, err)
 				return
 			}
-			resp.Body.Close()
 			if resp.StatusCode != 503 || !retryAfterOK(resp.Header.Get("Retry-After")) {
 				errs <- fmt.Errorf("newcomer %d: %d Retry-After %q, want 503 and 1 to 10 seconds", i, resp.StatusCode, resp.Header.Get("Retry-After"))
 				return

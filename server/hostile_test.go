@@ -1,11 +1,9 @@
 package server_test
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -144,12 +142,12 @@ func TestConnectionsPerUserAreBounded(t *testing.T) {
 	for range 32 {
 		wg.Go(func() {
 			for range next {
-				status, body := upgradeStatus(g.addr, "/?user_id=many")
-				if status == 429 && body == "this user has the most connections allowed (-max-conns-per-user); close one first\n" {
+				resp, body, err := upgradeResponse(g.addr, "/?user_id=many", 10*time.Second)
+				if err == nil && resp.StatusCode == 429 && body == "this user has the most connections allowed (-max-conns-per-user); close one first\n" {
 					refused.Add(1)
 				} else {
 					other.Add(1)
-					firstOther.CompareAndSwap(nil, fmt.Sprintf("%d %q", status, body))
+					firstOther.CompareAndSwap(nil, fmt.Sprintf("%v %q (%v)", resp, body, err))
 				}
 			}
 		})
@@ -177,33 +175,11 @@ func TestConnectionsPerUserAreBounded(t *testing.T) {
 	}
 	open[0].SendClose()
 	testutil.Eventually(t, 5*time.Second, func() error {
-		if status, body := upgradeStatus(g.addr, "/?user_id=many"); status != 101 {
-			return fmt.Errorf("after one left: %d %q", status, body)
+		if resp, body, err := upgradeResponse(g.addr, "/?user_id=many", 5*time.Second); err != nil || resp.StatusCode != 101 {
+			return fmt.Errorf("after one left: %v %q (%v)", resp, body, err)
 		}
 		return nil
 	})
-}
-
-// upgradeStatus is rawUpgrade for goroutines: the status and body of an
-// upgrade of path, 0 and the error when it failed.
-func upgradeStatus(addr, path string) (int, string) {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer c.Close()
-	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", path)
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == 101 {
-		return 101, ""
-	}
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }
 
 // A million tiny frames from one client: past -max-message-rate frames in a
@@ -297,18 +273,10 @@ func TestRetryAfterIsSpread(t *testing.T) {
 	g.dialReady("holder")
 	seen := map[int]int{}
 	for i := range 40 {
-		c, err := net.Dial("tcp", g.addr)
+		resp, _, err := upgradeResponse(g.addr, fmt.Sprintf("/?user_id=storm%d", i), 10*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(c, "GET /?user_id=storm%d HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", i)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		c.Close()
 		secs, err := strconv.Atoi(resp.Header.Get("Retry-After"))
 		if resp.StatusCode != 503 || err != nil || secs < 1 || secs > 10 {
 			t.Fatalf("%d with Retry-After %q, want 503 and 1 to 10 seconds", resp.StatusCode, resp.Header.Get("Retry-After"))
