@@ -407,10 +407,7 @@ func TestBlockerWakeSurvivesARefusedClientID(t *testing.T) {
 	rds := testutil.StartRedis(t)
 	ctx := context.Background()
 	admin := rds.Client()
-	if err := admin.Do(ctx, "ACL", "SETUSER", "rot", "on", ">pw", "~*", "&*", "+@all", "-client").Err(); err != nil {
-		t.Fatal(err)
-	}
-	c, err := redisq.Dial(ctx, "redis://rot:pw@"+rds.Addr(), 4)
+	c, err := redisq.Dial(ctx, rds.UserURL("rot", "-client"), 4)
 	if err != nil {
 		t.Fatal(err)
 	}

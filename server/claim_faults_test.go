@@ -31,6 +31,22 @@ func (h fnHook) ProcessHook(n redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error { return h.fn(ctx, cmd, n) }
 }
 
+// timeOutAfterPop reports, once armed, an ack script that ran and popped a
+// batch as redis.ErrPoolTimeout: what go-redis returns when its first
+// attempt ran, its reply was lost, and its retries found the pool busy.
+func timeOutAfterPop(cmd redis.Cmder, err error, armed, fired *atomic.Bool) error {
+	c, ok := cmd.(*redis.Cmd)
+	if !ok || err != nil || !armed.Load() {
+		return err
+	}
+	if v, _ := c.StringSlice(); len(v) > 0 && armed.CompareAndSwap(true, false) {
+		fired.Store(true)
+		cmd.SetErr(redis.ErrPoolTimeout)
+		return redis.ErrPoolTimeout
+	}
+	return err
+}
+
 // The ack script's first attempt ran (acked b, popped c) and go-redis then
 // reported ErrPoolTimeout; the pool stays busy; a shutdown comes during the
 // retry backoff. Acknowledging with a new token would delete c, never
@@ -46,15 +62,7 @@ func TestShutdownDuringAPoolTimeoutRetryLosesNothing(t *testing.T) {
 			cmd.SetErr(redis.ErrPoolTimeout)
 			return redis.ErrPoolTimeout
 		}
-		err := next(ctx, cmd)
-		if c, ok := cmd.(*redis.Cmd); ok && err == nil && armed.Load() {
-			if v, _ := c.StringSlice(); len(v) > 0 && armed.CompareAndSwap(true, false) {
-				fired.Store(true)
-				cmd.SetErr(redis.ErrPoolTimeout)
-				return redis.ErrPoolTimeout
-			}
-		}
-		return err
+		return timeOutAfterPop(cmd, next(ctx, cmd), &armed, &fired)
 	}}
 	g := gatewayWithHook(t, h, server.Config{Format: server.FormatRaw, Batch: 1})
 	ctx := context.Background()

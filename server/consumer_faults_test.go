@@ -51,17 +51,10 @@ func TestPoolTimeoutAfterTheAckRanLosesNothing(t *testing.T) {
 	var armed, fired atomic.Bool
 	h := fnHook{fn: func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
 		err := next(ctx, cmd)
-		if err != nil || !armed.Load() || !hasArg(cmd, "{user_pt_messages}:relay") {
+		if !hasArg(cmd, "{user_pt_messages}:relay") {
 			return err
 		}
-		if c, ok := cmd.(*redis.Cmd); ok {
-			if v, _ := c.StringSlice(); len(v) > 0 && armed.CompareAndSwap(true, false) {
-				fired.Store(true)
-				cmd.SetErr(redis.ErrPoolTimeout)
-				return redis.ErrPoolTimeout
-			}
-		}
-		return err
+		return timeOutAfterPop(cmd, err, &armed, &fired)
 	}}
 	g := gatewayWithHook(t, h, server.Config{Format: server.FormatRaw, Batch: 1})
 	c := g.dialReady("pt")
@@ -86,10 +79,7 @@ func TestRefusedClientIDIsNoOutageAndNoSpin(t *testing.T) {
 	rds := testutil.StartRedis(t)
 	admin := rds.Client()
 	ctx := context.Background()
-	if err := admin.Do(ctx, "ACL", "SETUSER", "rot", "on", ">pw", "~*", "&*", "+@all", "-client").Err(); err != nil {
-		t.Fatal(err)
-	}
-	clients, err := redisq.Dial(ctx, "redis://rot:pw@"+rds.Addr(), 8)
+	clients, err := redisq.Dial(ctx, rds.UserURL("rot", "-client"), 8)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,18 @@ func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.Port) }
 // URL is the go-redis URL of the server.
 func (r *Redis) URL() string { return "redis://" + r.Addr() }
 
+// UserURL creates the ACL user name, who may use every key and channel and
+// run every command but those rules take away (e.g. "-client"), and
+// returns a URL that logs in as that user.
+func (r *Redis) UserURL(name string, rules ...string) string {
+	r.t.Helper()
+	args := append([]any{"ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all"}, Any(rules)...)
+	if err := r.Client().Do(context.Background(), args...).Err(); err != nil {
+		r.t.Fatal(err)
+	}
+	return "redis://" + name + ":pw@" + r.Addr()
+}
+
 // Client returns a go-redis client for the test's own commands.
 func (r *Redis) Client() *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: r.Addr()})
