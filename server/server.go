@@ -151,17 +151,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	// Every way out of Serve, a failed start included, gives the id up at
 	// once (if this process still holds it): a successor need not wait for
 	// the claim to expire.
-	var endOnce sync.Once
-	endClaim := func() {
-		endOnce.Do(func() {
-			stopClaim()
-			<-claimDone
-			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			_ = claim.Release(rctx)
-		})
-	}
-	defer endClaim()
+	defer func() {
+		stopClaim()
+		<-claimDone
+		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = claim.Release(rctx)
+	}()
 	lists, msgs, err := s.q.Recover(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: recovering in-flight messages: %w", ErrStart, err)
@@ -199,7 +195,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	<-ctx.Done()
 	err = s.shutdown(ln, hs, acceptDone)
-	endClaim()
 	if cause := context.Cause(ctx); errors.Is(cause, redisq.ErrInstanceLost) {
 		return cause
 	}

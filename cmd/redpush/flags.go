@@ -114,9 +114,6 @@ func (o *options) finish(fs *flag.FlagSet, getenv func(string) string, level str
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return fmt.Errorf("-log-format: %q is not text or json", o.logFormat)
 	}
-	if o.cfg.Instance == "" && !o.cfg.ReusePort {
-		o.cfg.Instance = server.DefaultInstance(o.cfg.Addr) // with -reuseport the server picks a slot
-	}
 	if err := o.security(); err != nil {
 		return err
 	}
