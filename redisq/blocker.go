@@ -44,6 +44,9 @@ func (q *Queue) Blocker() *Blocker { return &Blocker{q: q} }
 // followed by AckPop, Ack or Requeue. A burst that follows is better taken
 // with AckPop, in batches.
 func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
+	if err := b.q.guard(); err != nil {
+		return nil, err // before dialling: a lapsed claim is no broken connection
+	}
 	if !b.q.noWake.Load() {
 		cn, err := b.conn(ctx, user)
 		if err == nil {

@@ -60,24 +60,32 @@ type Queue struct {
 	refusedLog atomic.Int64          // unix nanos of the last "CLIENT ID refused" line
 }
 
+// guard fails with ErrClaimLapsed when this process claimed its instance
+// id and cannot be sure it still holds it: a process that stalled (a
+// pause, a partition) past ClaimTTL may have been replaced by another with
+// the same id, whose processing lists are the same keys.
+func (q *Queue) guard() error {
+	if c := q.claim.Load(); c != nil && !c.Held() {
+		return ErrClaimLapsed
+	}
+	return nil
+}
+
 // leaseMargin is how long before the claim may expire a guarded command
 // must be done: the time it takes to reach Redis.
 const leaseMargin = 200 * time.Millisecond
 
-// leased fails with ErrClaimLapsed when this process claimed its instance
-// id and cannot be sure it still holds it: a process that stalled (a pause,
-// a partition) past ClaimTTL may have been replaced by another with the
-// same id, whose processing lists are the same keys. Otherwise it returns a
-// context that ends before another process may take the id: a command sent
-// with it cannot reach Redis after that (go-redis does not retry past a
-// deadline), however long it waited for a pooled connection or a reply.
+// leased is guard, and a context that ends before another process may take
+// the id: a command sent with it cannot reach Redis after that (go-redis
+// does not retry past a deadline), however long it waited for a pooled
+// connection or a reply.
 func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if err := q.guard(); err != nil {
+		return nil, nil, err
+	}
 	c := q.claim.Load()
 	if c == nil {
 		return ctx, func() {}, nil
-	}
-	if !c.Held() {
-		return nil, nil, ErrClaimLapsed
 	}
 	ctx, cancel := context.WithDeadline(ctx, c.expires().Add(-leaseMargin))
 	return ctx, cancel, nil
@@ -364,11 +372,16 @@ func splitProcessing(proc string) (queue, instance string, ok bool) {
 // Recover returns to their queues the messages this instance had popped but
 // not acknowledged when it last stopped (a crash, kill -9, or Redis being
 // down during shutdown). Call it once at start, before any consumer runs. It
-// reports how many processing lists and messages it found. It SCANs for
-// this instance's lists, registered or not (lists left by a version without
-// the registry come back too), then drops its registry: its consumers
-// register what they serve from now on.
+// reports how many processing lists and messages it found. It returns the
+// registered lists by key (safe from a SCAN over a stale cluster slot map),
+// then SCANs for any other list of this instance (left by a version
+// without the registry), then drops its registry: its consumers register
+// what they serve from now on.
 func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
+	lists, msgs, err = q.reclaimRegistered(ctx, q.instance)
+	if err != nil {
+		return lists, msgs, err
+	}
 	// The instance id passed ValidID, so it holds no glob metacharacters.
 	match := "{*" + q.procTail
 	err = forEachMaster(ctx, q.cmd, func(ctx context.Context, c *redis.Client) error {
