@@ -39,18 +39,25 @@ func (q *Queue) Blocker() *Blocker { return &Blocker{q: q} }
 
 // Pop waits for the next message of user, blocking for at most one round,
 // and moves it into the processing list. It returns none when the round
-// ended or Wake interrupted it. Call it only with an empty processing list
-// (after AckPop found the queue empty): the message it returns must be
-// followed by AckPop, Ack or Requeue. A burst that follows is better taken
-// with AckPop, in batches.
+// ended or Wake interrupted it. Call it after AckPop found the queue
+// empty; the processing list may still hold delivered messages that wait
+// for confirmation: the new one goes in as the newest. A burst that
+// follows is better taken with AckPop, in batches.
 func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
+	return b.PopWithin(ctx, user, b.q.wakeRound)
+}
+
+// PopWithin is Pop with a round of at most round (whole seconds, at least
+// one): for a consumer that holds messages it acknowledges after the next
+// pop, and that must not wait a long round for it.
+func (b *Blocker) PopWithin(ctx context.Context, user string, round time.Duration) ([]string, error) {
 	if err := b.q.guard(); err != nil {
 		return nil, err // before dialling: a lapsed claim is no broken connection
 	}
 	if !b.q.noWake.Load() {
 		cn, err := b.conn(ctx, user)
 		if err == nil {
-			msgs, err := b.q.blockPop(ctx, cn, b.q.wakeRound, user)
+			msgs, err := b.q.blockPop(ctx, cn, min(round, b.q.wakeRound), user)
 			if err != nil && !errors.Is(err, context.Canceled) {
 				// A broken dedicated connection stays broken: dial a new
 				// one (with a new CLIENT ID) next time.
@@ -68,7 +75,7 @@ func (b *Blocker) Pop(ctx context.Context, user string) ([]string, error) {
 			return nil, err // Redis unreachable: an outage
 		}
 	}
-	return b.q.blockPop(ctx, b.q.blocking, b.q.round, user)
+	return b.q.blockPop(ctx, b.q.blocking, min(round, b.q.round), user)
 }
 
 // errIDRefused: Redis refused CLIENT ID lately; Pop blocks in short rounds.

@@ -91,48 +91,61 @@ func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc
 	return ctx, cancel, nil
 }
 
-// ackPop drops the processing list KEYS[2] (the previous batch was
-// delivered, or it is empty) and moves up to ARGV[1] messages from the right
-// of the queue KEYS[1] to the left of the processing list, returning them
-// oldest first. LMOVE with a count does not exist before Redis 8, hence the
+// ackPop acknowledges the ARGV[5] oldest messages of the processing list
+// KEYS[2] (delivered; -1: all of them) and moves up to ARGV[1] messages
+// from the right of the queue KEYS[1] to the left of the processing list,
+// returning them oldest first. The processing list holds the newest message
+// at its left, so the oldest, acknowledged first, are at its right: RPOP
+// with a count. LMOVE with a count does not exist before Redis 8, hence the
 // script: one round trip per batch, ack included.
 //
-// Before dropping a delivered batch it publishes it on the relay channel
+// Before dropping what it acknowledges it publishes it on the relay channel
 // ARGV[3] (a channel is not a key, so it is not in KEYS), so that other
 // instances holding connections of the same user write it to them too:
 // "<origin instance>\n" then each message, oldest first, as
 // "<length>:<bytes>" (binary safe). With nobody subscribed, Redis drops it at
 // once.
 //
-// Run twice, the script would ack the batch the first run popped and nobody
+// Run twice, the script would ack messages the first run popped and nobody
 // delivered, and go-redis does run a command twice when the connection
 // breaks between the request and the reply (a cluster client retries such
 // errors whatever MaxRetries says). So each call carries a token ARGV[4]
-// that the script stores in the fence key KEYS[3] for a minute; a call whose
-// token is already there is such a retry, and gets the batch the first run
-// popped, still in the processing list, instead.
+// that the script stores, with how many messages it popped, in the fence
+// key KEYS[3] for a minute; a call whose token is already there is such a
+// retry, and gets the messages the first run popped, still the newest in
+// the processing list, instead: it acknowledges nothing more.
 var ackPop = redis.NewScript(`
-local held = redis.call('LRANGE', KEYS[2], 0, -1)
 local out = {}
-if redis.call('GET', KEYS[3]) == ARGV[4] then
-  for i = #held, 1, -1 do out[#out + 1] = held[i] end
-  return out
-end
-if #held > 0 then
-  local parts = {ARGV[2], '\n'}
-  for i = #held, 1, -1 do
-    parts[#parts + 1] = #held[i] .. ':' .. held[i]
+local fence = redis.call('GET', KEYS[3])
+if fence then
+  local token, popped = string.match(fence, '^(%d+):(%d+)$')
+  if token == ARGV[4] then
+    if popped ~= '0' then
+      local newest = redis.call('LRANGE', KEYS[2], 0, tonumber(popped) - 1)
+      for i = #newest, 1, -1 do out[#out + 1] = newest[i] end
+    end
+    return out
   end
-  redis.call('PUBLISH', ARGV[3], table.concat(parts))
-  redis.call('DEL', KEYS[2])
+end
+local acked = tonumber(ARGV[5])
+if acked < 0 then acked = redis.call('LLEN', KEYS[2]) end
+if acked > 0 then
+  local held = redis.call('RPOP', KEYS[2], acked)
+  if held then
+    local parts = {ARGV[2], '\n'}
+    for i = 1, #held do
+      parts[#parts + 1] = #held[i] .. ':' .. held[i]
+    end
+    redis.call('PUBLISH', ARGV[3], table.concat(parts))
+  end
 end
 for i = 1, tonumber(ARGV[1]) do
   local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not v then break end
   out[i] = v
 end
-if #out > 0 then
-  redis.call('SET', KEYS[3], ARGV[4], 'PX', 60000)
+if acked > 0 or #out > 0 then
+  redis.call('SET', KEYS[3], ARGV[4] .. ':' .. #out, 'PX', 60000)
 end
 return out`)
 
@@ -248,20 +261,17 @@ func (q *Queue) blockPop(ctx context.Context, bc redis.Cmdable, round time.Durat
 	return []string{first}, nil
 }
 
-// AckPop acknowledges what is in the processing list of user (the previous
-// batch, delivered; nothing after a Requeue) and moves the next batch of up
-// to Batch messages into it, oldest first, without blocking. Every message
-// it returns must be followed by another AckPop, Ack or Requeue before the
-// next pop of the same user. If it fails, the caller cannot know
-// whether the ack happened: it must Requeue, which may deliver the previous
-// batch twice but never loses it.
+// AckPop acknowledges everything in the processing list of user (delivered;
+// nothing after a Requeue) and moves the next batch of up to Batch
+// messages into it, oldest first, without blocking. If it fails, the caller
+// cannot know whether the ack happened: it must Requeue, which may deliver
+// the acknowledged messages twice but never loses them.
 func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {
-	return q.ackPop(ctx, user, q.batch)
+	return q.AckPopToken(ctx, user, AckAll, q.batch, q.NewToken())
 }
 
-func (q *Queue) ackPop(ctx context.Context, user string, n int) ([]string, error) {
-	return q.AckPopToken(ctx, user, n, q.NewToken())
-}
+// AckAll, as AckPopToken's acked, acknowledges the whole processing list.
+const AckAll = -1
 
 // Instance is the id whose processing lists this Queue uses.
 func (q *Queue) Instance() string { return q.instance }
@@ -277,20 +287,23 @@ func (q *Queue) BatchSize() int { return q.batch }
 // NewToken is the token of a new AckPopToken call.
 func (q *Queue) NewToken() uint64 { return q.token.Add(1) }
 
-// AckPopToken is AckPop of up to n messages with the caller's token. A
-// call that failed with an unknown outcome may be repeated with the same
-// token: if the first one ran, the repeat returns the batch it popped
-// instead of acknowledging that batch unseen. go-redis returns the error of
+// AckPopToken acknowledges the acked oldest messages of the processing
+// list of user (AckAll: every one) and moves up to n more into it, with the
+// caller's token. A consumer may hold several popped batches at once and
+// acknowledge them oldest first, as their delivery is confirmed. A call
+// that failed with an unknown outcome may be repeated with the same token:
+// if the first one ran, the repeat returns the messages it popped instead
+// of acknowledging more, or popping again. go-redis returns the error of
 // its last attempt, so a redis.ErrPoolTimeout does not prove that an
 // earlier attempt of the same call did not run: repeat it with its token.
-func (q *Queue) AckPopToken(ctx context.Context, user string, n int, token uint64) ([]string, error) {
+func (q *Queue) AckPopToken(ctx context.Context, user string, acked, n int, token uint64) ([]string, error) {
 	ctx, cancel, err := q.leased(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer cancel()
 	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user)}
-	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token).StringSlice()
+	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token, acked).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
@@ -330,7 +343,13 @@ func ParseRelay(payload string) (origin string, msgs []string, err error) {
 // Ack drops the processing list of user (and relays it, as AckPop does):
 // everything popped since the last ack or Requeue was delivered.
 func (q *Queue) Ack(ctx context.Context, user string) error {
-	_, err := q.ackPop(ctx, user, 0)
+	return q.AckOldest(ctx, user, AckAll)
+}
+
+// AckOldest acknowledges the n oldest messages of the processing list of
+// user (AckAll: all), whose delivery was confirmed.
+func (q *Queue) AckOldest(ctx context.Context, user string, n int) error {
+	_, err := q.AckPopToken(ctx, user, n, 0, q.NewToken())
 	return err
 }
 

@@ -381,18 +381,18 @@ func TestReplayedAckPopReturnsTheSameBatch(t *testing.T) {
 	rc := rds.Client()
 	ctx := context.Background()
 	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3", "m4")
-	first, err := q.AckPopToken(ctx, "u", 2, 7)
+	first, err := q.AckPopToken(ctx, "u", redisq.AckAll, 2, 7)
 	if err != nil || !slices.Equal(first, []string{"m1", "m2"}) {
 		t.Fatalf("AckPop = %v, %v", first, err)
 	}
-	again, err := q.AckPopToken(ctx, "u", 2, 7) // the reply was lost; go-redis retries
+	again, err := q.AckPopToken(ctx, "u", redisq.AckAll, 2, 7) // the reply was lost; go-redis retries
 	if err != nil || !slices.Equal(again, first) {
 		t.Fatalf("replayed AckPop = %v, %v; want the same batch %v", again, err, first)
 	}
 	if q := rc.LRange(ctx, q.Key("u"), 0, -1).Val(); !slices.Equal(q, []string{"m4", "m3"}) {
 		t.Fatalf("queue = %v after the replay, want it untouched", q)
 	}
-	next, err := q.AckPopToken(ctx, "u", 2, 8)
+	next, err := q.AckPopToken(ctx, "u", redisq.AckAll, 2, 8)
 	if err != nil || !slices.Equal(next, []string{"m3", "m4"}) {
 		t.Fatalf("next AckPop = %v, %v", next, err)
 	}
@@ -497,5 +497,70 @@ func TestClaimTakesOverOnlyADeadClaim(t *testing.T) {
 	}
 	if v, _ := rc.Get(ctx, "redpush:claim:i1").Result(); v != "usurper" {
 		t.Fatalf("Release removed another process's claim (%q left)", v)
+	}
+}
+
+// A consumer holds several batches whose delivery is not confirmed yet and
+// acknowledges them oldest first: AckPopToken's acked drops exactly that
+// many of the oldest messages, relays them in order, and leaves the newer
+// ones in the processing list, where Requeue returns them in order.
+func TestPartialAckDropsTheOldestAndKeepsTheRest(t *testing.T) {
+	q, rds := newQueue(t, 2)
+	ctx := context.Background()
+	rc := rds.Client()
+	sub := rc.Subscribe(ctx, q.RelayChannel("p"))
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rc.LPush(ctx, q.Key("p"), "m1", "m2", "m3", "m4", "m5", "m6")
+	for _, want := range [][]string{{"m1", "m2"}, {"m3", "m4"}} {
+		got, err := q.AckPopToken(ctx, "p", 0, 2, q.NewToken())
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("pop without ack = %v, %v; want %v", got, err, want)
+		}
+	}
+	// m1..m3 confirmed: acked with the next pop, which brings m5 m6.
+	got, err := q.AckPopToken(ctx, "p", 3, 2, q.NewToken())
+	if err != nil || !slices.Equal(got, []string{"m5", "m6"}) {
+		t.Fatalf("AckPopToken(3) = %v, %v", got, err)
+	}
+	m, err := sub.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, relayed, _ := redisq.ParseRelay(m.Payload); !slices.Equal(relayed, []string{"m1", "m2", "m3"}) {
+		t.Fatalf("relayed %q, want the three acknowledged, oldest first", relayed)
+	}
+	if held := rc.LRange(ctx, q.ProcessingKey("p"), 0, -1).Val(); !slices.Equal(held, []string{"m6", "m5", "m4"}) {
+		t.Fatalf("processing list = %v, want m4 m5 m6 (newest left)", held)
+	}
+	if n, err := q.Requeue(ctx, "p"); err != nil || n != 3 {
+		t.Fatalf("Requeue = %d, %v", n, err)
+	}
+	got, _ = q.AckPopToken(ctx, "p", 0, 3, q.NewToken())
+	if !slices.Equal(got, []string{"m4", "m5", "m6"}) {
+		t.Fatalf("after Requeue = %v, want m4 m5 m6 in order", got)
+	}
+}
+
+// An acknowledgement that pops nothing, replayed by go-redis after its
+// reply was lost, must not acknowledge the next messages as well.
+func TestReplayedAckAcknowledgesNothingMore(t *testing.T) {
+	q, rds := newQueue(t, 4)
+	ctx := context.Background()
+	rc := rds.Client()
+	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3", "m4")
+	if got, _ := q.AckPopToken(ctx, "u", 0, 4, q.NewToken()); len(got) != 4 {
+		t.Fatalf("pop = %v", got)
+	}
+	const token = 99
+	for range 2 { // the call, and its replay
+		if got, err := q.AckPopToken(ctx, "u", 1, 0, token); err != nil || len(got) != 0 {
+			t.Fatalf("ack of one = %v, %v", got, err)
+		}
+	}
+	if held := rc.LRange(ctx, q.ProcessingKey("u"), 0, -1).Val(); !slices.Equal(held, []string{"m4", "m3", "m2"}) {
+		t.Fatalf("processing list = %v after an ack of one and its replay, want m2 m3 m4", held)
 	}
 }

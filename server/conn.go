@@ -36,6 +36,12 @@ type conn struct {
 	// closing but not yet unregistered (its reader may linger a second).
 	gone atomic.Bool
 
+	// sent counts the bytes written (under wmu); wire reads it, or the
+	// TLS layer's own count, to tell how far the peer acknowledged them
+	// (confirm.go).
+	sent atomic.Int64
+	wire wire
+
 	wmu    sync.Mutex
 	closed bool   // under wmu: the socket is closed, writes fail
 	why    string // under wmu: why the server closed it, for the log
@@ -47,18 +53,27 @@ type conn struct {
 // with ErrConnClosed, having tried nothing, when the connection was closed
 // already.
 func (c *conn) write(p []byte) error {
+	_, err := c.writeAt(p)
+	return err
+}
+
+// writeAt is write, and reports the connection's wire offset after p: p
+// is delivered once the peer acknowledged up to there (confirm.go).
+func (c *conn) writeAt(p []byte) (end int64, err error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.closed {
-		return ErrConnClosed
+		return 0, ErrConnClosed
 	}
 	_ = c.nc.SetWriteDeadline(c.writeDeadline())
-	if _, err := c.nc.Write(p); err != nil {
+	n, err := c.nc.Write(p)
+	c.sent.Add(int64(n))
+	if err != nil {
 		c.m.writeFailures.Inc()
 		c.closeLocked("write failed: " + err.Error())
-		return err
+		return 0, err
 	}
-	return nil
+	return c.wireSent(), nil
 }
 
 // writeDeadline is the write timeout from now, or the shutdown's deadline
@@ -95,7 +110,8 @@ func (c *conn) closeWith(code ws.StatusCode, reason string, deadline time.Time) 
 		return
 	}
 	_ = c.nc.SetWriteDeadline(deadline)
-	_, _ = c.nc.Write(ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason))))
+	n, _ := c.nc.Write(ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason))))
+	c.sent.Add(int64(n))
 	c.closeLocked((&closeErr{code: code, reason: reason}).String())
 }
 
@@ -107,7 +123,7 @@ func (c *conn) close() {
 	if !c.closed {
 		c.markClosedLocked("")
 	}
-	_ = c.nc.Close()
+	c.shutLocked()
 }
 
 // closeLocked ends the connection once, for the server's reason why: no
@@ -128,7 +144,7 @@ func (c *conn) closeLocked(why string) {
 	}
 	c.markClosedLocked(why)
 	if hc, ok := c.nc.(interface{ CloseWrite() error }); !ok || hc.CloseWrite() != nil {
-		_ = c.nc.Close() // cannot half-close, or broken already: nothing to wait for
+		c.shutLocked() // cannot half-close, or broken already: nothing to wait for
 		return
 	}
 	_ = c.nc.SetReadDeadline(time.Now()) // wake the reader

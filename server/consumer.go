@@ -78,19 +78,27 @@ type consumer struct {
 	s *session
 	b *redisq.Blocker
 
-	bo       backoff
-	pending  int  // delivered, not yet acknowledged: the processing list
+	bo backoff
+	// flights are the batches written and not yet acknowledged in Redis,
+	// oldest first: the processing list. They are acknowledged as their
+	// delivery is confirmed (confirm.go), oldest first, with the next pop.
+	flights  []flight
 	more     bool // the queue may hold messages: pop without blocking
+	slowAcks bool // the last wait for a confirmation timed out: do not wait again until one comes
 	failures int  // see consume
 	// token is the AckPop token to send again: its call timed out waiting
 	// for a pooled connection, which does not prove that an earlier
 	// attempt of go-redis's did not run (redisq.Queue.AckPopToken).
-	token uint64
+	// acking is how many messages that call acknowledges, and
+	// ackingFlights how many flights they are.
+	token                 uint64
+	acking, ackingFlights int
 }
 
 // serve pops, delivers and acknowledges while the user is online. It
 // reports true when the user went offline with nothing held (what was
-// delivered is acknowledged), false when the server shuts down.
+// delivered is acknowledged, the rest requeued), false when the server
+// shuts down.
 func (c *consumer) serve(ctx context.Context) bool {
 	h, s := c.h, c.s
 	if !h.waitOnline(ctx, s) { // its connection may be gone before it started
@@ -103,27 +111,37 @@ func (c *consumer) serve(ctx context.Context) bool {
 		if !c.more && !h.waitOnline(ctx, s) {
 			break
 		}
+		if c.token == 0 {
+			switch c.next(ctx) {
+			case again:
+				continue
+			case stop:
+				return false
+			}
+		}
 		var msgs []string
 		var err error
 		if c.more {
 			// The ack must not be cut short by a shutdown: the batch it
-			// acknowledges was written, and requeueing it would send it
+			// acknowledges was delivered, and requeueing it would send it
 			// twice. Its duration is bounded by the client's timeouts.
 			n := h.q.BatchSize()
-			if c.failures >= redisq.IsolateAfter {
+			if c.isolating() {
 				n = 1 // the message that keeps failing goes alone
 			}
 			if c.token == 0 {
 				c.token = h.q.NewToken()
 			}
-			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, n, c.token)
-		} else { // nothing pending: the AckPop that found the queue empty acked it
+			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, c.acking, n, c.token)
+		} else if len(c.flights) > 0 { // the queue ran dry; what it held waits for confirmation
+			msgs, err = c.b.PopWithin(ctx, s.user, heldRound)
+		} else {
 			msgs, err = c.b.Pop(ctx, s.user)
 		}
 		if errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redisq.ErrClaimLapsed) {
 			// Every pooled connection was busy, or the claim waits for its
 			// renewal: send the same call again, with the same token, the
-			// delivered batch still pending. Redis itself is fine.
+			// delivered batches still held. Redis itself is fine.
 			h.redisFailed(err)
 			if !c.bo.wait(ctx) {
 				break
@@ -141,9 +159,10 @@ func (c *consumer) serve(ctx context.Context) bool {
 			}
 			// Whether the ack happened, and whether Redis moved messages
 			// into the processing list before the reply was lost, is
-			// unknown: requeue all of it (the pending batch may come
+			// unknown: requeue all of it (what was delivered may come
 			// twice) before popping again, never ack it unseen.
-			c.pending, c.more = 0, true
+			c.dropFlights(len(c.flights))
+			c.more = true
 			if !h.requeue(ctx, s.user) || !c.bo.wait(ctx) {
 				return false
 			}
@@ -151,8 +170,7 @@ func (c *consumer) serve(ctx context.Context) bool {
 		}
 		h.health.ok()
 		c.bo.reset()
-		h.stats.Delivered.Add(int64(c.pending))
-		c.pending = 0
+		c.acked(ctx)
 		// Until a pop comes back empty, more may have arrived meanwhile:
 		// keep taking batches, which is what makes a busy consumer cheap.
 		c.more = len(msgs) > 0
@@ -161,10 +179,17 @@ func (c *consumer) serve(ctx context.Context) bool {
 		}
 		testHook(ctx, s.user, "deliver")
 		if ctx.Err() != nil {
+			c.settleAll(ctx)
+			c.dropFlights(len(c.flights))
 			h.requeue(ctx, s.user)
 			return false
 		}
-		if written, tried := h.deliver(s, msgs, time.Now()); !written {
+		f, written, tried := h.deliver(s, msgs, time.Now())
+		if !written {
+			// Nobody took it: it goes back with what is still held, once
+			// that settled (what was confirmed meanwhile is acknowledged).
+			c.settleAll(ctx)
+			c.dropFlights(len(c.flights))
 			if tried {
 				c.failures = h.requeueFailed(ctx, s.user)
 			} else if !h.requeue(ctx, s.user) {
@@ -176,25 +201,177 @@ func (c *consumer) serve(ctx context.Context) bool {
 			c.more = true // the requeued batch is next
 			continue
 		}
-		if c.failures > 0 {
-			c.failures = 0
-			_ = h.q.ClearFailures(ctx, s.user)
-		}
-		c.pending = len(msgs)
+		c.flights = append(c.flights, f)
 		testHook(ctx, s.user, "delivered")
 	}
-	switch {
-	case c.token != 0:
+	if c.token != 0 {
 		// An AckPop whose outcome is unknown may have popped the next
 		// batch into the processing list: acknowledging with a new token
-		// would drop it unsent. Requeue all; the delivered batch may come
+		// would drop it unsent. Requeue all; what was delivered may come
 		// twice.
+		c.dropFlights(len(c.flights))
 		h.requeue(ctx, s.user)
-	case c.pending > 0:
-		h.ack(ctx, s.user, c.pending)
+	} else {
+		c.settleAll(ctx)
+		if len(c.flights) > 0 { // not confirmed: their connections closed first
+			c.dropFlights(len(c.flights))
+			h.requeue(ctx, s.user)
+		}
 	}
-	c.pending, c.token = 0, 0
+	c.token = 0
 	return ctx.Err() == nil
+}
+
+// step is what the consumer does after next.
+type step int
+
+const (
+	proceed step = iota // pop (c.more) or block, acknowledging c.acking messages
+	again               // look again: something settled or went back to the queue
+	stop                // the server shuts down
+)
+
+// next looks at the batches held before the next pop: it counts what it
+// may acknowledge with the pop (c.acking), returns the held batches to
+// the queue when the oldest failed, and, when the queue ran dry or a
+// failing message goes alone, waits a while for confirmations.
+func (c *consumer) next(ctx context.Context) step {
+	n, done, headFailed := settle(c.flights)
+	if headFailed {
+		// Every connection the oldest batch was written to closed before
+		// its peer acknowledged it: it goes back, with everything after
+		// it, and counts as a failed delivery.
+		if n > 0 {
+			c.ackNow(ctx, n, done)
+		}
+		c.dropFlights(len(c.flights))
+		c.failures = c.h.requeueFailed(ctx, c.s.user)
+		c.more = true
+		return again
+	}
+	c.acking, c.ackingFlights = n, done
+	if done > 0 {
+		c.slowAcks = false
+	}
+	held := len(c.flights) > done
+	switch {
+	case held && c.isolating():
+		// One message at a time, and the next only once this one is
+		// confirmed or failed: the dead-letter rule condemns only a
+		// processing list of one.
+		c.awaitProgress(ctx, done, 0)
+		if ctx.Err() != nil {
+			return stop
+		}
+		return again
+	case c.more || n > 0:
+		c.more = true // an acknowledgement goes with a pop
+	case held && !c.slowAcks:
+		// The queue ran dry: a client that reads acknowledges within a
+		// round trip. If none does for a while, block with the batches
+		// held; they are acknowledged with the next pop.
+		if c.awaitProgress(ctx, done, settleWait) {
+			return again
+		}
+		c.slowAcks = true
+	}
+	return proceed
+}
+
+// isolating says that the queue's deliveries failed often enough in a row
+// that its messages go one at a time (redisq.IsolateAfter).
+func (c *consumer) isolating() bool { return c.failures >= redisq.IsolateAfter }
+
+// awaitProgress polls the flights until more than done of them are
+// confirmed or the oldest unconfirmed one failed (true), or within passed
+// (0: no limit) or ctx ended (false). Nothing signals a TCP
+// acknowledgement: it is asked for (SIOCOUTQ), at growing intervals.
+func (c *consumer) awaitProgress(ctx context.Context, done int, within time.Duration) bool {
+	var deadline time.Time
+	if within > 0 {
+		deadline = time.Now().Add(within)
+	}
+	var pause time.Duration
+	t := time.NewTimer(0)
+	defer t.Stop()
+	<-t.C
+	for {
+		pause = pollStep(pause)
+		if !deadline.IsZero() && time.Now().Add(pause).After(deadline) {
+			return false
+		}
+		t.Reset(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return false
+		}
+		if _, d, failed := settle(c.flights); d > done || failed {
+			return true
+		}
+	}
+}
+
+// settleAll waits until every flight is confirmed or failed (their
+// connections are closing: they linger at most -write-timeout, or until
+// the shutdown's deadline), then acknowledges the confirmed ones that come
+// first. What it leaves in c.flights the caller returns to the queue. A
+// connection of the user that comes meanwhile ends the wait: it is served
+// at once, and what was still on its way to the old ones goes to it,
+// perhaps twice (a page reload).
+func (c *consumer) settleAll(ctx context.Context) {
+	if len(c.flights) == 0 {
+		return
+	}
+	h := c.h
+	deadline := time.Now().Add(2*h.writeTimeout + time.Second)
+	var pause time.Duration
+	for {
+		n, done, headFailed := settle(c.flights)
+		if headFailed || done == len(c.flights) || !time.Now().Before(h.closeBound(deadline)) || h.cameBack(ctx, c.s) {
+			if n > 0 {
+				c.ackNow(ctx, n, done)
+			}
+			return
+		}
+		pause = pollStep(pause)
+		time.Sleep(pause)
+	}
+}
+
+// ackNow acknowledges the n messages of the oldest done flights at once,
+// outside a pop. If that fails they stay held, and go back to the queue
+// with the rest: a duplicate, not a loss.
+func (c *consumer) ackNow(ctx context.Context, n, done int) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := c.h.q.AckOldest(actx, c.s.user, n); err != nil {
+		c.h.redisFailed(err)
+		return
+	}
+	c.acking, c.ackingFlights = n, done
+	c.acked(ctx)
+}
+
+// acked drops the flights the last call acknowledged, and counts them.
+func (c *consumer) acked(ctx context.Context) {
+	if c.acking == 0 {
+		return
+	}
+	c.h.stats.Delivered.Add(int64(c.acking))
+	c.dropFlights(c.ackingFlights)
+	if c.failures > 0 {
+		c.failures = 0
+		_ = c.h.q.ClearFailures(ctx, c.s.user)
+	}
+}
+
+// dropFlights forgets the oldest n flights.
+func (c *consumer) dropFlights(n int) {
+	rest := copy(c.flights, c.flights[n:])
+	clear(c.flights[rest:])
+	c.flights = c.flights[:rest]
+	c.acking, c.ackingFlights = 0, 0
 }
 
 // hook, set only by tests, runs before each delivery ("deliver") and after
@@ -244,32 +421,36 @@ func (h *hub) deliverUser(user string, msgs []string) {
 }
 
 // deliver hands msgs to every open connection of s and waits until one of
-// them has written them to its socket (written: they may be acknowledged),
-// or every one failed (they go back to the queue). tried says whether any
-// connection got as far as writing them: if none did (the user left
-// meanwhile), their going back is no failure of theirs. It does not wait
-// for the other connections: a tab that stops reading holds up no one.
-func (h *hub) deliver(s *session, msgs []string, popped time.Time) (written, tried bool) {
+// them has written them to its socket (written: f follows their way to the
+// client, confirm.go), or every one failed (they go back to the queue).
+// tried says whether any connection got as far as writing them: if none
+// did (the user left meanwhile), their going back is no failure of theirs.
+// It does not wait for the other connections: a tab that stops reading
+// holds up no one.
+func (h *hub) deliver(s *session, msgs []string, popped time.Time) (f flight, written, tried bool) {
 	conns := h.connsOf(s)
 	if len(conns) == 0 {
-		return false, false
+		return f, false, false
 	}
+	f.n = len(msgs)
 	buf := getBuf()
 	*buf = h.enc.appendFrames((*buf)[:0], s.user, h.q.Key(s.user), msgs)
 	if len(conns) == 1 {
-		if written, tried, ok := conns[0].writeNow(*buf); ok {
+		if end, written, tried, ok := conns[0].writeNow(*buf); ok {
 			if written {
 				h.m.observePopToWrite(popped)
 			}
 			putBuf(buf)
-			return written, tried
+			f.one = mark{conns[0], end}
+			return f, written, tried
 		}
 	}
-	t := newTicket(buf, len(conns), popped, h.m)
+	f.t = newTicket(buf, len(conns), popped, h.m)
 	for _, c := range conns {
-		c.send(t)
+		c.send(f.t)
 	}
-	return t.wait()
+	written, tried = f.t.wait()
+	return f, written, tried
 }
 
 // requeue returns the processing list of user to the queue, retrying while
@@ -331,19 +512,6 @@ func (h *hub) requeueFailed(ctx context.Context, user string) int {
 		return 0
 	}
 	return failures
-}
-
-// ack acknowledges the last delivered batch of a consumer that ends. If
-// Redis is down, the batch stays in the processing list and comes again
-// after a requeue or a restart: a duplicate, not a loss.
-func (h *hub) ack(ctx context.Context, user string, n int) {
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if err := h.q.Ack(actx, user); err != nil {
-		h.redisFailed(err)
-		return
-	}
-	h.stats.Delivered.Add(int64(n))
 }
 
 // backoff is a capped exponential delay with jitter, so that thousands of

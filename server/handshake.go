@@ -113,8 +113,10 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &conn{fd: s.nextFD.Add(1), user: id.user, until: id.until, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
-		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m, stopBy: &s.hub.stopBy}, nil
+	c := &conn{fd: s.nextFD.Add(1), user: id.user, until: id.until, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
+		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m, stopBy: &s.hub.stopBy}
+	c.wire.init(nc)
+	return c, nil
 }
 
 // upgrader checks a handshake as it is parsed, writing into id who it is:

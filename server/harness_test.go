@@ -2,9 +2,9 @@ package server_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -65,7 +65,11 @@ func startGatewayOn(t *testing.T, clients *redisq.Clients, rc redis.UniversalCli
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	lcfg := cfg // the command's listener: over TLS, it counts the bytes below TLS
+	if lcfg.Addr == "" {
+		lcfg.Addr = "127.0.0.1:0"
+	}
+	ln, err := server.Listen(lcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,8 +85,13 @@ func startGatewayOn(t *testing.T, clients *redisq.Clients, rc redis.UniversalCli
 	})
 	// Ready once the accept loop runs, which is after recovery and the
 	// first heartbeat: tests that count Redis commands start after those.
+	hc, scheme := http.DefaultClient, "http://"
+	if cfg.TLS != nil {
+		insecure := &tls.Config{InsecureSkipVerify: true} // the test's own self-signed certificate
+		hc, scheme = &http.Client{Transport: &http.Transport{TLSClientConfig: insecure}}, "https://"
+	}
 	testutil.Eventually(t, 10*time.Second, func() error {
-		resp, err := http.Get("http://" + g.addr + "/healthz")
+		resp, err := hc.Get(scheme + g.addr + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 		}

@@ -24,7 +24,8 @@ type hub struct {
 	m      *metrics
 	relay  *relay // nil in unit benchmarks
 
-	maxPerUser int // Config.MaxConnsPerUser; 0: unbounded (unit benchmarks)
+	maxPerUser   int           // Config.MaxConnsPerUser; 0: unbounded (unit benchmarks)
+	writeTimeout time.Duration // Config.WriteTimeout: how long a closing connection may linger
 
 	mu      sync.Mutex
 	users   map[string]*session
@@ -52,7 +53,7 @@ type session struct {
 
 // Stats counts what the consumers did since start.
 type Stats struct {
-	Delivered atomic.Int64 // messages written to at least one connection and acked
+	Delivered atomic.Int64 // messages a connection's peer acknowledged, and acked in Redis
 	Requeued  atomic.Int64 // messages put back because no connection took them
 }
 
@@ -234,6 +235,14 @@ func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 	}
 }
 
+// cameBack reports whether s, whose connections all went, has an open one
+// again, and the server is not shutting down.
+func (h *hub) cameBack(ctx context.Context, s *session) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return s.online() && ctx.Err() == nil
+}
+
 // retire removes s from the registry once its consumer is done with it
 // (true), unless a connection of its user came meanwhile and the server is
 // not shutting down (false): the consumer then serves on.
@@ -282,6 +291,18 @@ func (h *hub) closeAll(code ws.StatusCode, reason string, deadline time.Time) {
 	for _, c := range all {
 		c.closeWith(code, reason, deadline)
 	}
+}
+
+// closeBound is d, or a moment after the shutdown's deadline when that
+// comes first: by then every connection has closed (its linger ends at
+// the deadline).
+func (h *hub) closeBound(d time.Time) time.Time {
+	if by := h.stopBy.Load(); by != 0 {
+		if b := time.Unix(0, by).Add(250 * time.Millisecond); b.Before(d) {
+			return b
+		}
+	}
+	return d
 }
 
 // backlog is how many messages wait in the queues of the users online

@@ -90,6 +90,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	}
 	s.hub = newHub(s.pool, q, encoder{format: cfg.Format}, s.log)
 	s.hub.maxPerUser = cfg.MaxConnsPerUser
+	s.hub.writeTimeout = cfg.WriteTimeout
 	return s, nil
 }
 
@@ -117,7 +118,9 @@ func Listen(cfg Config) (net.Listener, error) {
 	if cfg.TLS != nil {
 		// The TLS handshake runs on the first read, inside the handshake
 		// deadline like the HTTP one.
-		ln = tls.NewListener(ln, cfg.TLS)
+		// Counted below TLS: delivery is confirmed by the encrypted
+		// bytes the client acknowledged (confirm.go).
+		ln = tls.NewListener(countingListener{ln}, cfg.TLS)
 	}
 	return ln, nil
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,7 +14,9 @@ func unsent(nc net.Conn) int {
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc = tc.NetConn()
 	}
-	tcp, ok := nc.(*net.TCPConn)
+	tcp, ok := nc.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	}) // a *net.TCPConn, or the countedConn below TLS
 	if !ok {
 		return -1
 	}

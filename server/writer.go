@@ -37,6 +37,9 @@ type ticket struct {
 	tried  atomic.Bool  // some connection tried to write it
 	once   sync.Once
 	done   chan struct{} // closed at the first write, or when all failed
+
+	mu    sync.Mutex
+	marks []mark // where it ends on each connection that wrote it
 }
 
 func newTicket(buf *[]byte, conns int, popped time.Time, m *metrics) *ticket {
@@ -46,10 +49,16 @@ func newTicket(buf *[]byte, conns int, popped time.Time, m *metrics) *ticket {
 }
 
 // finish records one connection's outcome: whether it tried to write the
-// batch (false: it closed before its turn), and whether that worked.
-func (t *ticket) finish(tried, written bool) {
+// batch (false: it closed before its turn), and whether that worked; when
+// it did, m is where the batch ends on the connection's socket.
+func (t *ticket) finish(tried, written bool, m mark) {
 	if tried {
 		t.tried.Store(true)
+	}
+	if written {
+		t.mu.Lock()
+		t.marks = append(t.marks, m)
+		t.mu.Unlock()
 	}
 	if written && t.wrote.CompareAndSwap(false, true) {
 		t.m.observePopToWrite(t.popped)
@@ -59,6 +68,26 @@ func (t *ticket) finish(tried, written bool) {
 		t.once.Do(func() { close(t.done) })
 		putBuf(t.buf)
 	}
+}
+
+// outcome is confirmed once one connection's peer acknowledged the batch,
+// failed once every connection it was handed to is done with it and the
+// ones that wrote it are closed without that (confirm.go).
+func (t *ticket) outcome() outcome {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	closed := true
+	for _, m := range t.marks {
+		acked, final := m.c.ackedThrough()
+		if acked >= m.end {
+			return confirmed
+		}
+		closed = closed && final
+	}
+	if closed && t.left.Load() == 0 {
+		return failed
+	}
+	return pending
 }
 
 // wait blocks until the ticket is done and reports whether a connection
@@ -88,7 +117,7 @@ func (c *conn) send(t *ticket) {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
-		t.finish(false, false)
+		t.finish(false, false, mark{})
 		return
 	}
 	o.queue = append(o.queue, t)
@@ -102,7 +131,7 @@ func (c *conn) send(t *ticket) {
 		o.queue, o.bytes = nil, 0
 		o.mu.Unlock()
 		for _, q := range queued {
-			q.finish(false, false)
+			q.finish(false, false, mark{})
 		}
 		// A writer blocked on the full socket fails at once and closes it
 		// (with this reason); otherwise the close frame goes out.
@@ -164,13 +193,16 @@ func (c *conn) drain() {
 		o.overSince = time.Time{}
 		o.mu.Unlock()
 
-		n, err := c.writeBatch(batch)
+		n, end, err := c.writeBatch(batch)
 		// A connection closed before its turn did not try: its user
 		// closing a tab is no failed delivery of the batch.
 		tried := !errors.Is(err, ErrConnClosed)
 		for _, t := range batch {
 			l := int64(len(*t.buf))
-			t.finish(tried, err == nil || n >= l)
+			// Every batch of the writev is marked with its end: over TLS
+			// only the whole write's end on the wire is known, and a
+			// later end is only a later confirmation.
+			t.finish(tried, err == nil || n >= l, mark{c, end})
 			n -= l
 		}
 		clear(batch)
@@ -182,12 +214,13 @@ func (c *conn) drain() {
 
 // writeBatch writes the tickets' frames in one writev under the write
 // lock and deadline; on error it closes the connection (a partial frame
-// cannot be continued) and reports how many bytes went out.
-func (c *conn) writeBatch(batch []*ticket) (int64, error) {
+// cannot be continued). It reports how many bytes went out, and the
+// connection's wire offset after them.
+func (c *conn) writeBatch(batch []*ticket) (n, end int64, err error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.closed {
-		return 0, ErrConnClosed
+		return 0, 0, ErrConnClosed
 	}
 	bufs := c.out.bufs[:0]
 	for _, t := range batch {
@@ -196,13 +229,15 @@ func (c *conn) writeBatch(batch []*ticket) (int64, error) {
 	c.out.bufs = bufs[:0]
 	_ = c.nc.SetWriteDeadline(c.writeDeadline())
 	w := bufs // WriteTo consumes the slice it is given
-	n, err := w.WriteTo(c.nc)
+	n, err = w.WriteTo(c.nc)
+	c.sent.Add(n)
 	clear(bufs)
+	end = c.wireSent()
 	if err != nil {
 		c.m.writeFailures.Inc()
 		c.closeLocked("write failed: " + err.Error())
 	}
-	return n, err
+	return n, end, err
 }
 
 // failOutbox fails everything c still has queued; called when c closes.
@@ -214,7 +249,7 @@ func (c *conn) failOutbox() {
 	o.queue, o.bytes = nil, 0
 	o.mu.Unlock()
 	for _, t := range queued {
-		t.finish(false, false)
+		t.finish(false, false, mark{})
 	}
 }
 
@@ -222,17 +257,18 @@ func (c *conn) failOutbox() {
 // idle: the common case of a user with one connection, where the consumer
 // has to wait for that write anyway, without a ticket, a writer goroutine
 // or two goroutine switches per batch. ok is false when the outbox is busy
-// (the caller queues instead); tried is false when c was already closed.
-func (c *conn) writeNow(buf []byte) (written, tried, ok bool) {
+// (the caller queues instead); tried is false when c was already closed;
+// end is where buf ends on the socket when written.
+func (c *conn) writeNow(buf []byte) (end int64, written, tried, ok bool) {
 	o := &c.out
 	o.mu.Lock()
 	if o.closed || o.writing || len(o.queue) > 0 {
 		o.mu.Unlock()
-		return false, false, false
+		return 0, false, false, false
 	}
 	o.writing = true // batches queued meanwhile wait behind this one
 	o.mu.Unlock()
-	err := c.write(buf)
+	end, err := c.writeAt(buf)
 	o.mu.Lock()
 	more := len(o.queue) > 0 && !o.closed
 	o.writing = more
@@ -240,5 +276,5 @@ func (c *conn) writeNow(buf []byte) (written, tried, ok bool) {
 	if more {
 		go c.drain()
 	}
-	return err == nil, !errors.Is(err, ErrConnClosed), true
+	return end, err == nil, !errors.Is(err, ErrConnClosed), true
 }

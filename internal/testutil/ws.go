@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,7 +33,13 @@ func Dial(t testing.TB, addr, user string) *Client {
 // not read stalls the server's writes after a few kilobytes.
 func DialBuffer(t testing.TB, addr, user string, rcvbuf int) *Client {
 	t.Helper()
-	c, err := dial(addr, "/?user_id="+url.QueryEscape(user), rcvbuf)
+	return DialTLSBuffer(t, addr, user, rcvbuf, nil)
+}
+
+// DialTLSBuffer is DialBuffer over TLS (wss://) with cfg; nil: plain ws://.
+func DialTLSBuffer(t testing.TB, addr, user string, rcvbuf int, cfg *tls.Config) *Client {
+	t.Helper()
+	c, err := dial(addr, "/?user_id="+url.QueryEscape(user), rcvbuf, cfg)
 	if err != nil {
 		t.Fatalf("dial %s as %q: %v", addr, user, err)
 	}
@@ -49,12 +56,16 @@ func NewClient(t testing.TB, c net.Conn) *Client {
 
 // TryDial upgrades path on addr and returns the error of a refused upgrade
 // (a ws.StatusError carries the HTTP status).
-func TryDial(addr, path string) (net.Conn, error) { return dial(addr, path, 0) }
+func TryDial(addr, path string) (net.Conn, error) { return dial(addr, path, 0, nil) }
 
-func dial(addr, path string, rcvbuf int) (net.Conn, error) {
+func dial(addr, path string, rcvbuf int, cfg *tls.Config) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	d := ws.Dialer{Timeout: 5 * time.Second}
+	d := ws.Dialer{Timeout: 5 * time.Second, TLSConfig: cfg}
+	scheme := "ws://"
+	if cfg != nil {
+		scheme = "wss://"
+	}
 	if rcvbuf > 0 {
 		d.NetDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
@@ -67,7 +78,7 @@ func dial(addr, path string, rcvbuf int) (net.Conn, error) {
 			return nd.DialContext(ctx, network, addr)
 		}
 	}
-	c, br, _, err := d.Dial(ctx, "ws://"+addr+path)
+	c, br, _, err := d.Dial(ctx, scheme+addr+path)
 	if err != nil || br == nil {
 		return c, err
 	}

@@ -1,0 +1,189 @@
+package server
+
+import (
+	"crypto/tls"
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// A batch counts as delivered when the client's TCP stack has acknowledged
+// its last byte, not when a write returned. A write returns once the kernel
+// holds the bytes in the socket's send buffer, where they may wait for
+// minutes behind a client that stopped reading; closing that socket (the
+// server does, for a slow or idle client) then loses them, although they
+// were written. So a written batch stays in its user's processing list
+// until a connection's peer acknowledged it, and goes back to the queue if
+// every connection it was written to closed first: it may arrive twice,
+// never not at all.
+//
+// The bytes of a socket that its peer has not acknowledged yet (SIOCOUTQ)
+// are always the newest written, so a connection that handed sent bytes to
+// the kernel had every byte up to sent − SIOCOUTQ acknowledged: a batch
+// whose bytes end at offset end is confirmed once that reaches end. Over
+// TLS the offsets count the encrypted bytes below it (countedConn). The
+// consumer keeps its written batches in order (flight) and acknowledges
+// the oldest confirmed ones in Redis with its next pop.
+//
+// Where SIOCOUTQ cannot be asked (not Linux), a write counts as delivery.
+// What no server can see is a client whose kernel acknowledged bytes its
+// application never read (a tab killed at that moment): that takes an
+// acknowledgement by the application.
+
+// mark is where a batch's bytes end on one connection's socket.
+type mark struct {
+	c   *conn
+	end int64 // the connection's wire offset after the batch was written
+}
+
+// outcome is what became of a written batch.
+type outcome int
+
+const (
+	pending   outcome = iota // not acknowledged yet by any peer, and some connection may still
+	confirmed                // a peer acknowledged its last byte
+	failed                   // every connection it was handed to closed without that
+)
+
+// flight is a written batch that is not acknowledged in Redis yet.
+type flight struct {
+	n   int     // its messages
+	one mark    // where writeNow wrote it, when t is nil
+	t   *ticket // the batch handed to several connections
+}
+
+func (f *flight) outcome() outcome {
+	if f.t != nil {
+		return f.t.outcome()
+	}
+	acked, final := f.one.c.ackedThrough()
+	switch {
+	case acked >= f.one.end:
+		return confirmed
+	case final:
+		return failed
+	}
+	return pending
+}
+
+// settle reports how many messages of the oldest flights are confirmed
+// (in order: a confirmed batch behind a pending one waits), and whether
+// the first flight after those failed.
+func settle(flights []flight) (n, done int, headFailed bool) {
+	for _, f := range flights {
+		switch f.outcome() {
+		case confirmed:
+			n += f.n
+			done++
+			continue
+		case failed:
+			headFailed = true
+		}
+		break
+	}
+	return n, done, headFailed
+}
+
+// settleWait is how long a consumer whose queue ran dry polls for its
+// flights' confirmations before it blocks for the next message: a client
+// that reads acknowledges within a round trip, usually well within it. A
+// consumer whose client did not (it stopped reading, or delays its ACKs)
+// blocks at once next time (consumer.slowAcks), in rounds of heldRound
+// while it holds batches, which it acknowledges with the next pop.
+const (
+	settleWait = 50 * time.Millisecond
+	heldRound  = time.Second
+)
+
+// pollStep is the pause after prev in a poll for confirmations: from
+// 250 µs, doubling, at most 20 ms.
+func pollStep(prev time.Duration) time.Duration {
+	return min(max(2*prev, 250*time.Microsecond), 20*time.Millisecond)
+}
+
+// wire is how a connection counts the bytes it hands to the kernel.
+type wire struct {
+	sent    *atomic.Int64 // bytes handed to the kernel so far; nil: the conn's own count
+	counted bool          // sent and SIOCOUTQ agree: confirmations can be asked
+	final   atomic.Int64  // the acknowledged offset when the socket closed
+	closed  atomic.Bool   // final is set
+}
+
+// init counts the bytes of nc in the conn's own count, or, over TLS, in
+// the countedConn below it, which sees the encrypted bytes.
+func (w *wire) init(nc net.Conn) {
+	if tc, ok := nc.(*tls.Conn); ok {
+		// Without a countedConn below (a listener of the caller's), the
+		// stream's offsets are not the socket's: a write counts as delivery.
+		if cc, ok := tc.NetConn().(*countedConn); ok {
+			w.sent, w.counted = &cc.sent, true
+		}
+		return
+	}
+	_, w.counted = nc.(*net.TCPConn)
+}
+
+// ackedThrough is the offset up to which the peer acknowledged what c
+// wrote, and whether the socket is closed (it will not grow any more).
+// It never overstates: a write in progress only makes it smaller.
+func (c *conn) ackedThrough() (int64, bool) {
+	w := &c.wire
+	if w.closed.Load() {
+		return w.final.Load(), true
+	}
+	sent := c.wireSent()
+	if !w.counted {
+		return sent, false
+	}
+	if q := unsent(c.nc); q >= 0 {
+		return sent - int64(q), false
+	}
+	if w.closed.Load() { // closed meanwhile: SIOCOUTQ fails on a closed socket
+		return w.final.Load(), true
+	}
+	return sent, false
+}
+
+// wireSent is how many bytes c handed to the kernel: its own count, or the
+// one below TLS.
+func (c *conn) wireSent() int64 {
+	if c.wire.sent != nil {
+		return c.wire.sent.Load()
+	}
+	return c.sent.Load()
+}
+
+// shutLocked records how far the peer acknowledged, then closes the socket
+// (after which that cannot be asked). Called with wmu held: no write runs.
+func (c *conn) shutLocked() {
+	if !c.wire.closed.Load() {
+		acked, _ := c.ackedThrough()
+		c.wire.final.Store(acked)
+		c.wire.closed.Store(true)
+	}
+	_ = c.nc.Close()
+}
+
+// countedConn counts the bytes written to a TCP socket below TLS, where a
+// frame's offset on the wire is not its offset in the stream.
+type countedConn struct {
+	*net.TCPConn
+	sent atomic.Int64
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.TCPConn.Write(p)
+	c.sent.Add(int64(n))
+	return n, err
+}
+
+// countingListener hands out its TCP connections as countedConns.
+type countingListener struct{ net.Listener }
+
+func (l countingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		return &countedConn{TCPConn: tc}, nil
+	}
+	return nc, err
+}
