@@ -4,11 +4,14 @@
 // oldest message sits at the right end. A consumer takes messages with
 // [Queue.AckPop] (a batch, LMOVE in a script) or [Blocker.Pop] (BLMOVE when
 // the queue is empty), which move them atomically from the right of the queue
-// into a processing list owned by this instance and this user. After the
-// messages were written to the user's sockets, the consumer's next AckPop (or
-// [Queue.Ack]) drops the processing list; if the write failed it calls
-// [Queue.Requeue], which moves them back to the right end of the queue, oldest
-// last so that it is read first again. A message is therefore always in exactly
+// into a processing list owned by this instance and this user. Once the
+// delivery of the oldest messages there is confirmed (the server counts a
+// batch delivered when the client's TCP acknowledged it), the consumer's
+// next [Queue.AckPopToken] (or [Queue.AckOldest]) drops that many from the
+// processing list's old end, while newer batches may still wait there for
+// their confirmation; if a delivery failed it calls [Queue.Requeue], which
+// moves everything held back to the right end of the queue, oldest last so
+// that it is read first again. A message is therefore always in exactly
 // one of the two lists until it was delivered: a crash between pop and write
 // leaves it in the processing list, and [Queue.Recover] returns it at the next
 // start of the same instance.

@@ -13,6 +13,11 @@ var (
 	ErrBadURL = errors.New("redisq: bad redis URL")
 	// errBadRelay: a relay publication that ParseRelay cannot read.
 	errBadRelay = errors.New("redisq: malformed relay message")
+	// ErrDiverged is returned by Queue.AckPopToken when the processing
+	// list does not hold as many messages as the caller says it holds:
+	// acknowledging its oldest could drop messages nobody delivered. The
+	// caller requeues everything instead.
+	ErrDiverged = errors.New("redisq: processing list differs from what the consumer holds; nothing acknowledged")
 	// ErrSlotMoved is returned by Blocker.Pop when the user's cluster slot
 	// moved to another master: not an outage; the next Pop blocks there.
 	ErrSlotMoved = errors.New("redisq: cluster slot moved")

@@ -99,6 +99,15 @@ func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc
 // with a count. LMOVE with a count does not exist before Redis 8, hence the
 // script: one round trip per batch, ack included.
 //
+// Acknowledging by count trusts that the processing list holds exactly
+// what the consumer holds; if it does not (another instance took this one
+// for dead and returned its lists, a failover to a replica that lagged),
+// the oldest messages are not the ones confirmed, and acknowledging them
+// would lose others. So the consumer says how many messages it holds
+// (ARGV[6]; -1: not checked) and the script refuses with DIVERGED, changing
+// nothing, when the list holds another number: the consumer then requeues
+// everything (duplicates, not losses).
+//
 // Before dropping what it acknowledges it publishes it on the relay channel
 // ARGV[3] (a channel is not a key, so it is not in KEYS), so that other
 // instances holding connections of the same user write it to them too:
@@ -126,6 +135,10 @@ if fence then
     end
     return out
   end
+end
+local held = tonumber(ARGV[6])
+if held >= 0 and redis.call('LLEN', KEYS[2]) ~= held then
+  return redis.error_reply('DIVERGED the processing list does not hold what the consumer does')
 end
 local acked = tonumber(ARGV[5])
 if acked < 0 then acked = redis.call('LLEN', KEYS[2]) end
@@ -267,11 +280,26 @@ func (q *Queue) blockPop(ctx context.Context, bc redis.Cmdable, round time.Durat
 // cannot know whether the ack happened: it must Requeue, which may deliver
 // the acknowledged messages twice but never loses them.
 func (q *Queue) AckPop(ctx context.Context, user string) ([]string, error) {
-	return q.AckPopToken(ctx, user, AckAll, q.batch, q.NewToken())
+	return q.AckPopToken(ctx, user, Acks{Oldest: AckAll, Held: Unchecked}, q.batch, q.NewToken())
 }
 
-// AckAll, as AckPopToken's acked, acknowledges the whole processing list.
-const AckAll = -1
+// Acks says what a pop acknowledges before it pops.
+type Acks struct {
+	// Oldest is how many of the oldest messages of the processing list
+	// were delivered and are acknowledged; AckAll: every one.
+	Oldest int
+	// Held is how many messages the processing list holds as far as the
+	// consumer knows; if it holds another number, nothing is changed and
+	// the call fails with ErrDiverged. Unchecked: not checked.
+	Held int
+}
+
+const (
+	// AckAll, as Acks.Oldest, acknowledges the whole processing list.
+	AckAll = -1
+	// Unchecked, as Acks.Held, skips the check.
+	Unchecked = -1
+)
 
 // Instance is the id whose processing lists this Queue uses.
 func (q *Queue) Instance() string { return q.instance }
@@ -287,25 +315,29 @@ func (q *Queue) BatchSize() int { return q.batch }
 // NewToken is the token of a new AckPopToken call.
 func (q *Queue) NewToken() uint64 { return q.token.Add(1) }
 
-// AckPopToken acknowledges the acked oldest messages of the processing
-// list of user (AckAll: every one) and moves up to n more into it, with the
-// caller's token. A consumer may hold several popped batches at once and
+// AckPopToken acknowledges the oldest messages of the processing list of
+// user that acks names and moves up to n more into it, with the caller's
+// token. A consumer may hold several popped batches at once and
 // acknowledge them oldest first, as their delivery is confirmed. A call
 // that failed with an unknown outcome may be repeated with the same token:
 // if the first one ran, the repeat returns the messages it popped instead
 // of acknowledging more, or popping again. go-redis returns the error of
 // its last attempt, so a redis.ErrPoolTimeout does not prove that an
 // earlier attempt of the same call did not run: repeat it with its token.
-func (q *Queue) AckPopToken(ctx context.Context, user string, acked, n int, token uint64) ([]string, error) {
+func (q *Queue) AckPopToken(ctx context.Context, user string, acks Acks, n int, token uint64) ([]string, error) {
 	ctx, cancel, err := q.leased(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer cancel()
 	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user)}
-	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token, acked).StringSlice()
-	if errors.Is(err, redis.Nil) {
+	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token, acks.Oldest, acks.Held).StringSlice()
+	var rerr redis.Error
+	switch {
+	case errors.Is(err, redis.Nil):
 		return nil, nil
+	case errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "DIVERGED"):
+		return nil, fmt.Errorf("%w: %s", ErrDiverged, user)
 	}
 	return msgs, err
 }
@@ -343,13 +375,12 @@ func ParseRelay(payload string) (origin string, msgs []string, err error) {
 // Ack drops the processing list of user (and relays it, as AckPop does):
 // everything popped since the last ack or Requeue was delivered.
 func (q *Queue) Ack(ctx context.Context, user string) error {
-	return q.AckOldest(ctx, user, AckAll)
+	return q.AckOldest(ctx, user, Acks{Oldest: AckAll, Held: Unchecked})
 }
 
-// AckOldest acknowledges the n oldest messages of the processing list of
-// user (AckAll: all), whose delivery was confirmed.
-func (q *Queue) AckOldest(ctx context.Context, user string, n int) error {
-	_, err := q.AckPopToken(ctx, user, n, 0, q.NewToken())
+// AckOldest acknowledges what acks names, without popping.
+func (q *Queue) AckOldest(ctx context.Context, user string, acks Acks) error {
+	_, err := q.AckPopToken(ctx, user, acks, 0, q.NewToken())
 	return err
 }
 

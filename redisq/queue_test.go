@@ -381,18 +381,18 @@ func TestReplayedAckPopReturnsTheSameBatch(t *testing.T) {
 	rc := rds.Client()
 	ctx := context.Background()
 	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3", "m4")
-	first, err := q.AckPopToken(ctx, "u", redisq.AckAll, 2, 7)
+	first, err := q.AckPopToken(ctx, "u", ackAll, 2, 7)
 	if err != nil || !slices.Equal(first, []string{"m1", "m2"}) {
 		t.Fatalf("AckPop = %v, %v", first, err)
 	}
-	again, err := q.AckPopToken(ctx, "u", redisq.AckAll, 2, 7) // the reply was lost; go-redis retries
+	again, err := q.AckPopToken(ctx, "u", ackAll, 2, 7) // the reply was lost; go-redis retries
 	if err != nil || !slices.Equal(again, first) {
 		t.Fatalf("replayed AckPop = %v, %v; want the same batch %v", again, err, first)
 	}
 	if q := rc.LRange(ctx, q.Key("u"), 0, -1).Val(); !slices.Equal(q, []string{"m4", "m3"}) {
 		t.Fatalf("queue = %v after the replay, want it untouched", q)
 	}
-	next, err := q.AckPopToken(ctx, "u", redisq.AckAll, 2, 8)
+	next, err := q.AckPopToken(ctx, "u", ackAll, 2, 8)
 	if err != nil || !slices.Equal(next, []string{"m3", "m4"}) {
 		t.Fatalf("next AckPop = %v, %v", next, err)
 	}
@@ -515,13 +515,13 @@ func TestPartialAckDropsTheOldestAndKeepsTheRest(t *testing.T) {
 	}
 	rc.LPush(ctx, q.Key("p"), "m1", "m2", "m3", "m4", "m5", "m6")
 	for _, want := range [][]string{{"m1", "m2"}, {"m3", "m4"}} {
-		got, err := q.AckPopToken(ctx, "p", 0, 2, q.NewToken())
+		got, err := q.AckPopToken(ctx, "p", redisq.Acks{Held: redisq.Unchecked}, 2, q.NewToken())
 		if err != nil || !slices.Equal(got, want) {
 			t.Fatalf("pop without ack = %v, %v; want %v", got, err, want)
 		}
 	}
 	// m1..m3 confirmed: acked with the next pop, which brings m5 m6.
-	got, err := q.AckPopToken(ctx, "p", 3, 2, q.NewToken())
+	got, err := q.AckPopToken(ctx, "p", redisq.Acks{Oldest: 3, Held: 4}, 2, q.NewToken())
 	if err != nil || !slices.Equal(got, []string{"m5", "m6"}) {
 		t.Fatalf("AckPopToken(3) = %v, %v", got, err)
 	}
@@ -538,7 +538,7 @@ func TestPartialAckDropsTheOldestAndKeepsTheRest(t *testing.T) {
 	if n, err := q.Requeue(ctx, "p"); err != nil || n != 3 {
 		t.Fatalf("Requeue = %d, %v", n, err)
 	}
-	got, _ = q.AckPopToken(ctx, "p", 0, 3, q.NewToken())
+	got, _ = q.AckPopToken(ctx, "p", redisq.Acks{Held: 0}, 3, q.NewToken())
 	if !slices.Equal(got, []string{"m4", "m5", "m6"}) {
 		t.Fatalf("after Requeue = %v, want m4 m5 m6 in order", got)
 	}
@@ -551,16 +551,48 @@ func TestReplayedAckAcknowledgesNothingMore(t *testing.T) {
 	ctx := context.Background()
 	rc := rds.Client()
 	rc.LPush(ctx, q.Key("u"), "m1", "m2", "m3", "m4")
-	if got, _ := q.AckPopToken(ctx, "u", 0, 4, q.NewToken()); len(got) != 4 {
+	if got, _ := q.AckPopToken(ctx, "u", redisq.Acks{Held: 0}, 4, q.NewToken()); len(got) != 4 {
 		t.Fatalf("pop = %v", got)
 	}
 	const token = 99
 	for range 2 { // the call, and its replay
-		if got, err := q.AckPopToken(ctx, "u", 1, 0, token); err != nil || len(got) != 0 {
+		if got, err := q.AckPopToken(ctx, "u", redisq.Acks{Oldest: 1, Held: 4}, 0, token); err != nil || len(got) != 0 {
 			t.Fatalf("ack of one = %v, %v", got, err)
 		}
 	}
 	if held := rc.LRange(ctx, q.ProcessingKey("u"), 0, -1).Val(); !slices.Equal(held, []string{"m4", "m3", "m2"}) {
 		t.Fatalf("processing list = %v after an ack of one and its replay, want m2 m3 m4", held)
+	}
+}
+
+var ackAll = redisq.Acks{Oldest: redisq.AckAll, Held: redisq.Unchecked}
+
+// Acknowledging by count trusts that the processing list holds what the
+// consumer holds. When it does not (here another instance returned it to
+// the queue, taking this one for dead), acknowledging "the oldest two"
+// would drop messages nobody delivered: the call changes nothing and says
+// so.
+func TestAnAckOfAListThatDivergedChangesNothing(t *testing.T) {
+	q, rds := newQueue(t, 2)
+	ctx := context.Background()
+	rc := rds.Client()
+	rc.LPush(ctx, q.Key("d"), "m1", "m2", "m3", "m4")
+	if got, _ := q.AckPopToken(ctx, "d", redisq.Acks{Held: 0}, 2, q.NewToken()); len(got) != 2 {
+		t.Fatalf("pop = %v", got)
+	}
+	// Taken back behind the consumer's back, then one more popped in.
+	if n, _ := q.Requeue(ctx, "d"); n != 2 {
+		t.Fatalf("requeue moved %d", n)
+	}
+	rc.LMove(ctx, q.Key("d"), q.ProcessingKey("d"), "RIGHT", "LEFT")
+	_, err := q.AckPopToken(ctx, "d", redisq.Acks{Oldest: 2, Held: 2}, 2, q.NewToken())
+	if !errors.Is(err, redisq.ErrDiverged) {
+		t.Fatalf("ack of 2 with 1 held = %v, want ErrDiverged", err)
+	}
+	if held := rc.LRange(ctx, q.ProcessingKey("d"), 0, -1).Val(); !slices.Equal(held, []string{"m1"}) {
+		t.Fatalf("processing list = %v, want it untouched", held)
+	}
+	if queued := rc.LLen(ctx, q.Key("d")).Val(); queued != 3 {
+		t.Fatalf("queue holds %d, want 3: nothing popped", queued)
 	}
 }

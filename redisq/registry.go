@@ -98,7 +98,8 @@ func (q *Queue) dropRegistry(ctx context.Context, instance string) error {
 // cost grows with the number of instances and of their registered lists,
 // not with the keyspace. A live instance whose heartbeat was lost (Redis
 // restarted without persistence) may see messages it holds delivered
-// twice, never lost.
+// twice, never lost: its consumers' next acknowledgement finds their
+// processing lists changed and requeues instead (ErrDiverged).
 func (q *Queue) ReclaimDead(ctx context.Context) (lists, msgs int, err error) {
 	ids, err := q.cmd.SMembers(ctx, instancesKey).Result()
 	if err != nil {

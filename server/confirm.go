@@ -47,14 +47,18 @@ const (
 
 // flight is a written batch that is not acknowledged in Redis yet.
 type flight struct {
-	n   int     // its messages
-	one mark    // where writeNow wrote it, when t is nil
-	t   *ticket // the batch handed to several connections
+	n   int       // its messages
+	one mark      // where writeNow wrote it, when t is nil
+	t   *ticket   // the batch handed to several connections
+	at  time.Time // when it was written
 }
 
 func (f *flight) outcome() outcome {
-	if f.t != nil {
+	switch {
+	case f.t != nil:
 		return f.t.outcome()
+	case f.one.c == nil: // popped, never written (a shutdown came between)
+		return failed
 	}
 	acked, final := f.one.c.ackedThrough()
 	switch {
@@ -116,11 +120,12 @@ func (w *wire) init(nc net.Conn) {
 		// Without a countedConn below (a listener of the caller's), the
 		// stream's offsets are not the socket's: a write counts as delivery.
 		if cc, ok := tc.NetConn().(*countedConn); ok {
-			w.sent, w.counted = &cc.sent, true
+			w.sent, w.counted = &cc.sent, canAskUnsent
 		}
 		return
 	}
-	_, w.counted = nc.(*net.TCPConn)
+	_, tcp := nc.(*net.TCPConn)
+	w.counted = tcp && canAskUnsent
 }
 
 // ackedThrough is the offset up to which the peer acknowledged what c
@@ -141,7 +146,7 @@ func (c *conn) ackedThrough() (int64, bool) {
 	if w.closed.Load() { // closed meanwhile: SIOCOUTQ fails on a closed socket
 		return w.final.Load(), true
 	}
-	return sent, false
+	return 0, false // cannot be asked right now: nothing is confirmed
 }
 
 // wireSent is how many bytes c handed to the kernel: its own count, or the
@@ -162,6 +167,34 @@ func (c *conn) shutLocked() {
 		c.wire.closed.Store(true)
 	}
 	_ = c.nc.Close()
+}
+
+// closeStalled closes the connections that wrote f, the oldest batch a
+// consumer holds, if -write-timeout passed since and none of their peers
+// acknowledged it: a client that reads acknowledges within a round trip,
+// and one that does not, holds up the acknowledgement of everything after
+// f (the consumer acknowledges oldest first). It is what -write-timeout
+// does to a write that blocks, for bytes the kernel took but the client
+// does not.
+func (h *hub) closeStalled(f flight) {
+	if f.at.IsZero() || time.Since(f.at) < h.writeTimeout {
+		return
+	}
+	var conns []*conn
+	if f.t != nil {
+		f.t.mu.Lock()
+		for _, m := range f.t.marks {
+			conns = append(conns, m.c)
+		}
+		f.t.mu.Unlock()
+	} else if f.one.c != nil {
+		conns = append(conns, f.one.c)
+	}
+	for _, c := range conns {
+		if !c.gone.Load() {
+			c.closeTooSlow("client too slow: nothing acknowledged for -write-timeout")
+		}
+	}
 }
 
 // countedConn counts the bytes written to a TCP socket below TLS, where a

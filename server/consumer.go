@@ -84,6 +84,7 @@ type consumer struct {
 	// delivery is confirmed (confirm.go), oldest first, with the next pop.
 	flights  []flight
 	more     bool // the queue may hold messages: pop without blocking
+	full     bool // the last pop was a full batch: more is likely waiting
 	slowAcks bool // the last wait for a confirmation timed out: do not wait again until one comes
 	failures int  // see consume
 	// token is the AckPop token to send again: its call timed out waiting
@@ -105,6 +106,7 @@ func (c *consumer) serve(ctx context.Context) bool {
 		return ctx.Err() == nil
 	}
 	c.more = true
+loop:
 	for {
 		// While batches keep coming the user is online: skip the registry
 		// lock until the queue runs dry or a delivery found nobody.
@@ -116,7 +118,7 @@ func (c *consumer) serve(ctx context.Context) bool {
 			case again:
 				continue
 			case stop:
-				return false
+				break loop
 			}
 		}
 		var msgs []string
@@ -132,11 +134,21 @@ func (c *consumer) serve(ctx context.Context) bool {
 			if c.token == 0 {
 				c.token = h.q.NewToken()
 			}
-			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, c.acking, n, c.token)
-		} else if len(c.flights) > 0 { // the queue ran dry; what it held waits for confirmation
-			msgs, err = c.b.PopWithin(ctx, s.user, heldRound)
+			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, c.acks(), n, c.token)
+			c.full = len(msgs) == n
 		} else {
-			msgs, err = c.b.Pop(ctx, s.user)
+			if !h.beginBlock(s) {
+				continue // gone meanwhile: the loop's waitOnline sees it
+			}
+			if len(c.flights) > 0 {
+				// What it holds is acknowledged with the next pop: at the
+				// latest after a short round.
+				msgs, err = c.b.PopWithin(ctx, s.user, heldRound)
+			} else {
+				msgs, err = c.b.Pop(ctx, s.user)
+			}
+			h.endBlock(s)
+			c.full = false
 		}
 		if errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redisq.ErrClaimLapsed) {
 			// Every pooled connection was busy, or the claim waits for its
@@ -154,6 +166,10 @@ func (c *consumer) serve(ctx context.Context) bool {
 			case ctx.Err() != nil:
 			case errors.Is(err, redisq.ErrSlotMoved):
 				h.log.Debug("cluster slot moved", "user", s.user, "err", err)
+			case errors.Is(err, redisq.ErrDiverged):
+				// Another instance took this one for dead and returned its
+				// lists, or a failover lost writes: nothing was acked.
+				h.log.Warn("processing list changed behind its consumer; requeueing what it held (it may come twice)", "user", s.user)
 			default:
 				h.health.fail(err)
 			}
@@ -179,10 +195,8 @@ func (c *consumer) serve(ctx context.Context) bool {
 		}
 		testHook(ctx, s.user, "deliver")
 		if ctx.Err() != nil {
-			c.settleAll(ctx)
-			c.dropFlights(len(c.flights))
-			h.requeue(ctx, s.user)
-			return false
+			c.flights = append(c.flights, flight{n: len(msgs)}) // popped, not delivered: goes back with the rest
+			break
 		}
 		f, written, tried := h.deliver(s, msgs, time.Now())
 		if !written {
@@ -201,6 +215,7 @@ func (c *consumer) serve(ctx context.Context) bool {
 			c.more = true // the requeued batch is next
 			continue
 		}
+		f.at = time.Now()
 		c.flights = append(c.flights, f)
 		testHook(ctx, s.user, "delivered")
 	}
@@ -232,20 +247,25 @@ const (
 )
 
 // next looks at the batches held before the next pop: it counts what it
-// may acknowledge with the pop (c.acking), returns the held batches to
-// the queue when the oldest failed, and, when the queue ran dry or a
-// failing message goes alone, waits a while for confirmations.
+// may acknowledge with the pop (c.acks), returns the held batches to the
+// queue when the oldest failed, closes a connection that acknowledged
+// nothing for -write-timeout, and, when the queue ran dry or a failing
+// message goes alone, waits a while for confirmations.
 func (c *consumer) next(ctx context.Context) step {
 	n, done, headFailed := settle(c.flights)
 	if headFailed {
 		// Every connection the oldest batch was written to closed before
 		// its peer acknowledged it: it goes back, with everything after
-		// it, and counts as a failed delivery.
+		// it. That is not counted as a failed delivery (the dead-letter
+		// rule): a connection that drops while bytes are on their way says
+		// nothing against the message.
 		if n > 0 {
 			c.ackNow(ctx, n, done)
 		}
 		c.dropFlights(len(c.flights))
-		c.failures = c.h.requeueFailed(ctx, c.s.user)
+		if !c.h.requeue(ctx, c.s.user) {
+			return stop
+		}
 		c.more = true
 		return again
 	}
@@ -254,28 +274,47 @@ func (c *consumer) next(ctx context.Context) step {
 		c.slowAcks = false
 	}
 	held := len(c.flights) > done
+	if held {
+		c.h.closeStalled(c.flights[done])
+	}
 	switch {
 	case held && c.isolating():
 		// One message at a time, and the next only once this one is
 		// confirmed or failed: the dead-letter rule condemns only a
 		// processing list of one.
-		c.awaitProgress(ctx, done, 0)
+		c.awaitProgress(ctx, done, heldRound)
 		if ctx.Err() != nil {
 			return stop
 		}
 		return again
-	case c.more || n > 0:
-		c.more = true // an acknowledgement goes with a pop
+	case c.more && c.full:
+		// A full batch: more is likely waiting. Acknowledge what is
+		// confirmed with the next pop, without waiting.
 	case held && !c.slowAcks:
-		// The queue ran dry: a client that reads acknowledges within a
-		// round trip. If none does for a while, block with the batches
-		// held; they are acknowledged with the next pop.
+		// The queue is (probably) dry: a client that reads acknowledges
+		// within a round trip. Waiting for that here lets the next pop
+		// acknowledge it, instead of a call of its own. If none comes for
+		// a while, pop (or block) with the batches held; they are
+		// acknowledged with a later pop.
 		if c.awaitProgress(ctx, done, settleWait) {
 			return again
 		}
 		c.slowAcks = true
 	}
+	if n > 0 {
+		c.more = true // an acknowledgement goes with a pop
+	}
 	return proceed
+}
+
+// acks is what the next pop acknowledges: the confirmed oldest messages,
+// if the processing list holds what this consumer holds.
+func (c *consumer) acks() redisq.Acks {
+	held := 0
+	for _, f := range c.flights {
+		held += f.n
+	}
+	return redisq.Acks{Oldest: c.acking, Held: held}
 }
 
 // isolating says that the queue's deliveries failed often enough in a row
@@ -297,8 +336,12 @@ func (c *consumer) awaitProgress(ctx context.Context, done int, within time.Dura
 	<-t.C
 	for {
 		pause = pollStep(pause)
-		if !deadline.IsZero() && time.Now().Add(pause).After(deadline) {
-			return false
+		if !deadline.IsZero() {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return false
+			}
+			pause = min(pause, left)
 		}
 		t.Reset(pause)
 		select {
@@ -345,8 +388,10 @@ func (c *consumer) settleAll(ctx context.Context) {
 func (c *consumer) ackNow(ctx context.Context, n, done int) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	if err := c.h.q.AckOldest(actx, c.s.user, n); err != nil {
+	c.acking = n
+	if err := c.h.q.AckOldest(actx, c.s.user, c.acks()); err != nil {
 		c.h.redisFailed(err)
+		c.acking = 0
 		return
 	}
 	c.acking, c.ackingFlights = n, done
@@ -542,13 +587,16 @@ func (b *backoff) wait(ctx context.Context) bool {
 // redisFailed records a failed Redis command of a consumer as an outage,
 // unless it never left: a pool timeout says every pooled connection was
 // busy, and a lapsed claim that this process must not touch its lists
-// until it renewed the claim, not that Redis is down.
+// until it renewed the claim, not that Redis is down; a diverged
+// processing list is Redis answering.
 func (h *hub) redisFailed(err error) {
 	switch {
 	case errors.Is(err, redis.ErrPoolTimeout):
 		h.log.Debug("redis pool busy; retrying", "err", err)
 	case errors.Is(err, redisq.ErrClaimLapsed):
 		h.log.Debug("instance id claim not renewed in time; waiting", "err", err)
+	case errors.Is(err, redisq.ErrDiverged):
+		h.log.Warn("processing list changed behind its consumer; requeueing what it held (it may come twice)", "err", err)
 	default:
 		h.health.fail(err)
 	}

@@ -31,9 +31,12 @@
 //     batch to every open connection of that user (writer.go: each
 //     connection's outbox, drained by a writer goroutine of its own that
 //     lives while there is something to write), waits until one writer has
-//     written it, then acks it; it requeues it when every connection failed
-//     it (counting the failure: redisq's dead-letter rule). A consumer that
-//     panics is recovered: requeue, session dropped, connections closed 1011.
+//     written it, and pops on; it acks a batch once a connection's peer
+//     acknowledged its bytes over TCP (confirm.go), oldest first, with its
+//     next pop. It requeues what it holds when every connection failed a
+//     batch or closed before its peer acknowledged it (counting the
+//     failure: redisq's dead-letter rule). A consumer that panics is
+//     recovered: requeue, session dropped, connections closed 1011.
 //   - Writes to a socket are serialised by the connection's write lock: the
 //     writer's batches (all that is queued, in one writev) and the reader's
 //     pongs, pings and close frames take it in turn, each under the write
@@ -57,7 +60,11 @@
 //     (redisq.Queue.Claim): a process that loses it stops serving.
 //   - A consumer ends at once after its user's last connection closed: the
 //     release wakes its blocked BLMOVE with CLIENT UNBLOCK (redisq.Blocker),
-//     or, where that is unavailable, within one 1 s round. It never writes
+//     or, where that is unavailable, within one 1 s round; if it holds
+//     batches not yet confirmed, it first waits for the closing
+//     connections to end their linger (or for a new connection of the
+//     user, which it then serves), acks what their peers acknowledged and
+//     requeues the rest. It never writes
 //     to a connection of another user: connections are found through the
 //     user's own session only, and fds are never reused.
 //   - Several instances on one Redis (relay.go): an instance subscribes to

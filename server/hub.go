@@ -46,6 +46,9 @@ type session struct {
 	refs    int             // under hub.mu
 	conns   []*conn         // under hub.mu
 	blocker *redisq.Blocker // under hub.mu; set by the consumer
+	// blocking is set (under hub.mu) while the consumer is about to block
+	// in, or blocks in, a BLMOVE: only then is there anything to wake.
+	blocking bool
 	dead    bool            // under hub.mu: its consumer panicked; no connection attaches any more
 	wake    chan struct{}   // the consumer waits on it for connections
 	done    chan struct{}   // closed when the consumer returned
@@ -54,7 +57,7 @@ type session struct {
 // Stats counts what the consumers did since start.
 type Stats struct {
 	Delivered atomic.Int64 // messages a connection's peer acknowledged, and acked in Redis
-	Requeued  atomic.Int64 // messages put back because no connection took them
+	Requeued  atomic.Int64 // messages put back: no connection took them, or no peer acknowledged them
 }
 
 func newHub(pool *taskpool.Pool, q *redisq.Queue, enc encoder, log *slog.Logger) *hub {
@@ -157,13 +160,15 @@ func (h *hub) release(s *session, c *conn) {
 
 // interrupt ends the BLMOVE the consumer of s may be blocked in, so that it
 // sees at once that its user left or that the server shuts down. A wake
-// that arrives before the consumer blocked finds nothing to end, so it is
-// repeated until the consumer returned or has a reason to go on.
+// that arrives between the consumer's last look (beginBlock) and its
+// BLMOVE finds nothing to end, so it is repeated until the consumer is no
+// longer blocking, returned, or has a reason to go on. A consumer busy
+// elsewhere (settling what it holds) looks again before it blocks.
 func (h *hub) interrupt(s *session) {
 	const retry = 20 * time.Millisecond
 	for {
 		h.mu.Lock()
-		b, needed := s.blocker, s.refs == 0 || h.closing
+		b, needed := s.blocker, (s.refs == 0 || h.closing) && s.blocking
 		h.mu.Unlock()
 		if !needed {
 			return
@@ -241,6 +246,26 @@ func (h *hub) cameBack(ctx context.Context, s *session) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return s.online() && ctx.Err() == nil
+}
+
+// beginBlock reports whether the consumer of s may block for the next
+// message: its user is online. From then until endBlock, interrupt wakes
+// it when the user leaves or the server shuts down.
+func (h *hub) beginBlock(s *session) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !s.online() {
+		return false
+	}
+	s.blocking = true
+	return true
+}
+
+// endBlock ends what beginBlock began.
+func (h *hub) endBlock(s *session) {
+	h.mu.Lock()
+	s.blocking = false
+	h.mu.Unlock()
 }
 
 // retire removes s from the registry once its consumer is done with it

@@ -34,3 +34,7 @@ func unsent(nc net.Conn) int {
 	}
 	return n
 }
+
+// canAskUnsent: SIOCOUTQ tells how much of what was written the peer has
+// not acknowledged yet.
+const canAskUnsent = true

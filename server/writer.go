@@ -14,10 +14,10 @@ import (
 // writer goroutine of its own that exists only while there is something to
 // write. A consumer hands a batch to every connection of its user without
 // waiting for any of them, then waits for the batch's ticket: done as soon
-// as one connection's writer has written it to its socket (the batch may
-// then be acknowledged in Redis: ack after write), or when every connection
-// failed it (it goes back to the queue). A tab that stops reading holds up
-// neither its user's other tabs nor the queue.
+// as one connection's writer has written it to its socket (the batch is
+// then acknowledged in Redis once a peer's TCP acknowledged it: confirm.go),
+// or when every connection failed it (it goes back to the queue). A tab that
+// stops reading holds up neither its user's other tabs nor the queue.
 //
 // The outbox is bounded in bytes (Config.MaxQueuedBytes) beyond its first
 // batch, so that one message larger than the bound still goes out. A
@@ -133,12 +133,7 @@ func (c *conn) send(t *ticket) {
 		for _, q := range queued {
 			q.finish(false, false, mark{})
 		}
-		// A writer blocked on the full socket fails at once and closes it
-		// (with this reason); otherwise the close frame goes out.
-		why := (&closeErr{code: ws.StatusPolicyViolation, reason: too}).String()
-		c.slowWhy.Store(&why)
-		_ = c.nc.SetWriteDeadline(time.Now())
-		go c.closeWith(ws.StatusPolicyViolation, too, time.Now().Add(min(c.writeTimeout, time.Second)))
+		c.closeTooSlow(too)
 		return
 	}
 	start := !o.writing
@@ -147,6 +142,16 @@ func (c *conn) send(t *ticket) {
 	if start {
 		go c.drain()
 	}
+}
+
+// closeTooSlow closes c with 1008 and reason, on another goroutine: a
+// writer blocked on the full socket fails at once and closes it (with this
+// reason); otherwise the close frame goes out.
+func (c *conn) closeTooSlow(reason string) {
+	why := (&closeErr{code: ws.StatusPolicyViolation, reason: reason}).String()
+	c.slowWhy.Store(&why)
+	_ = c.nc.SetWriteDeadline(time.Now())
+	go c.closeWith(ws.StatusPolicyViolation, reason, time.Now().Add(min(c.writeTimeout, time.Second)))
 }
 
 // tooSlow says why the outbox of c is over its bound for good, or "".
