@@ -49,9 +49,9 @@ type session struct {
 	// blocking is set (under hub.mu) while the consumer is about to block
 	// in, or blocks in, a BLMOVE: only then is there anything to wake.
 	blocking bool
-	dead    bool            // under hub.mu: its consumer panicked; no connection attaches any more
-	wake    chan struct{}   // the consumer waits on it for connections
-	done    chan struct{}   // closed when the consumer returned
+	dead     bool          // under hub.mu: its consumer panicked; no connection attaches any more
+	wake     chan struct{} // the consumer waits on it for connections
+	done     chan struct{} // closed when the consumer returned
 }
 
 // Stats counts what the consumers did since start.
