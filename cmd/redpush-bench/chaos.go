@@ -527,27 +527,50 @@ func (r *chaosRun) result(bcfg *config, pr *producers, left leftovers) *chaosRes
 		StillQueued: left.queued, StillInFlight: left.processing, Unparsed: r.tr.garbage.Load() + left.unparsed,
 		Reconnects: reconnects, StoppersClosed: stoppersClosed, Faults: r.faults, Events: r.events, Anomalies: r.tr.anomalies.bySecond(r.t0),
 		Resources: r.points}
-	res.LostByUser = r.lostByUser(t.lostRange)
+	res.LostByUser = r.lostByUser(t.lostRange, pr)
 	res.Growth = resourceGrowth(r.points, r.cfg.duration, r.restarted)
 	res.judge(r.cfg)
 	return res
 }
 
 // lostByUser describes the 20 users with the most losses: what kind of
-// seats on which instances they had, and which of their messages were lost.
-func (r *chaosRun) lostByUser(ranges map[string][3]int64) []string {
+// seats on which instances they had, which of their messages were lost,
+// when those were pushed (estimated from the user's share of the rate),
+// and which of the user's connections the run dropped around then.
+func (r *chaosRun) lostByUser(ranges map[string][3]int64, pr *producers) []string {
 	users := slices.Collect(maps.Keys(ranges))
 	slices.SortFunc(users, func(a, b string) int { return cmp.Compare(ranges[b][0], ranges[a][0]) })
 	var out []string
 	for _, u := range users[:min(len(users), 20)] {
+		rg := ranges[u]
+		first, last := pr.pushedAbout(userIndex(u), rg[1]), pr.pushedAbout(userIndex(u), rg[2])
 		var seats []string
 		for _, s := range r.byUser[u] {
-			seats = append(seats, fmt.Sprintf("%s on instance %d, %d connections", s.kind, s.inst, s.dials.Load()))
+			seats = append(seats, fmt.Sprintf("%s on instance %d, %d connections%s", s.kind, s.inst, s.dials.Load(), s.dropsAround(first, last)))
 		}
-		rg := ranges[u]
-		out = append(out, fmt.Sprintf("user %s: %d lost between %d and %d; %s", u, rg[0], rg[1], rg[2], strings.Join(seats, "; ")))
+		out = append(out, fmt.Sprintf("user %s: %d lost between %d and %d, pushed about %.0f–%.0f s; %s",
+			u, rg[0], rg[1], rg[2], first.Seconds(), last.Seconds(), strings.Join(seats, "; ")))
 	}
 	return out
+}
+
+// dropsAround lists the drops of s within 5 s of [from, to], e.g.
+// ", reset at 217.3 s".
+func (s *seat) dropsAround(from, to time.Duration) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	for _, d := range s.drops {
+		if d.at < from-5*time.Second || d.at > to+5*time.Second {
+			continue
+		}
+		how := "closed"
+		if d.reset {
+			how = "reset"
+		}
+		fmt.Fprintf(&b, ", %s at %.1f s", how, d.at.Seconds())
+	}
+	return b.String()
 }
 
 func (res *chaosResult) judge(c *chaosCfg) {

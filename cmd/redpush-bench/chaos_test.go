@@ -105,3 +105,20 @@ func TestResourceGrowth(t *testing.T) {
 		t.Errorf("a restarted instance is not judged on growth: %v", g)
 	}
 }
+
+// A lost message's report line says when it was pushed and which of its
+// user's connections the run dropped around then: the facts that tell a
+// server's loss from one the run staged with a reset.
+func TestALossIsReportedWithTheDropsAroundIt(t *testing.T) {
+	pr := &producers{cfg: &config{users: 2, rate: 4}} // 2 msg/s per user
+	if got := pr.pushedAbout(1, 20); got != 10*time.Second {
+		t.Fatalf("seq 20 at 2 msg/s pushed about %v, want 10s", got)
+	}
+	s := &seat{user: "2", kind: seatNormal, drops: []drop{{at: 3 * time.Second}, {at: 11 * time.Second, reset: true}, {at: 40 * time.Second}}}
+	r := &chaosRun{byUser: map[string][]*seat{"2": {s}}}
+	got := r.lostByUser(map[string][3]int64{"2": {1, 20, 20}}, pr)
+	want := "user 2: 1 lost between 20 and 20, pushed about 10–10 s; normal reader on instance 0, 0 connections, reset at 11.0 s"
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("report = %q\nwant     %q", got, want)
+	}
+}

@@ -54,6 +54,15 @@ type seat struct {
 	// did not read, on instance 0, which the run never restarts: only the
 	// server's push-back (outbox full, write timeout) closes them there.
 	closedWhileStopped atomic.Int64
+	// drops are when the run dropped this seat's connections, for the
+	// report of a user who lost messages; under mu.
+	drops []drop
+}
+
+// drop is one connection the run ended: when, since the start, and how.
+type drop struct {
+	at    time.Duration
+	reset bool
 }
 
 // runSeat connects, reads, and reconnects until ctx ends. addr returns the
@@ -125,6 +134,9 @@ func (s *seat) read(ctx context.Context, c net.Conn, r *bufio.Reader, t0 time.Ti
 		if req := s.dropReq.Swap(0); req != 0 {
 			dropped = true
 			s.finishDrop(&f, req == dropReset)
+			s.mu.Lock()
+			s.drops = append(s.drops, drop{at: time.Since(t0), reset: req == dropReset})
+			s.mu.Unlock()
 			return
 		}
 		if s.kind == seatStopper && !*stopped && time.Since(t0) >= s.stopAt {

@@ -62,6 +62,19 @@ func (p *producers) weightOf(u int) int {
 	return max(p.cfg.weight[u], 1)
 }
 
+// pushedAbout estimates when the producers pushed message seq of user
+// index u, from the start: each user gets its weight's share of -rate.
+// Outages do not shift the schedule (a late pipeline catches up), so the
+// estimate is good to a second or so; it is for reports, not accounting.
+func (p *producers) pushedAbout(u int, seq int64) time.Duration {
+	if p.cfg.rate <= 0 || u < 0 || u >= p.cfg.users {
+		return 0
+	}
+	perSec := float64(p.cfg.rate) * float64(p.weightOf(u)) / float64(p.totalWeight())
+	backlog := float64(p.cfg.backlog) // pushed before the start
+	return time.Duration(max(float64(seq)-backlog, 0) / perSec * float64(time.Second))
+}
+
 func (p *producers) totalWeight() int {
 	n := 0
 	for u := range p.cfg.users {
