@@ -16,9 +16,11 @@ import (
 // same cluster slot, instead of back to the queue — only ever a message
 // that went alone. The count is shared by every instance serving the queue;
 // a failure is a delivery that every connection of the user failed to
-// write (a connection closed before its turn does not count, nor one that
-// closed after the write, before its peer acknowledged the bytes: a
-// network that drops says nothing against the message). A delivered batch
+// write (a connection closed before its turn does not count), or that a
+// client closed on with an error code of its own before acknowledging it
+// (it refused the message); a connection that dropped after the write,
+// before its peer acknowledged the bytes, is no failure (a network that
+// drops says nothing against the message). A delivered batch
 // resets the count (ClearFailures). Requeues for other reasons — shutdown,
 // Redis errors — are not failures of the message and are not counted.
 

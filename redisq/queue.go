@@ -120,7 +120,7 @@ func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc
 // breaks between the request and the reply (a cluster client retries such
 // errors whatever MaxRetries says). So each call carries a token ARGV[4]
 // that the script stores, with how many messages it popped, in the fence
-// key KEYS[3] for a minute; a call whose token is already there is such a
+// key KEYS[3] for ARGV[7] ms (FenceLife); a call whose token is already there is such a
 // retry, and gets the messages the first run popped, still the newest in
 // the processing list, instead: it acknowledges nothing more.
 var ackPop = redis.NewScript(`
@@ -158,7 +158,7 @@ for i = 1, tonumber(ARGV[1]) do
   out[i] = v
 end
 if acked > 0 or #out > 0 then
-  redis.call('SET', KEYS[3], ARGV[4] .. ':' .. #out, 'PX', 60000)
+  redis.call('SET', KEYS[3], ARGV[4] .. ':' .. #out, 'PX', ARGV[7])
 end
 return out`)
 
@@ -294,6 +294,10 @@ type Acks struct {
 	Held int
 }
 
+// FenceLife is how long the fence of an AckPopToken call lasts: a repeat
+// with its token later than that runs as a new call.
+const FenceLife = time.Minute
+
 const (
 	// AckAll, as Acks.Oldest, acknowledges the whole processing list.
 	AckAll = -1
@@ -331,7 +335,8 @@ func (q *Queue) AckPopToken(ctx context.Context, user string, acks Acks, n int, 
 	}
 	defer cancel()
 	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user)}
-	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token, acks.Oldest, acks.Held).StringSlice()
+	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token, acks.Oldest, acks.Held,
+		FenceLife.Milliseconds()).StringSlice()
 	var rerr redis.Error
 	switch {
 	case errors.Is(err, redis.Nil):

@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"net"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -111,6 +112,7 @@ type wire struct {
 	counted bool          // sent and SIOCOUTQ agree: confirmations can be asked
 	final   atomic.Int64  // the acknowledged offset when the socket closed
 	closed  atomic.Bool   // final is set
+	fin     atomic.Bool   // the socket was half-closed: SIOCOUTQ counts its FIN
 }
 
 // init counts the bytes of nc in the conn's own count, or, over TLS, in
@@ -141,6 +143,9 @@ func (c *conn) ackedThrough() (int64, bool) {
 		return sent, false
 	}
 	if q := unsent(c.nc); q >= 0 {
+		if q > 0 && w.fin.Load() {
+			q-- // the FIN takes a sequence number, not a byte of ours
+		}
 		return sent - int64(q), false
 	}
 	if w.closed.Load() { // closed meanwhile: SIOCOUTQ fails on a closed socket
@@ -170,31 +175,57 @@ func (c *conn) shutLocked() {
 }
 
 // closeStalled closes the connections that wrote f, the oldest batch a
-// consumer holds, if -write-timeout passed since and none of their peers
-// acknowledged it: a client that reads acknowledges within a round trip,
-// and one that does not, holds up the acknowledgement of everything after
-// f (the consumer acknowledges oldest first). It is what -write-timeout
-// does to a write that blocks, for bytes the kernel took but the client
-// does not.
+// consumer holds, that have not confirmed it and whose peers acknowledged
+// nothing new for -write-timeout: a client that reads acknowledges as it
+// reads, however slowly, and one that does not holds up the
+// acknowledgement of everything after f (the consumer acknowledges oldest
+// first). It is what -write-timeout does to a write that blocks, for
+// bytes the kernel took but the client does not.
 func (h *hub) closeStalled(f flight) {
-	if f.at.IsZero() || time.Since(f.at) < h.writeTimeout {
+	now := time.Now()
+	if f.at.IsZero() || now.Sub(f.at) < h.writeTimeout {
 		return
 	}
-	var conns []*conn
-	if f.t != nil {
-		f.t.mu.Lock()
-		for _, m := range f.t.marks {
-			conns = append(conns, m.c)
-		}
-		f.t.mu.Unlock()
-	} else if f.one.c != nil {
-		conns = append(conns, f.one.c)
-	}
-	for _, c := range conns {
-		if !c.gone.Load() {
-			c.closeTooSlow("client too slow: nothing acknowledged for -write-timeout")
+	for _, m := range f.marks() {
+		if !m.c.gone.Load() && m.c.stalledFor(now, m.end) >= h.writeTimeout {
+			m.c.closeTooSlow("client too slow: nothing acknowledged for -write-timeout")
 		}
 	}
+}
+
+// marks are where f ends on each connection that wrote it.
+func (f *flight) marks() []mark {
+	if f.t == nil {
+		if f.one.c == nil {
+			return nil
+		}
+		return []mark{f.one}
+	}
+	f.t.mu.Lock()
+	defer f.t.mu.Unlock()
+	return slices.Clone(f.t.marks)
+}
+
+// stalledFor is how long c's peer has acknowledged nothing new while bytes
+// up to end wait for it, as far as the calls to it saw; 0 when end is
+// acknowledged. Only the consumer of c's user calls it.
+func (c *conn) stalledFor(now time.Time, end int64) time.Duration {
+	acked, _ := c.ackedThrough()
+	if acked >= end {
+		return 0
+	}
+	if acked != c.progressOff.Load() {
+		c.progressOff.Store(acked)
+		c.progressAt.Store(now.UnixNano())
+		return 0
+	}
+	return now.Sub(time.Unix(0, c.progressAt.Load()))
+}
+
+// refusedBy reports whether a connection that wrote f closed with an
+// error code of its own (it refused what it got).
+func (f *flight) refusedBy() bool {
+	return slices.ContainsFunc(f.marks(), func(m mark) bool { return m.c.refused.Load() })
 }
 
 // countedConn counts the bytes written to a TCP socket below TLS, where a

@@ -36,6 +36,13 @@ type conn struct {
 	// closing but not yet unregistered (its reader may linger a second).
 	gone atomic.Bool
 
+	// refused is set when the client closed with an error code of its
+	// own: it refused what it got (consumer: a counted failure).
+	refused atomic.Bool
+	// progressOff is how far the peer had acknowledged when the consumer
+	// last saw that move, at progressAt (unix nanos): closeStalled.
+	progressOff, progressAt atomic.Int64
+
 	// sent counts the bytes written (under wmu); wire reads it, or the
 	// TLS layer's own count, to tell how far the peer acknowledged them
 	// (confirm.go).
@@ -147,6 +154,7 @@ func (c *conn) closeLocked(why string) {
 		c.shutLocked() // cannot half-close, or broken already: nothing to wait for
 		return
 	}
+	c.wire.fin.Store(true)
 	_ = c.nc.SetReadDeadline(time.Now()) // wake the reader
 }
 
@@ -156,9 +164,15 @@ func (c *conn) closeLocked(why string) {
 // megabyte, or -write-timeout (or the shutdown's deadline) passed. The
 // caller then closes the socket.
 func (c *conn) linger(r io.Reader) {
-	deadline := c.writeDeadline()
+	end := time.Now().Add(c.writeTimeout)
 	left := int64(1 << 20)
-	for left > 0 && time.Now().Before(deadline) {
+	for left > 0 {
+		// Read again each pass: a shutdown that begins meanwhile ends
+		// the linger by its deadline.
+		deadline := c.bySoonest(end)
+		if !time.Now().Before(deadline) {
+			return
+		}
 		if unsent(c.nc) == 0 {
 			return
 		}

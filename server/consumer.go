@@ -16,15 +16,16 @@ import (
 )
 
 // consume is the task of one online user: pop a batch, write it to every
-// connection of the user, ack it, repeat; it returns when the user's last
-// connection is gone or the server shuts down. Between pop and ack the batch
-// lives in the user's processing list, so whatever stops this loop — a failed
-// write, a closed connection, a shutdown, a crash — leaves the messages in
-// Redis to be requeued, by this loop or by the recovery of the next start.
+// connection of the user, ack it once a client's TCP acknowledged it
+// (confirm.go), repeat; it returns when the user's last connection is gone
+// or the server shuts down. Between pop and ack the batch lives in the
+// user's processing list, so whatever stops this loop — a failed write, a
+// closed connection, a shutdown, a crash — leaves the messages in Redis to
+// be requeued, by this loop or by the recovery of the next start.
 //
-// Each ack travels with the next pop (AckPop, batches of up to Config.Batch)
-// until the queue is found empty; then the consumer blocks on its own
-// connection (Blocker.Pop) until the next message or a wake.
+// Acks travel with the next pop (AckPopToken, batches of up to
+// Config.Batch) until the queue is found empty; then the consumer blocks on
+// its own connection (Blocker.Pop) until the next message or a wake.
 func (h *hub) consume(ctx context.Context, s *session) {
 	h.consumers.Add(1)
 	defer h.consumers.Add(-1)
@@ -89,10 +90,11 @@ type consumer struct {
 	failures int  // see consume
 	// token is the AckPop token to send again: its call timed out waiting
 	// for a pooled connection, which does not prove that an earlier
-	// attempt of go-redis's did not run (redisq.Queue.AckPopToken).
-	// acking is how many messages that call acknowledges, and
-	// ackingFlights how many flights they are.
+	// attempt of go-redis's did not run (redisq.Queue.AckPopToken);
+	// tokenAt is when it was taken. acking is how many messages that call
+	// acknowledges, and ackingFlights how many flights they are.
 	token                 uint64
+	tokenAt               time.Time
 	acking, ackingFlights int
 }
 
@@ -132,7 +134,7 @@ loop:
 				n = 1 // the message that keeps failing goes alone
 			}
 			if c.token == 0 {
-				c.token = h.q.NewToken()
+				c.token, c.tokenAt = h.q.NewToken(), time.Now()
 			}
 			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, c.acks(), n, c.token)
 			c.full = len(msgs) == n
@@ -152,9 +154,20 @@ loop:
 		}
 		if errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redisq.ErrClaimLapsed) {
 			// Every pooled connection was busy, or the claim waits for its
-			// renewal: send the same call again, with the same token, the
-			// delivered batches still held. Redis itself is fine.
+			// renewal: send the same call again (an AckPop with the same
+			// token), the delivered batches still held. Redis itself is
+			// fine. A token is only good while its fence lasts: past that,
+			// a replay would run as a new call and acknowledge again, so
+			// everything goes back instead (it may come twice).
 			h.redisFailed(err)
+			if c.token != 0 && time.Since(c.tokenAt) > redisq.FenceLife/2 {
+				c.token = 0
+				c.dropFlights(len(c.flights))
+				if !h.requeue(ctx, s.user) {
+					return false
+				}
+				c.more = true
+			}
 			if !c.bo.wait(ctx) {
 				break
 			}
@@ -202,6 +215,9 @@ loop:
 		if !written {
 			// Nobody took it: it goes back with what is still held, once
 			// that settled (what was confirmed meanwhile is acknowledged).
+			// It is held too (popped, never written: failed), so that the
+			// acknowledgement counts it among what the list holds.
+			c.flights = append(c.flights, flight{n: len(msgs)})
 			c.settleAll(ctx)
 			c.dropFlights(len(c.flights))
 			if tried {
@@ -227,9 +243,15 @@ loop:
 		c.dropFlights(len(c.flights))
 		h.requeue(ctx, s.user)
 	} else {
+		// What was not confirmed goes back: its connections closed first.
+		// So does anything a failed BLMOVE may have moved into the list
+		// without its reply arriving: the requeue runs whatever is held.
 		c.settleAll(ctx)
-		if len(c.flights) > 0 { // not confirmed: their connections closed first
-			c.dropFlights(len(c.flights))
+		refused := len(c.flights) > 0 && c.flights[0].outcome() == failed && c.flights[0].refusedBy()
+		c.dropFlights(len(c.flights))
+		if refused { // its client refused what it got, and left (see next)
+			h.requeueFailed(ctx, s.user)
+		} else {
 			h.requeue(ctx, s.user)
 		}
 	}
@@ -256,14 +278,18 @@ func (c *consumer) next(ctx context.Context) step {
 	if headFailed {
 		// Every connection the oldest batch was written to closed before
 		// its peer acknowledged it: it goes back, with everything after
-		// it. That is not counted as a failed delivery (the dead-letter
-		// rule): a connection that drops while bytes are on their way says
-		// nothing against the message.
+		// it. That counts as a failed delivery (the dead-letter rule) only
+		// when a client closed with an error of its own (it refused the
+		// message: 1009 too big, …): a connection that drops while bytes
+		// are on their way says nothing against the message.
+		refused := c.flights[done].refusedBy()
 		if n > 0 {
 			c.ackNow(ctx, n, done)
 		}
 		c.dropFlights(len(c.flights))
-		if !c.h.requeue(ctx, c.s.user) {
+		if refused {
+			c.failures = c.h.requeueFailed(ctx, c.s.user)
+		} else if !c.h.requeue(ctx, c.s.user) {
 			return stop
 		}
 		c.more = true

@@ -34,8 +34,9 @@
 //     written it, and pops on; it acks a batch once a connection's peer
 //     acknowledged its bytes over TCP (confirm.go), oldest first, with its
 //     next pop. It requeues what it holds when every connection failed a
-//     batch or closed before its peer acknowledged it (counting the
-//     failure: redisq's dead-letter rule). A consumer that panics is
+//     batch (counting the failure: redisq's dead-letter rule) or closed
+//     before its peer acknowledged it (counted only when a client closed
+//     with an error code of its own). A consumer that panics is
 //     recovered: requeue, session dropped, connections closed 1011.
 //   - Writes to a socket are serialised by the connection's write lock: the
 //     writer's batches (all that is queued, in one writev) and the reader's

@@ -116,6 +116,7 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 	c := &conn{fd: s.nextFD.Add(1), user: id.user, until: id.until, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
 		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m, stopBy: &s.hub.stopBy}
 	c.wire.init(nc)
+	c.progressAt.Store(time.Now().UnixNano())
 	return c, nil
 }
 

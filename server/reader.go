@@ -50,6 +50,10 @@ func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
 		reason := ce.reason
 		if ce.byPeer {
 			reason = "" // echo the client's code (§5.5.1), not its words
+			// A client that closes with an error of its own (1009 message
+			// too big, 1003, 1007, …) refused what it got: its closing is a
+			// failed delivery (the dead-letter rule), its going away not.
+			c.refused.Store(ce.code != ws.StatusNormalClosure && ce.code != ws.StatusGoingAway)
 		}
 		c.closeWith(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 	}
