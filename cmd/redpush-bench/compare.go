@@ -171,6 +171,7 @@ func (v *argValue) IsBoolFlag() bool { return v.boolean }
 type comparison struct {
 	Names    map[string]string   `json:"names"`
 	Commands map[string]string   `json:"commands"`
+	Flags    map[string]string   `json:"flags"` // each side's flags besides its command, as typed: " -a-addr … -a-redis … -a-name '…'"
 	Scenario []string            `json:"scenario"`
 	A        []*result           `json:"a"`
 	B        []*result           `json:"b"`
@@ -197,6 +198,7 @@ func runCompareEnv(ctx context.Context, env runEnv, cc *compareCfg) (*comparison
 	cmp := &comparison{
 		Names:    map[string]string{"a": cc.a.name, "b": cc.b.name},
 		Commands: map[string]string{"a": cc.a.cmd, "b": cc.b.cmd},
+		Flags:    map[string]string{"a": sideFlags("a", cc.a), "b": sideFlags("b", cc.b)},
 		Scenario: cc.benchArgs,
 	}
 	for i := range cc.runs {
@@ -344,4 +346,21 @@ func optRatio(p *float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2f×", *p)
+}
+
+// sideFlags are the flags of side ("a" or "b") besides its command, as a
+// reader would type them to run it again: where it listens and looks for
+// Redis when its command cannot take {addr} and {redis}, and its name.
+func sideFlags(side string, s serverSpec) string {
+	var b strings.Builder
+	if s.addr != "" {
+		fmt.Fprintf(&b, " -%s-addr %s", side, s.addr)
+	}
+	if s.redisAddr != "" {
+		fmt.Fprintf(&b, " -%s-redis %s", side, s.redisAddr)
+	}
+	if s.name != "" && s.name != side {
+		fmt.Fprintf(&b, " -%s-name '%s'", side, s.name)
+	}
+	return b.String()
 }

@@ -88,3 +88,22 @@ func TestCompareRefusals(t *testing.T) {
 		t.Errorf("-url, which compare sets itself: exit %d, %s", code, out)
 	}
 }
+
+// The command BENCHMARKS.md prints for a side-by-side scenario must run as
+// printed: a server that cannot take {addr} and {redis} (the PHP original
+// listens on 9502 and looks for Redis on 6379) needs its -a-addr and
+// -a-redis, or the copied command fails with "did not come up".
+func TestThePrintedCompareCommandKeepsEveryFlag(t *testing.T) {
+	php := serverSpec{name: "PHP original", cmd: "php swoole.php", addr: "0.0.0.0:9502", redisAddr: "127.0.0.1:6379"}
+	rp := serverSpec{name: "redpush", cmd: "./redpush -addr {addr} -redis {redis}"}
+	c := &comparison{Commands: map[string]string{"a": php.cmd, "b": rp.cmd},
+		Flags:  map[string]string{"a": sideFlags("a", php), "b": sideFlags("b", rp)},
+		Median: map[string]*summary{"a": {}, "b": {}}}
+	var md strings.Builder
+	writeComparison(&md, scenario{name: "b) 1,000 users", args: []string{"-users", "1000"}}, c)
+	want := "redpush-bench compare -a 'php swoole.php' -a-addr 0.0.0.0:9502 -a-redis 127.0.0.1:6379 -a-name 'PHP original'" +
+		" -b './redpush -addr {addr} -redis {redis}' -b-name 'redpush' -runs 0 -users 1000"
+	if !strings.Contains(md.String(), want) {
+		t.Fatalf("printed:\n%s\nwant the line\n%s", md.String(), want)
+	}
+}

@@ -233,8 +233,8 @@ func writeScenario(md *strings.Builder, s scenario, rs []*result) {
 }
 
 func writeComparison(md *strings.Builder, s scenario, c *comparison) {
-	fmt.Fprintf(md, "### %s\n\n```\nredpush-bench compare -a '%s' -b '%s' -runs %d %s\n```\n\n", s.name,
-		c.Commands["a"], c.Commands["b"], len(c.A), strings.Join(s.args, " "))
+	fmt.Fprintf(md, "### %s\n\n```\nredpush-bench compare -a '%s'%s -b '%s'%s -runs %d %s\n```\n\n", s.name,
+		c.Commands["a"], c.Flags["a"], c.Commands["b"], c.Flags["b"], len(c.A), strings.Join(s.args, " "))
 	md.WriteString(runHeader)
 	for i := range max(len(c.A), len(c.B)) {
 		if i < len(c.A) {
