@@ -58,7 +58,7 @@ func (f *flight) outcome() outcome {
 	switch {
 	case f.t != nil:
 		return f.t.outcome()
-	case f.one.c == nil: // popped, never written (a shutdown came between)
+	case f.one.c == nil: // popped, never written (nobody took it, or a shutdown came between)
 		return failed
 	}
 	acked, final := f.one.c.ackedThrough()
