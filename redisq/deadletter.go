@@ -17,8 +17,8 @@ import (
 // that went alone. The count is shared by every instance serving the queue;
 // a failure is a delivery that every connection of the user failed to
 // write (a connection closed before its turn does not count), or that a
-// client closed on with an error code of its own before acknowledging it
-// (it refused the message); a connection that dropped after the write,
+// client closed on before acknowledging it, saying it cannot take it (1003,
+// 1007, 1008, 1009: it refused the message); a connection that dropped after the write,
 // before its peer acknowledged the bytes, is no failure (a network that
 // drops says nothing against the message). A delivered batch
 // resets the count (ClearFailures). Requeues for other reasons — shutdown,

@@ -3,7 +3,6 @@ package server
 import (
 	"crypto/tls"
 	"net"
-	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -142,8 +141,9 @@ func (c *conn) ackedThrough() (int64, bool) {
 	if !w.counted {
 		return sent, false
 	}
+	fin := w.fin.Load() // before the ioctl: set once the FIN is queued, so then q counts it
 	if q := unsent(c.nc); q >= 0 {
-		if q > 0 && w.fin.Load() {
+		if q > 0 && fin {
 			q-- // the FIN takes a sequence number, not a byte of ours
 		}
 		return sent - int64(q), false
@@ -180,30 +180,32 @@ func (c *conn) shutLocked() {
 // reads, however slowly, and one that does not holds up the
 // acknowledgement of everything after f (the consumer acknowledges oldest
 // first). It is what -write-timeout does to a write that blocks, for
-// bytes the kernel took but the client does not.
+// bytes the kernel took but the client does not. Called at every look at
+// the held batches, so that progress is seen as it happens.
 func (h *hub) closeStalled(f flight) {
 	now := time.Now()
-	if f.at.IsZero() || now.Sub(f.at) < h.writeTimeout {
-		return
-	}
-	for _, m := range f.marks() {
-		if !m.c.gone.Load() && m.c.stalledFor(now, m.end) >= h.writeTimeout {
+	f.eachMark(func(m mark) {
+		stalled := m.c.stalledFor(now, m.end)
+		if stalled >= h.writeTimeout && now.Sub(f.at) >= h.writeTimeout && !m.c.gone.Load() {
 			m.c.closeTooSlow("client too slow: nothing acknowledged for -write-timeout")
 		}
-	}
+	})
 }
 
-// marks are where f ends on each connection that wrote it.
-func (f *flight) marks() []mark {
+// eachMark calls fn with where f ends on each connection that wrote it.
+func (f *flight) eachMark(fn func(mark)) {
 	if f.t == nil {
-		if f.one.c == nil {
-			return nil
+		if f.one.c != nil {
+			fn(f.one)
 		}
-		return []mark{f.one}
+		return
 	}
 	f.t.mu.Lock()
-	defer f.t.mu.Unlock()
-	return slices.Clone(f.t.marks)
+	marks := f.t.marks // appended to only under mu; the prefix read here does not change
+	f.t.mu.Unlock()
+	for _, m := range marks {
+		fn(m)
+	}
 }
 
 // stalledFor is how long c's peer has acknowledged nothing new while bytes
@@ -225,7 +227,9 @@ func (c *conn) stalledFor(now time.Time, end int64) time.Duration {
 // refusedBy reports whether a connection that wrote f closed with an
 // error code of its own (it refused what it got).
 func (f *flight) refusedBy() bool {
-	return slices.ContainsFunc(f.marks(), func(m mark) bool { return m.c.refused.Load() })
+	refused := false
+	f.eachMark(func(m mark) { refused = refused || m.c.refused.Load() })
+	return refused
 }
 
 // countedConn counts the bytes written to a TCP socket below TLS, where a

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -150,12 +151,26 @@ func (c *conn) closeLocked(why string) {
 		return
 	}
 	c.markClosedLocked(why)
-	if hc, ok := c.nc.(interface{ CloseWrite() error }); !ok || hc.CloseWrite() != nil {
+	if !halfClose(c.nc) {
 		c.shutLocked() // cannot half-close, or broken already: nothing to wait for
 		return
 	}
 	c.wire.fin.Store(true)
 	_ = c.nc.SetReadDeadline(time.Now()) // wake the reader
+}
+
+// halfClose sends FIN after what was written: on a TCP socket, or below
+// TLS after its close_notify (tls.Conn.CloseWrite does not half-close the
+// socket, and SIOCOUTQ counts the FIN only once it is queued: wire.fin).
+func halfClose(nc net.Conn) bool {
+	if tc, ok := nc.(*tls.Conn); ok {
+		if tc.CloseWrite() != nil {
+			return false
+		}
+		nc = tc.NetConn()
+	}
+	hc, ok := nc.(interface{ CloseWrite() error })
+	return ok && hc.CloseWrite() == nil
 }
 
 // linger is the reader's part of a close the server decided: it reads and

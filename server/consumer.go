@@ -279,9 +279,9 @@ func (c *consumer) next(ctx context.Context) step {
 		// Every connection the oldest batch was written to closed before
 		// its peer acknowledged it: it goes back, with everything after
 		// it. That counts as a failed delivery (the dead-letter rule) only
-		// when a client closed with an error of its own (it refused the
-		// message: 1009 too big, …): a connection that drops while bytes
-		// are on their way says nothing against the message.
+		// when a client closed saying it cannot take it (1009 too big, …:
+		// conn.refused): a connection that drops while bytes are on their
+		// way says nothing against the message.
 		refused := c.flights[done].refusedBy()
 		if n > 0 {
 			c.ackNow(ctx, n, done)

@@ -36,7 +36,7 @@
 //     next pop. It requeues what it holds when every connection failed a
 //     batch (counting the failure: redisq's dead-letter rule) or closed
 //     before its peer acknowledged it (counted only when a client closed
-//     with an error code of its own). A consumer that panics is
+//     saying it cannot take it: 1003, 1007, 1008, 1009). A consumer that panics is
 //     recovered: requeue, session dropped, connections closed 1011.
 //   - Writes to a socket are serialised by the connection's write lock: the
 //     writer's batches (all that is queued, in one writev) and the reader's

@@ -50,10 +50,14 @@ func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
 		reason := ce.reason
 		if ce.byPeer {
 			reason = "" // echo the client's code (§5.5.1), not its words
-			// A client that closes with an error of its own (1009 message
-			// too big, 1003, 1007, …) refused what it got: its closing is a
-			// failed delivery (the dead-letter rule), its going away not.
-			c.refused.Store(ce.code != ws.StatusNormalClosure && ce.code != ws.StatusGoingAway)
+			// A client that closes saying it cannot take what it got
+			// (1009 message too big, 1003 unsupported data, 1007 invalid
+			// payload, 1008 policy) refused it: its closing is a failed
+			// delivery (the dead-letter rule); any other close is not.
+			switch ce.code {
+			case ws.StatusMessageTooBig, ws.StatusUnsupportedData, ws.StatusInvalidFramePayloadData, ws.StatusPolicyViolation:
+				c.refused.Store(true)
+			}
 		}
 		c.closeWith(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 	}
