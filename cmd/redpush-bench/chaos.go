@@ -273,6 +273,11 @@ func runChaos(ctx context.Context, c *chaosCfg) (*chaosResult, error) {
 	r.awaitDrained(ctx, pr, deadline)
 	settle(ctx, bcfg, rc, later(deadline, time.Now().Add(time.Second)))
 	left, err := readLeftovers(ctx, bcfg, rc)
+	for end := time.Now().Add(30 * time.Second); err != nil && isLoading(err) && time.Now().Before(end); {
+		// Redis restarted late in the run and is still loading its AOF.
+		sleepCtx(ctx, 100*time.Millisecond)
+		left, err = readLeftovers(ctx, bcfg, rc)
+	}
 	stopMon()
 	bg.Wait()
 	stopSeats()
@@ -680,3 +685,6 @@ func (res *chaosResult) printTable(w io.Writer) {
 	}
 	row("verdict", res.Verdict)
 }
+
+// isLoading reports Redis's answer while it loads its data after a start.
+func isLoading(err error) bool { return strings.HasPrefix(err.Error(), "LOADING") }
