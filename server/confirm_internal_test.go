@@ -1,13 +1,8 @@
 package server
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
+	"github.com/redpush/redpush/internal/testutil"
 	"net"
 	"testing"
 	"time"
@@ -25,7 +20,7 @@ func TestATLSHalfCloseDoesNotOverstateTheAcknowledgement(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	ln := tls.NewListener(countingListener{raw}, &tls.Config{Certificates: []tls.Certificate{testCert(t)}})
+	ln := tls.NewListener(countingListener{raw}, &tls.Config{Certificates: []tls.Certificate{testutil.SelfSignedCert(t, 1)}})
 
 	type res struct {
 		c   *tls.Conn
@@ -91,18 +86,6 @@ func TestATLSHalfCloseDoesNotOverstateTheAcknowledgement(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func testCert(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // A connection whose client acknowledged nothing new for -write-timeout is

@@ -30,7 +30,7 @@ func TestMessagesStuckInAClosedSocketGoToTheNextConnection(t *testing.T) {
 			cfg := server.Config{Format: server.FormatRaw, IdleTimeout: 2 * time.Second, WriteTimeout: time.Second}
 			var ccfg *tls.Config
 			if tc.tls {
-				cfg.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+				cfg.TLS = &tls.Config{Certificates: []tls.Certificate{testutil.SelfSignedCert(t, 1)}}
 				ccfg = &tls.Config{InsecureSkipVerify: true} // the test's own certificate
 			}
 			g := startGateway(t, nil, cfg)

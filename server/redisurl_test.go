@@ -29,7 +29,7 @@ func TestRedisOverAUnixSocket(t *testing.T) {
 
 func TestRedisOverTLS(t *testing.T) {
 	dir := t.TempDir()
-	cert := selfSigned(t)
+	cert := testutil.SelfSignedCert(t, 1)
 	certFile, keyFile := filepath.Join(dir, "redis.crt"), filepath.Join(dir, "redis.key")
 	kder, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
 	must(t, err)

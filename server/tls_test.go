@@ -2,14 +2,8 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
-	"math/big"
 	"net/http"
 	"testing"
 	"time"
@@ -22,18 +16,6 @@ import (
 	"github.com/redpush/redpush/server"
 )
 
-func selfSigned(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
 func TestTLSServesWSSAndHTTPS(t *testing.T) {
 	rds := testutil.StartRedis(t)
 	clients, err := redisq.Dial(context.Background(), rds.URL(), 4)
@@ -43,7 +25,7 @@ func TestTLSServesWSSAndHTTPS(t *testing.T) {
 	defer clients.Close()
 	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	srv, err := server.New(server.Config{Addr: addr, Instance: "tls", Format: server.FormatRaw,
-		TLS: &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}}, clients)
+		TLS: &tls.Config{Certificates: []tls.Certificate{testutil.SelfSignedCert(t, 1)}}}, clients)
 	if err != nil {
 		t.Fatal(err)
 	}
