@@ -27,7 +27,6 @@ type conn struct {
 	m            *metrics               // write failures
 	out          outbox                 // batches for this connection (writer.go)
 	slowWhy      atomic.Pointer[string] // set when the outbox closes the connection: the reason wins
-	closingSlow  atomic.Bool            // closeTooSlow ran
 	// stopBy is the hub's shutdown deadline (unix nanos, 0 until a shutdown;
 	// nil in unit tests): no write may block past it, whenever it starts,
 	// and no close lingers past it, even one that already left the hub.

@@ -148,9 +148,6 @@ func (c *conn) send(t *ticket) {
 // writer blocked on the full socket fails at once and closes it (with this
 // reason); otherwise the close frame goes out.
 func (c *conn) closeTooSlow(reason string) {
-	if !c.closingSlow.CompareAndSwap(false, true) {
-		return // already on its way: one close, not one per look
-	}
 	why := (&closeErr{code: ws.StatusPolicyViolation, reason: reason}).String()
 	c.slowWhy.Store(&why)
 	_ = c.nc.SetWriteDeadline(time.Now())
