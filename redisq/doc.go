@@ -26,9 +26,54 @@
 // "redpush:lists:I" (the registry of its queues with a processing list,
 // [Queue.Register]); "redpush:instances" lists the instances.
 //
-// Design of consumption without a blocked connection per user (the scale
-// work, not built yet): docs/consumption.md measures the options and
-// recommends client-tracking hints with plain LMOVE pops.
+// # Consuming: hinted (the default) or blocking
+//
+// A consumer must learn that its user's queue is no longer empty. Two
+// ways, both over the same lists, scripts and processing lists, so that
+// instances of either kind share one Redis (a rolling upgrade mixes them):
+//
+// Hinted ([Queue.StartHints], [Hints]): one RESP3 connection per Redis
+// master and process, with CLIENT TRACKING on BCAST PREFIX <the queue
+// keys' prefix> NOLOOP. Redis then pushes an "invalidate" naming every
+// queue key another connection writes (a producer's LPUSH, a requeue), and
+// keeps no per-key table for it (BCAST). The server hands each hint to the
+// consumer of that user, if it is online here; a consumer waits on its
+// hint instead of a Redis connection, so the Redis connections of a
+// process no longer grow with its online users (maxclients no longer
+// bounds them). The pops and acks travel on the same connection,
+// pipelined across consumers ([Hints.Pop]): the ackPop script with a count
+// of 0 when there is something to acknowledge (it writes no queue key, so
+// it raises no hint), then plain LMOVEs, then LLEN. Plain commands, because
+// NOLOOP spares a connection the hints of its own plain writes but not
+// those of its scripts (measured on Redis 7.0, docs/consumption.md): pops
+// by script would hint back once per pop. LLEN says how many LMOVEs the
+// next pop needs (the count LMOVE lacks before Redis 8).
+//
+// Hints are fire-and-forget. The ones sent while no hint connection
+// listens (it broke, Redis restarted, a failover) are lost, so the caller
+// sweeps: at once after every (re)connect, and every few seconds, it reads
+// the length of every online user's queue ([Queue.Lengths], pipelined) and
+// hints the ones that hold messages. A call on a connection that breaks
+// has an unknown outcome: its consumer returns everything it holds to the
+// queue (the processing list is the truth). Before a new connection
+// carries anything, the old one is killed in Redis (CLIENT KILL ID): a
+// command still unread in its socket buffer could otherwise run later,
+// after its consumer requeued and popped anew. Calls on the hint
+// connection are never retried, so the ack fence's token only matters for
+// blocking consumers; the DIVERGED guard holds for both. On a cluster each
+// master has its own hint connection and announces only its own keys; a
+// MOVED reply reloads the slot map, and the consumer pops again on the new
+// master's connection. A server that refuses any of this (no HELLO 3 or
+// CLIENT TRACKING: Redis < 6, an ACL, the embedded quick-start Redis) makes
+// StartHints fail with [ErrNoHints]; the server then consumes blocking.
+//
+// go-redis cannot hold that connection (it reads a push only when it reads
+// a reply on the same connection); internal/resp3 reads it. rueidis, a
+// Redis client that tracks keys for its client-side cache, was not used:
+// it would be a second Redis client stack (dialing, TLS, Sentinel,
+// Cluster, credentials) beside go-redis for one connection per master,
+// its tracking is tied to its cache, and its multiplexed connections (each
+// tracking) would each receive every hint and hint one another's pops.
 //
 // Blocking: each consumer pops through its own [Blocker], a dedicated
 // connection whose CLIENT ID lets [Blocker.Wake] end a blocked BLMOVE at
@@ -58,7 +103,7 @@
 // the design asks for (one sized for blocking consumers, one small for
 // commands); [New] builds a [Queue] over them.
 //
-// Concurrency: a Queue is safe for concurrent use. The processing list of a
+// Concurrency: a Queue and Hints are safe for concurrent use. The processing list of a
 // user is owned by one consumer at a time: callers must not run Pop, Ack or
 // Requeue for the same user from two goroutines at once.
 package redisq

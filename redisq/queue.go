@@ -123,7 +123,9 @@ func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc
 // key KEYS[3] for ARGV[7] ms (FenceLife); a call whose token is already there is such a
 // retry, and gets the messages the first run popped, still the newest in
 // the processing list, instead: it acknowledges nothing more.
-var ackPop = redis.NewScript(`
+var ackPop = redis.NewScript(ackPopSource)
+
+const ackPopSource = `
 local out = {}
 local fence = redis.call('GET', KEYS[3])
 if fence then
@@ -160,7 +162,7 @@ end
 if acked > 0 or #out > 0 then
   redis.call('SET', KEYS[3], ARGV[4] .. ':' .. #out, 'PX', ARGV[7])
 end
-return out`)
+return out`
 
 // requeueAll moves every message of the processing list KEYS[1] back to the
 // right end of the queue KEYS[2]. The processing list holds the newest message

@@ -133,7 +133,7 @@ func TestAStalledProcessesBlockedPopTakesNothingFromItsSuccessor(t *testing.T) {
 		}
 		return nil
 	})
-	b := startGatewayAt(t, a.rds.URL(), a.rc, server.Config{Instance: "x", Format: server.FormatRaw})
+	b := startGatewayAt(t, a.rds.URL(), a.rc, server.Config{Instance: "x", Format: server.FormatRaw, Consumer: server.ConsumerBlocking})
 	cb := b.dialReady("st")
 	awaitBlocked(t, b, 1) // B's (and A's, if it outlived the claim)
 	a.push("st", "m1")    // goes to the oldest blocked BLMOVE

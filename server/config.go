@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redpush/redpush/redisq"
+	"github.com/redpush/redpush/taskpool"
 )
 
 // Config configures a Server. The zero value is usable: 0 means the default,
@@ -22,7 +23,8 @@ type Config struct {
 	// original.
 	Addr string
 	// Workers is how many users can be consumed at once (Swoole's
-	// task_worker_num), 1 to 100,000. Default (0) taskpool.DefaultSize().
+	// task_worker_num), 1 to 100,000. Default (0) DefaultWorkers(Consumer):
+	// what the open-file limit affords.
 	Workers int
 	// KeyPattern maps a user id to its queue. Default "user_%s_messages".
 	KeyPattern string
@@ -77,6 +79,14 @@ type Config struct {
 	// Batch is the most messages popped in one Redis round trip, 1 to
 	// 10,000. Default (0) 128.
 	Batch int
+	// Consumer is how consumers learn of new messages: "hinted" (default:
+	// one connection per Redis master with client tracking tells them,
+	// and carries their pops; redisq.Hints) or "blocking" (each online
+	// user's consumer blocks in BLMOVE on a Redis connection of its own,
+	// the Swoole task model; Redis's maxclients then bounds online users).
+	// Hinted falls back to blocking, with a warning, when Redis refuses
+	// client tracking (Redis < 6, an ACL, the embedded quick-start Redis).
+	Consumer string
 	// DemoPush enables POST /demo/push, which LPUSHes for any user. Only for
 	// the embedded quick start: it lets anyone write to any queue.
 	DemoPush bool
@@ -101,6 +111,22 @@ type Config struct {
 
 	slotted bool // Instance was defaulted with ReusePort: a slot is claimed at start
 }
+
+// DefaultWorkers is the default of Config.Workers: as many users as the
+// open-file limit affords, each costing its socket and, with blocking
+// consumers, a Redis connection.
+func DefaultWorkers(consumer string) int {
+	if consumer == ConsumerBlocking {
+		return taskpool.DefaultSize(2)
+	}
+	return taskpool.DefaultSize(1)
+}
+
+// The values of Config.Consumer.
+const (
+	ConsumerHinted   = "hinted"
+	ConsumerBlocking = "blocking"
+)
 
 const (
 	FormatSwoole = "swoole"
@@ -162,6 +188,11 @@ func (c Config) checkNames() *ConfigError {
 	case "", FormatSwoole, FormatRaw, FormatJSON:
 	default:
 		return &ConfigError{"Format", fmt.Sprintf("%q", c.Format), "swoole, raw or json"}
+	}
+	switch c.Consumer {
+	case "", ConsumerHinted, ConsumerBlocking:
+	default:
+		return &ConfigError{"Consumer", fmt.Sprintf("%q", c.Consumer), "hinted or blocking"}
 	}
 	if c.KeyPattern != "" && redisq.CheckKeyPattern(c.KeyPattern) != nil {
 		return &ConfigError{"KeyPattern", fmt.Sprintf("%q", c.KeyPattern), "exactly one %s and no braces, e.g. user_%s_messages"}
@@ -268,6 +299,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Format == "" {
 		c.Format = FormatSwoole
+	}
+	if c.Consumer == "" {
+		c.Consumer = ConsumerHinted
+	}
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers(c.Consumer)
 	}
 	if c.Instance == "" {
 		c.slotted = c.ReusePort

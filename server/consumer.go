@@ -30,8 +30,11 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	h.consumers.Add(1)
 	defer h.consumers.Add(-1)
 	defer close(s.done)
-	b := h.q.Blocker()
-	defer b.Close()
+	var b *redisq.Blocker
+	if h.hints == nil {
+		b = h.q.Blocker()
+		defer b.Close()
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			h.crashed(ctx, s, v)
@@ -84,8 +87,9 @@ type consumer struct {
 	// oldest first: the processing list. They are acknowledged as their
 	// delivery is confirmed (confirm.go), oldest first, with the next pop.
 	flights  []flight
-	more     bool // the queue may hold messages: pop without blocking
-	full     bool // the last pop was a full batch: more is likely waiting
+	more     bool  // the queue may hold messages: pop without blocking
+	full     bool  // the last pop was a full batch: more is likely waiting
+	left     int64 // hinted: how many messages the queue held after the last pop; -1: unknown
 	slowAcks bool // the last wait for a confirmation timed out: do not wait again until one comes
 	failures int  // see consume
 	// token is the AckPop token to send again: its call timed out waiting
@@ -107,7 +111,7 @@ func (c *consumer) serve(ctx context.Context) bool {
 	if !h.waitOnline(ctx, s) { // its connection may be gone before it started
 		return ctx.Err() == nil
 	}
-	c.more = true
+	c.more, c.left = true, -1
 loop:
 	for {
 		// While batches keep coming the user is online: skip the registry
@@ -136,9 +140,12 @@ loop:
 			if c.token == 0 {
 				c.token, c.tokenAt = h.q.NewToken(), time.Now()
 			}
-			msgs, err = h.q.AckPopToken(context.WithoutCancel(ctx), s.user, c.acks(), n, c.token)
-			c.full = len(msgs) == n
+			msgs, err = c.pop(ctx, n)
 		} else {
+			if h.hints != nil {
+				c.awaitHint(ctx)
+				continue
+			}
 			if !h.beginBlock(s) {
 				continue // gone meanwhile: the loop's waitOnline sees it
 			}
@@ -166,7 +173,7 @@ loop:
 				if !h.requeue(ctx, s.user) {
 					return false
 				}
-				c.more = true
+				c.more, c.left = true, -1
 			}
 			if !c.bo.wait(ctx) {
 				break
@@ -191,7 +198,7 @@ loop:
 			// unknown: requeue all of it (what was delivered may come
 			// twice) before popping again, never ack it unseen.
 			c.dropFlights(len(c.flights))
-			c.more = true
+			c.more, c.left = true, -1
 			if !h.requeue(ctx, s.user) || !c.bo.wait(ctx) {
 				return false
 			}
@@ -202,8 +209,12 @@ loop:
 		c.acked(ctx)
 		// Until a pop comes back empty, more may have arrived meanwhile:
 		// keep taking batches, which is what makes a busy consumer cheap.
+		// A hinted pop knows: it asked the queue's length.
 		c.more = len(msgs) > 0
-		if !c.more {
+		if h.hints != nil {
+			c.more = c.left > 0
+		}
+		if len(msgs) == 0 {
 			continue
 		}
 		testHook(ctx, s.user, "deliver")
@@ -228,7 +239,7 @@ loop:
 			if !h.waitOnline(ctx, s) {
 				return ctx.Err() == nil // requeued: nothing held
 			}
-			c.more = true // the requeued batch is next
+			c.more, c.left = true, -1 // the requeued batch is next
 			continue
 		}
 		f.at = time.Now()
@@ -257,6 +268,47 @@ loop:
 	}
 	c.token = 0
 	return ctx.Err() == nil
+}
+
+// pop acknowledges what c.acks names and pops up to n messages: in one
+// script on the command client, or, hinted, on the hint connection of the
+// user's master, taking as many as the last pop left in the queue.
+func (c *consumer) pop(ctx context.Context, n int) ([]string, error) {
+	actx := context.WithoutCancel(ctx)
+	if c.h.hints == nil {
+		msgs, err := c.h.q.AckPopToken(actx, c.s.user, c.acks(), n, c.token)
+		c.full = len(msgs) == n
+		return msgs, err
+	}
+	g := n // the length is unknown: a full batch (plain LMOVEs are cheap, even on an empty list)
+	if c.left >= 0 {
+		g = max(1, int(min(c.left, int64(n)))) // a hint says 1 at least
+	}
+	msgs, left, err := c.h.hints.Pop(actx, c.s.user, c.acks(), g, c.token)
+	c.left, c.full = left, left > 0
+	return msgs, err
+}
+
+// awaitHint waits until the user's queue was written to (a hint, or the
+// sweep found it non-empty: c.more), its connections changed, or, while
+// it holds batches, a round passed (they are looked at again).
+func (c *consumer) awaitHint(ctx context.Context) {
+	if !c.h.isOnline(c.s) {
+		return // the loop's waitOnline sees why
+	}
+	var round <-chan time.Time
+	if len(c.flights) > 0 {
+		t := time.NewTimer(heldRound)
+		defer t.Stop()
+		round = t.C
+	}
+	select {
+	case <-c.s.hint:
+		c.more = true
+	case <-c.s.wake:
+	case <-round:
+	case <-ctx.Done():
+	}
 }
 
 // step is what the consumer does after next.
@@ -292,7 +344,7 @@ func (c *consumer) next(ctx context.Context) step {
 		} else if !c.h.requeue(ctx, c.s.user) {
 			return stop
 		}
-		c.more = true
+		c.more, c.left = true, -1
 		return again
 	}
 	c.acking, c.ackingFlights = n, done

@@ -27,9 +27,15 @@ func hasArg(cmd redis.Cmder, arg string) bool {
 	return slices.ContainsFunc(cmd.Args(), func(a any) bool { s, ok := a.(string); return ok && s == arg })
 }
 
-// gatewayWithHook starts a gateway whose command client carries h.
+// gatewayWithHook starts a gateway whose command client carries h. Its
+// consumers block (unless cfg says otherwise): the faults these tests
+// inject are go-redis's, and hinted consumers pop on their hint
+// connection, which is not go-redis's (pipe_faults_test.go breaks that one).
 func gatewayWithHook(t *testing.T, h redis.Hook, cfg server.Config) *gateway {
 	t.Helper()
+	if cfg.Consumer == "" {
+		cfg.Consumer = server.ConsumerBlocking
+	}
 	rds := testutil.StartRedis(t)
 	clients, err := redisq.Dial(context.Background(), rds.URL(), 64)
 	if err != nil {

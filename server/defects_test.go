@@ -194,9 +194,10 @@ func TestShutdownAcksWhatWasWritten(t *testing.T) {
 // When every pooled Redis connection is busy, go-redis gives up waiting
 // for one (ErrPoolTimeout) without sending the command: nothing was acked,
 // so nothing may be requeued (it would come twice), and Redis is not down.
+// (Blocking consumers: hinted ones pop on their hint connection.)
 func TestPoolTimeoutIsNeitherAnOutageNorARequeue(t *testing.T) {
 	rds := testutil.StartRedis(t)
-	g := startGatewayAt(t, rds.URL()+"?pool_size=1&pool_timeout=1ms", rds.Client(), server.Config{Format: server.FormatRaw, Batch: 1})
+	g := startGatewayAt(t, rds.URL()+"?pool_size=1&pool_timeout=1ms", rds.Client(), server.Config{Format: server.FormatRaw, Batch: 1, Consumer: server.ConsumerBlocking})
 	g.rds = rds
 	const users, each = 30, 100
 	var clients []*testutil.Client

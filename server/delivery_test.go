@@ -19,38 +19,59 @@ import (
 // waits in Redis for the next connect.
 func TestConsumerStopsAfterLastConnectionCloses(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		close func(c *testutil.Client)
+		name     string
+		consumer string
+		close    func(c *testutil.Client)
 	}{
-		{"close frame", func(c *testutil.Client) { c.SendClose() }},
-		{"tcp reset", func(c *testutil.Client) { c.Reset() }},
+		{"close frame", server.ConsumerBlocking, func(c *testutil.Client) { c.SendClose() }},
+		{"tcp reset", server.ConsumerBlocking, func(c *testutil.Client) { c.Reset() }},
+		{"close frame", server.ConsumerHinted, func(c *testutil.Client) { c.SendClose() }},
+		{"tcp reset", server.ConsumerHinted, func(c *testutil.Client) { c.Reset() }},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+		t.Run(tc.consumer+" "+tc.name, func(t *testing.T) {
+			g := startGateway(t, nil, server.Config{Format: server.FormatRaw, Consumer: tc.consumer})
 			mon := g.rds.StartMonitor()
 			c := g.dialReady("42")
 			g.awaitConsumers(1, 5*time.Second)
-			// The consumer blocks on its own connection, in a round as
-			// long as the instance claim allows (2 s at most).
+			blocking := tc.consumer == server.ConsumerBlocking
+			// A blocking consumer blocks on its own connection, in a round
+			// as long as the instance claim allows (2 s at most); a hinted
+			// one pops once at start (its queue may have filled while it
+			// was away), then waits for a hint.
+			want := `"lmove" "user_42_messages" "{user_42_messages}:processing:test" "right" "left"`
+			if blocking {
+				want = `"blmove" "user_42_messages" "{user_42_messages}:processing:test" "right" "left"`
+			}
 			testutil.Eventually(t, 5*time.Second, func() error {
 				for _, l := range mon.Lines() {
-					if strings.Contains(l, `"blmove" "user_42_messages" "{user_42_messages}:processing:test" "RIGHT" "LEFT"`) {
+					if strings.Contains(strings.ToLower(l), want) {
 						return nil
 					}
 				}
-				return fmt.Errorf("the consumer is not blocked yet")
+				return fmt.Errorf("the consumer has not popped yet")
 			})
 			unblocks := commandCalls(t, g, "client|unblock")
 			closed := time.Now()
 			tc.close(c)
 			g.awaitConsumers(0, 5*time.Second)
 			// Woken by CLIENT UNBLOCK (which MONITOR does not show, and
-			// which the fallback to short rounds never sends), at once.
+			// which the fallback to short rounds never sends), or by the
+			// hub (hinted), at once.
 			if took := time.Since(closed); took > 2500*time.Millisecond {
 				t.Errorf("consumer stopped %v after the close, want at once", took)
 			}
-			if n := commandCalls(t, g, "client|unblock"); n <= unblocks {
+			if n := commandCalls(t, g, "client|unblock"); blocking && n <= unblocks {
 				t.Errorf("no CLIENT UNBLOCK after the close: the consumer was not woken")
+			}
+			if blocking {
+				for _, l := range mon.Lines() {
+					if !strings.Contains(l, " lua]") && strings.Contains(strings.ToLower(l), `"lmove"`) {
+						t.Errorf("a blocking consumer popped with LMOVE (hinted?): %s", l)
+						break
+					}
+				}
+			} else if n := commandCalls(t, g, "blmove"); n != 0 {
+				t.Errorf("a hinted consumer sent %d BLMOVE", n)
 			}
 			g.push("42", "later")
 			n, err := g.rc.LLen(t.Context(), "user_42_messages").Result()

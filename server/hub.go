@@ -23,6 +23,9 @@ type hub struct {
 	health *health
 	m      *metrics
 	relay  *relay // nil in unit benchmarks
+	// hints, when set, is hinted consumption (redisq.Hints): consumers
+	// wait for a hint instead of blocking in BLMOVE on a connection each.
+	hints *redisq.Hints
 
 	maxPerUser   int           // Config.MaxConnsPerUser; 0: unbounded (unit benchmarks)
 	writeTimeout time.Duration // Config.WriteTimeout: how long a closing connection may linger
@@ -51,6 +54,7 @@ type session struct {
 	blocking bool
 	dead     bool          // under hub.mu: its consumer panicked; no connection attaches any more
 	wake     chan struct{} // the consumer waits on it for connections
+	hint     chan struct{} // hinted: the queue was written to
 	done     chan struct{} // closed when the consumer returned
 }
 
@@ -86,7 +90,7 @@ func (h *hub) acquire(user string) (*session, error) {
 		return nil, errTooManyConns
 	}
 	if s == nil {
-		s = &session{user: user, wake: make(chan struct{}, 1), done: make(chan struct{})}
+		s = &session{user: user, wake: make(chan struct{}, 1), hint: make(chan struct{}, 1), done: make(chan struct{})}
 		if err := h.pool.Submit(func(ctx context.Context) { h.consume(ctx, s) }); err != nil {
 			return nil, err
 		}
@@ -236,6 +240,28 @@ func (h *hub) waitOnline(ctx context.Context, s *session) bool {
 		select {
 		case <-s.wake:
 		case <-ctx.Done():
+		}
+	}
+}
+
+// isOnline reports whether s has an open connection.
+func (h *hub) isOnline(s *session) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return s.online()
+}
+
+// hinted tells the consumer of user, if it is online here, that its queue
+// was written to. Called by the hint connections' readers: it must not
+// block.
+func (h *hub) hinted(user string) {
+	h.mu.Lock()
+	s := h.users[user]
+	h.mu.Unlock()
+	if s != nil {
+		select {
+		case s.hint <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -181,6 +181,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	s.hub.relay = newRelay(ctx, s.hub, s.clients.Command, s.cfg.Instance)
 	defer s.hub.relay.close()
+	if stop := s.startHints(ctx); stop != nil {
+		defer stop()
+	}
 	s.httpLn = newConnListener(ln.Addr())
 	hs := s.newHTTPServer()
 	go func() { _ = hs.Serve(s.httpLn) }()
@@ -190,7 +193,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(acceptDone)
 		s.acceptLoop(ln)
 	}()
-	s.log.Info("redpush listening", "addr", ln.Addr().String(), "workers", s.pool.Cap(),
+	s.log.Info("redpush listening", "addr", ln.Addr().String(), "workers", s.pool.Cap(), "consumer", s.consumerMode(),
 		"instance", s.cfg.Instance, "redis", s.clients.Topology, "format", s.cfg.Format, "tls", s.cfg.TLS != nil, "auth", s.cfg.Auth != nil)
 	if s.cfg.Auth == nil {
 		s.log.Warn("NO AUTHENTICATION: clients name their user in ?user_id=, so any client can read any user's messages; set -jwt-secret or -jwt-public-key in production")

@@ -12,7 +12,7 @@ import (
 
 // Config configures a Pool. The zero value is usable.
 type Config struct {
-	// Size is the most tasks that run at once. Default: DefaultSize().
+	// Size is the most tasks that run at once. Default: DefaultSize(2).
 	Size int
 	// PanicHandler is called with the value of a task that panicked; the
 	// worker survives. Default: the panic is swallowed silently by ants'
@@ -30,7 +30,7 @@ type Pool struct {
 // New creates a pool.
 func New(cfg Config) (*Pool, error) {
 	if cfg.Size <= 0 {
-		cfg.Size = DefaultSize()
+		cfg.Size = DefaultSize(2)
 	}
 	opts := []ants.Option{
 		// A full pool must become a refusal, never a wait: Submit on a full
@@ -78,22 +78,29 @@ func (p *Pool) Shutdown(timeout time.Duration) error {
 	return nil
 }
 
-// DefaultSize is how many consumers this process can afford: each online
-// user costs a socket and a blocked Redis connection, so half the open-file
-// limit less a reserve for listeners, logs and the command client, at most
-// 10000. With this machine's 20,000-file limit that is 9,900.
-func DefaultSize() int {
+// DefaultSize is how many consumers this process can afford when each
+// online user costs filesPerUser open files (1: its socket, with hinted
+// consumption; 2: its socket and a blocked Redis connection): the
+// open-file limit less a reserve for listeners, logs and the Redis
+// clients, divided by that, at most 100,000 (10,000 with 2 files a user:
+// Redis's default maxclients would refuse more anyway). With this
+// machine's 20,000-file limit that is 19,800 or 9,900.
+func DefaultSize(filesPerUser int) int {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 1000
 	}
-	return sizeFor(lim.Cur)
+	return sizeFor(lim.Cur, filesPerUser)
 }
 
-func sizeFor(nofile uint64) int {
-	const reserve, most, least = 200, 10000, 1
-	if nofile <= reserve+2*least {
+func sizeFor(nofile uint64, filesPerUser int) int {
+	const reserve, least = 200, 1
+	per, most := uint64(max(filesPerUser, 1)), uint64(100_000)
+	if per > 1 {
+		most = 10_000
+	}
+	if nofile <= reserve+per*least {
 		return least
 	}
-	return int(min((nofile-reserve)/2, most))
+	return int(min((nofile-reserve)/per, most))
 }

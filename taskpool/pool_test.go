@@ -60,8 +60,13 @@ func TestPanicHandlerKeepsPoolUsable(t *testing.T) {
 
 func TestSizeFor(t *testing.T) {
 	for nofile, want := range map[uint64]int{20000: 9900, 1 << 20: 10000, 1024: 412, 100: 1} {
-		if got := sizeFor(nofile); got != want {
-			t.Errorf("sizeFor(%d) = %d, want %d", nofile, got, want)
+		if got := sizeFor(nofile, 2); got != want {
+			t.Errorf("sizeFor(%d, 2) = %d, want %d", nofile, got, want)
+		}
+	}
+	for nofile, want := range map[uint64]int{20000: 19800, 1 << 20: 100000, 1024: 824, 100: 1} {
+		if got := sizeFor(nofile, 1); got != want {
+			t.Errorf("sizeFor(%d, 1) = %d, want %d", nofile, got, want)
 		}
 	}
 }

@@ -46,6 +46,7 @@ func defineFlags(fs *flag.FlagSet, o *options) *string {
 	fs.StringVar(&o.redis, "redis", "redis://127.0.0.1:6379", "Redis `URL`: redis://host:6379/0 (also rediss://, unix://); Sentinel: redis://sentinel:26379?master_name=NAME[&addr=sentinel2:26379]; Cluster: redis://node1:7000?addr=node2:7000[&addr=...]; or \"embedded\" for an in-process Redis (quick start only)")
 	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num: 1 to 100000; 0 means the default, from the open-file limit (at most 10000)")
 	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
+	fs.StringVar(&c.Consumer, "consumer", server.ConsumerHinted, "how consumers learn of new messages: hinted (one Redis connection per master tells them, with client tracking) or blocking (a Redis connection blocked in BLMOVE per online user, as the original; Redis's maxclients bounds online users)")
 	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")
 	fs.StringVar(&c.Instance, "instance", "", "stable instance `id`, so a restart returns its in-flight messages (default host-port; with -reuseport host-port-N, the lowest slot N no live process holds)")
 	fs.BoolVar(&c.ReusePort, "reuseport", false, "listen with SO_REUSEPORT: several redpush processes share -addr's port, the kernel spreading new connections over them")
@@ -141,7 +142,7 @@ func (o *options) checkAddrs() error {
 
 // flagOf names the flag of each server.Config field.
 var flagOf = map[string]string{
-	"Addr": "addr", "Workers": "workers", "KeyPattern": "key-pattern", "Format": "format",
+	"Addr": "addr", "Workers": "workers", "Consumer": "consumer", "KeyPattern": "key-pattern", "Format": "format",
 	"Instance": "instance", "InstanceTTL": "instance-ttl", "MaxMessage": "max-message", "MaxPendingBytes": "max-pending-bytes", "MaxQueuedBytes": "max-queued-bytes",
 	"MaxConnsPerUser": "max-conns-per-user", "MaxMessageRate": "max-message-rate",
 	"HandshakeTimeout": "handshake-timeout", "IdleTimeout": "idle-timeout",

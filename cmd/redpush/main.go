@@ -18,7 +18,6 @@ import (
 
 	"github.com/redpush/redpush/redisq"
 	"github.com/redpush/redpush/server"
-	"github.com/redpush/redpush/taskpool"
 )
 
 func main() {
@@ -75,11 +74,12 @@ func run(args []string) int {
 		defer mr.Close()
 		url = "redis://" + mr.Addr()
 		o.cfg.DemoPush = true
+		o.cfg.Consumer = server.ConsumerBlocking // it has no client tracking
 		log.Warn("embedded in-memory Redis for the quick start: messages live only as long as this process; "+o.embeddedNote(),
 			"addr", mr.Addr(), "try", fmt.Sprintf("redis-cli -p %s LPUSH %s hi", mr.Port(), demoKey(o.cfg.KeyPattern)))
 	}
 	if o.cfg.Workers == 0 {
-		o.cfg.Workers = taskpool.DefaultSize()
+		o.cfg.Workers = server.DefaultWorkers(o.cfg.Consumer)
 	}
 	clients, err := redisq.Dial(ctx, url, o.cfg.Workers)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/redpush/redpush/internal/resp3"
 	"github.com/redpush/redpush/redisq"
 )
 
@@ -272,11 +273,11 @@ func (e *trackEngine) session(ctx context.Context, rc *respConn) []int {
 			if err != nil {
 				return
 			}
-			if p, ok := v.(push); ok {
-				if p.kind != "invalidate" || len(p.vals) == 0 {
+			if p, ok := v.(resp3.Push); ok {
+				if p.Kind != "invalidate" || len(p.Vals) == 0 {
 					continue
 				}
-				keys, _ := p.vals[0].([]any)
+				keys, _ := p.Vals[0].([]any)
 				for _, k := range keys {
 					ks, _ := k.(string)
 					e.rec.hints.Add(1)
@@ -288,7 +289,7 @@ func (e *trackEngine) session(ctx context.Context, rc *respConn) []int {
 			if !en.pop {
 				continue
 			}
-			if _, isErr := v.(respError); isErr {
+			if _, isErr := v.(resp3.Error); isErr {
 				fmt.Println("pop error:", v)
 			}
 			var msgs []string
@@ -496,8 +497,8 @@ func hintConn(ctx context.Context, o *opts, s *sched, rec *recorder, ready chan<
 		if err != nil {
 			return
 		}
-		if p, ok := v.(push); ok && p.kind == "invalidate" && len(p.vals) > 0 {
-			keys, _ := p.vals[0].([]any)
+		if p, ok := v.(resp3.Push); ok && p.Kind == "invalidate" && len(p.Vals) > 0 {
+			keys, _ := p.Vals[0].([]any)
 			for _, k := range keys {
 				ks, _ := k.(string)
 				rec.hints.Add(1)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/internal/resp3"
 )
 
 // noloopCheck shows which writes made on a connection with CLIENT TRACKING
@@ -67,8 +69,8 @@ func noloopCheck(ctx context.Context, o *opts, admin *redis.Client) error {
 			if err != nil {
 				return err
 			}
-			if p, ok := v.(push); ok && p.kind == "invalidate" {
-				if keys, _ := p.vals[0].([]any); len(keys) > 0 {
+			if p, ok := v.(resp3.Push); ok && p.Kind == "invalidate" {
+				if keys, _ := p.Vals[0].([]any); len(keys) > 0 {
 					for _, k := range keys {
 						if k == c.key {
 							hinted = true

@@ -1,0 +1,257 @@
+package redisq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/internal/resp3"
+)
+
+// Hints is the hinted consumption of one process (the package doc's
+// "Consuming"): one hint connection (pipe) per Redis master tells which
+// queues were written, and carries the pops and acks of their consumers.
+type Hints struct {
+	q      *Queue
+	onHint func(user string)
+	onLost func()
+
+	mu     sync.Mutex
+	pipes  map[string]*pipe // by the master's address
+	single *pipe            // the pipe of a server that is not a cluster
+	closed bool
+}
+
+// ErrNoHints is returned by StartHints when Redis refuses what hinted
+// consumption needs (RESP3, CLIENT TRACKING, an ACL): consume blocking.
+var ErrNoHints = errors.New("redisq: Redis refused client tracking")
+
+// StartHints connects to every master and calls onHint with the user of
+// every queue another connection writes to (a producer's LPUSH, a
+// requeue), from one goroutine per master: it must not block. onLost says
+// that hints may have been lost (a hint connection (re)connected, Redis
+// flushed its keys): the caller looks at the queue of every user it
+// serves. When Redis refuses tracking, StartHints fails with ErrNoHints;
+// when it cannot be reached, the connections keep trying in the background.
+func (q *Queue) StartHints(ctx context.Context, onHint func(user string), onLost func()) (*Hints, error) {
+	h := &Hints{q: q, onHint: onHint, onLost: onLost, pipes: map[string]*pipe{}}
+	switch c := q.cmd.(type) {
+	case *redis.Client:
+		p, err := h.startPipe(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		h.single = p
+	case *redis.ClusterClient:
+		if err := h.Refresh(ctx); err != nil {
+			h.Close()
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("%w: a %T", ErrNoHints, q.cmd)
+	}
+	return h, nil
+}
+
+// Refresh opens a hint connection to every master of a cluster that has
+// none yet (after a topology change); a no-op on a single server.
+func (h *Hints) Refresh(ctx context.Context) error {
+	cc, ok := h.q.cmd.(*redis.ClusterClient)
+	if !ok {
+		return nil
+	}
+	return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		_, err := h.pipeOf(ctx, c)
+		return err
+	})
+}
+
+// pipeOf returns the pipe of server c, opening it if it has none.
+func (h *Hints) pipeOf(ctx context.Context, c *redis.Client) (*pipe, error) {
+	addr := c.Options().Addr
+	h.mu.Lock()
+	p, ok := h.pipes[addr]
+	h.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	p, err := h.startPipe(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if old, ok := h.pipes[addr]; ok || h.closed { // opened meanwhile by another caller
+		go p.close()
+		if h.closed {
+			return nil, errPipeDown
+		}
+		return old, nil
+	}
+	h.pipes[addr] = p
+	return p, nil
+}
+
+func (h *Hints) startPipe(ctx context.Context, c *redis.Client) (*pipe, error) {
+	p := newPipe(c, h.q.prefix, "redpush-hints-"+h.q.instance, h.q.log, h.pushed, h.onLost)
+	if err := p.start(ctx); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoHints, err)
+	}
+	return p, nil
+}
+
+// pushed maps the keys of an invalidate push to users.
+func (h *Hints) pushed(keys []string) {
+	for _, k := range keys {
+		if u, ok := h.q.userOf(k); ok {
+			h.onHint(u)
+		}
+	}
+}
+
+// userOf is the inverse of Key: the user whose queue key is.
+func (q *Queue) userOf(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, q.prefix)
+	if !ok {
+		return "", false
+	}
+	user, ok := strings.CutSuffix(rest, q.suffix)
+	return user, ok && user != ""
+}
+
+// pipeFor returns the pipe of the master that holds user's queue.
+func (h *Hints) pipeFor(ctx context.Context, user string) (*pipe, error) {
+	if h.single != nil {
+		return h.single, nil
+	}
+	cc, ok := h.q.cmd.(*redis.ClusterClient)
+	if !ok {
+		return nil, ErrNoHints
+	}
+	c, err := cc.MasterForKey(ctx, h.q.Key(user))
+	if err != nil {
+		return nil, err
+	}
+	return h.pipeOf(ctx, c)
+}
+
+// Pop acknowledges the oldest messages of user's processing list that acks
+// names (if acks.Oldest > 0: the ackPop script, with its DIVERGED guard;
+// it writes no queue key, so it raises no hint), then moves up to n
+// messages from the queue into the processing list with plain LMOVEs, and
+// reports how many the queue still holds. It runs on the hint connection
+// of the user's master, after whatever was queued on it before. It is
+// never retried: a call that failed may have run in part, and its caller
+// returns everything it holds to the queue.
+func (h *Hints) Pop(ctx context.Context, user string, acks Acks, n int, token uint64) ([]string, int64, error) {
+	q := h.q
+	ctx, cancel, err := q.leased(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer cancel()
+	p, err := h.pipeFor(ctx, user)
+	if err != nil {
+		return nil, 0, err
+	}
+	key, proc := q.Key(user), q.ProcessingKey(user)
+	var buf []byte
+	cmds := 0
+	if acks.Oldest > 0 {
+		buf = resp3.AppendCommand(buf, "EVALSHA", ackPop.Hash(), "3", key, proc, q.fenceKey(user),
+			"0", q.instance, q.RelayChannel(user), strconv.FormatUint(token, 10),
+			strconv.Itoa(acks.Oldest), strconv.Itoa(acks.Held), strconv.FormatInt(FenceLife.Milliseconds(), 10))
+		cmds++
+	}
+	for range n {
+		buf = resp3.AppendCommand(buf, "LMOVE", key, proc, "RIGHT", "LEFT")
+	}
+	buf = resp3.AppendCommand(buf, "LLEN", key)
+	replies, err := p.do(ctx, cmds+n+1, buf)
+	if err != nil {
+		return nil, 0, err
+	}
+	return h.popped(ctx, p, user, replies, cmds)
+}
+
+// popped reads Pop's replies: the ack's (if any, first), the LMOVEs', the
+// LLEN's. An error reply anywhere fails the call; the messages moved by
+// the LMOVEs that did run are in the processing list, and go back with
+// the rest.
+func (h *Hints) popped(ctx context.Context, p *pipe, user string, replies []any, acked int) ([]string, int64, error) {
+	var msgs []string
+	var left int64
+	for i, v := range replies {
+		switch v := v.(type) {
+		case resp3.Error:
+			return nil, 0, h.replyError(ctx, p, user, v)
+		case string:
+			if i >= acked {
+				msgs = append(msgs, v)
+			}
+		case int64:
+			left = v
+		}
+	}
+	return msgs, left, nil
+}
+
+// replyError names what an error reply means for the consumer.
+func (h *Hints) replyError(ctx context.Context, p *pipe, user string, e resp3.Error) error {
+	msg := string(e)
+	switch {
+	case strings.HasPrefix(msg, "NOSCRIPT"):
+		// Someone flushed the scripts: a new connection loads it again.
+		p.reconnect()
+	case strings.HasPrefix(msg, "DIVERGED"):
+		return fmt.Errorf("%w: %s", ErrDiverged, user)
+	case strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK "):
+		h.q.reloadSlots(ctx)
+		return fmt.Errorf("%w: %s", ErrSlotMoved, msg)
+	}
+	return fmt.Errorf("redisq: %s", msg)
+}
+
+// Close closes every hint connection.
+func (h *Hints) Close() {
+	h.mu.Lock()
+	h.closed = true
+	pipes := make([]*pipe, 0, len(h.pipes)+1)
+	for _, p := range h.pipes {
+		pipes = append(pipes, p)
+	}
+	if h.single != nil {
+		pipes = append(pipes, h.single)
+	}
+	h.mu.Unlock()
+	for _, p := range pipes {
+		p.close()
+	}
+}
+
+// Lengths is the length of the queue of each of users, in pipelines of
+// 1,000 LLEN on the command client: the sweep of hinted consumption.
+func (q *Queue) Lengths(ctx context.Context, users []string) ([]int64, error) {
+	out := make([]int64, 0, len(users))
+	for len(users) > 0 {
+		chunk := users[:min(len(users), 1000)]
+		users = users[len(chunk):]
+		pl := q.cmd.Pipeline()
+		cmds := make([]*redis.IntCmd, len(chunk))
+		for i, u := range chunk {
+			cmds[i] = pl.LLen(ctx, q.Key(u))
+		}
+		if _, err := pl.Exec(ctx); err != nil {
+			return nil, err
+		}
+		for _, c := range cmds {
+			out = append(out, c.Val())
+		}
+	}
+	return out, nil
+}

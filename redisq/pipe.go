@@ -1,0 +1,488 @@
+package redisq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/internal/resp3"
+)
+
+// pipe is one RESP3 connection to one Redis server with client tracking
+// on (CLIENT TRACKING on BCAST PREFIX <queue prefix> NOLOOP): Redis sends
+// it an invalidate push naming every queue key written by another
+// connection, and the pops and acks of every consumer of this server's
+// users travel on it, pipelined: whatever the callers queue meanwhile goes
+// out in one write. Its own pops raise no hints (NOLOOP; they are plain
+// commands, which NOLOOP covers, unlike a script's writes).
+//
+// When the connection breaks, calls in flight fail with an unknown outcome
+// (their callers requeue what they hold), and before the next connection
+// carries anything the old one is killed in Redis (CLIENT KILL ID through
+// the go-redis client of the same server): a command still unread in
+// Redis's socket buffer would otherwise run later, after its caller
+// requeued and popped anew. Then onConnect runs: hints may have been lost
+// while no connection listened.
+type pipe struct {
+	srv       *redis.Client // the go-redis client of the same server: dial options, CLIENT KILL
+	prefix    string        // the queue keys' prefix: what Redis hints
+	name      string        // CLIENT SETNAME: redpush-hints-<instance>
+	onPush    func(keys []string)
+	onConnect func()
+	log       *slog.Logger
+	loadSHA   string // the ack script, loaded at every connect
+
+	mu       sync.Mutex
+	nc       net.Conn // nil while down
+	id       int64    // nc's CLIENT ID
+	down     error    // why nc is nil
+	queued   []*call  // not written yet
+	inflight []*call  // written, oldest first: replies come in this order
+	kick     chan struct{}
+	closed   bool
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// call is one batch of commands and their replies.
+type call struct {
+	ctx     context.Context
+	buf     []byte // the encoded commands
+	n       int    // replies expected
+	replies []any
+	err     error
+	done    chan struct{}
+}
+
+// errPipeDown fails a call while the hint connection is being replaced.
+var errPipeDown = errors.New("redisq: hint connection down")
+
+const (
+	pingEvery   = 5 * time.Second // an idle connection is checked this often
+	pingTimeout = 3 * time.Second // and taken for dead when PING takes longer
+)
+
+func newPipe(srv *redis.Client, prefix, name string, log *slog.Logger, onPush func([]string), onConnect func()) *pipe {
+	return &pipe{srv: srv, prefix: prefix, name: name, log: log, onPush: onPush, onConnect: onConnect,
+		loadSHA: ackPop.Hash(), kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		down: errPipeDown}
+}
+
+// start connects once (so that a server that refuses tracking is known at
+// once: the error), then keeps the connection up in the background.
+func (p *pipe) start(ctx context.Context) error {
+	l, err := p.dial(ctx)
+	if err != nil && isRefusal(err) {
+		return err
+	}
+	p.wg.Add(1)
+	go p.run(l)
+	return nil
+}
+
+// isRefusal reports whether err is Redis answering no (an unknown command,
+// a permission), as opposed to Redis not answering.
+func isRefusal(err error) bool {
+	var rerr resp3.Error
+	return errors.As(err, &rerr)
+}
+
+// link is one set-up connection.
+type link struct {
+	nc net.Conn
+	r  *resp3.Reader // what the handshake read ahead stays in its buffer
+	id int64         // CLIENT ID
+}
+
+// run serves one connection after another until close.
+func (p *pipe) run(l *link) {
+	defer p.wg.Done()
+	var bo backoffDelay
+	for {
+		if l != nil {
+			bo.reset()
+			p.serve(l)
+			if !p.fence(l.id) {
+				return
+			}
+		}
+		if !bo.sleep(p.stop) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var err error
+		l, err = p.dial(ctx)
+		cancel()
+		if err != nil {
+			p.log.Debug("hint connection: dial failed", "err", err)
+		}
+	}
+}
+
+// dial opens a connection to the server and sets it up: RESP3, auth, db,
+// tracking, the ack script.
+func (p *pipe) dial(ctx context.Context) (*link, error) {
+	opt := p.srv.Options()
+	nc, err := opt.Dialer(ctx, opt.Network, opt.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	user, pass := opt.Username, opt.Password
+	if opt.CredentialsProviderContext != nil {
+		if user, pass, err = opt.CredentialsProviderContext(ctx); err != nil {
+			_ = nc.Close()
+			return nil, err
+		}
+	} else if opt.CredentialsProvider != nil {
+		user, pass = opt.CredentialsProvider()
+	}
+	hello := []string{"HELLO", "3"}
+	if pass != "" {
+		if user == "" {
+			user = "default"
+		}
+		hello = append(hello, "AUTH", user, pass)
+	}
+	cmds := [][]string{append(hello, "SETNAME", p.name)}
+	if opt.DB != 0 {
+		cmds = append(cmds, []string{"SELECT", strconv.Itoa(opt.DB)})
+	}
+	cmds = append(cmds, []string{"CLIENT", "TRACKING", "on", "BCAST", "PREFIX", p.prefix, "NOLOOP"},
+		[]string{"SCRIPT", "LOAD", ackPopSource})
+	var buf []byte
+	for _, c := range cmds {
+		buf = resp3.AppendCommand(buf, c...)
+	}
+	l := &link{nc: nc, r: resp3.NewReader(nc)}
+	if err := l.handshake(buf, len(cmds)); err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return l, nil
+}
+
+// handshake writes the setup commands and reads their n replies; the first
+// is HELLO's map, which names the connection's id. Pushes that come
+// meanwhile are dropped: the sweep after connecting covers them.
+func (l *link) handshake(buf []byte, n int) error {
+	if _, err := l.nc.Write(buf); err != nil {
+		return err
+	}
+	for i := 0; i < n; {
+		v, err := l.r.Read()
+		if err != nil {
+			return err
+		}
+		switch v := v.(type) {
+		case resp3.Push:
+			continue
+		case resp3.Error:
+			return v
+		}
+		if i == 0 {
+			l.id = helloID(v)
+		}
+		i++
+	}
+	return nil
+}
+
+// helloID finds "id" in HELLO's reply (a map, read as keys and values in
+// turn).
+func helloID(v any) int64 {
+	kv, _ := v.([]any)
+	for i := 0; i+1 < len(kv); i += 2 {
+		if k, _ := kv[i].(string); k == "id" {
+			id, _ := kv[i+1].(int64)
+			return id
+		}
+	}
+	return 0
+}
+
+// serve carries calls on nc until it breaks or the pipe closes.
+func (p *pipe) serve(l *link) {
+	nc := l.nc
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	p.nc, p.id, p.down = nc, l.id, nil
+	p.mu.Unlock()
+	p.onConnect()
+	broken := make(chan error, 2)
+	go func() { broken <- p.readLoop(l.r) }()
+	go func() { broken <- p.writeLoop(nc) }()
+	go p.keepAlive(nc)
+	err := <-broken
+	p.breakConn(nc, err)
+	<-broken // the other loop noticed
+}
+
+// breakConn closes nc, if it is still the connection, and fails every call
+// on it: their outcome is unknown.
+func (p *pipe) breakConn(nc net.Conn, err error) {
+	p.mu.Lock()
+	if p.nc != nc {
+		p.mu.Unlock()
+		return
+	}
+	if err == nil {
+		err = errPipeDown
+	}
+	p.nc, p.down = nil, fmt.Errorf("%w: %v", errPipeDown, err)
+	calls := append(p.inflight, p.queued...)
+	p.inflight, p.queued = nil, nil
+	p.mu.Unlock()
+	_ = nc.Close()
+	p.wakeWriter()
+	for _, c := range calls {
+		c.finish(p.down)
+	}
+	if !p.isClosed() {
+		p.log.Warn("hint connection to Redis lost; reconnecting", "err", err)
+	}
+}
+
+// fence kills the old connection in Redis before a new one may carry
+// anything, retrying until Redis answers; false when the pipe closed.
+func (p *pipe) fence(id int64) bool {
+	var bo backoffDelay
+	for !p.isClosed() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := p.srv.Do(ctx, "CLIENT", "KILL", "ID", id).Err()
+		cancel()
+		var rerr redis.Error
+		if err == nil || errors.As(err, &rerr) { // killed, or no such client (gone already)
+			return true
+		}
+		if !bo.sleep(p.stop) {
+			return false
+		}
+	}
+	return false
+}
+
+func (p *pipe) readLoop(r *resp3.Reader) error {
+	for {
+		v, err := r.Read()
+		if err != nil {
+			return err
+		}
+		if push, ok := v.(resp3.Push); ok {
+			p.pushed(push)
+			continue
+		}
+		if err := p.reply(v); err != nil {
+			return err
+		}
+	}
+}
+
+// pushed hands the keys of an invalidate push on; a null list means that
+// Redis flushed its keys (FLUSHALL): every queue may have changed.
+func (p *pipe) pushed(push resp3.Push) {
+	if push.Kind != "invalidate" || len(push.Vals) == 0 {
+		return
+	}
+	list, ok := push.Vals[0].([]any)
+	if !ok {
+		p.onConnect()
+		return
+	}
+	keys := make([]string, 0, len(list))
+	for _, k := range list {
+		if s, ok := k.(string); ok {
+			keys = append(keys, s)
+		}
+	}
+	p.onPush(keys)
+}
+
+// reply gives v to the oldest call still waiting for replies.
+func (p *pipe) reply(v any) error {
+	p.mu.Lock()
+	if len(p.inflight) == 0 {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: a reply nobody asked for", resp3.ErrProtocol)
+	}
+	c := p.inflight[0]
+	c.replies = append(c.replies, v)
+	if len(c.replies) < c.n {
+		p.mu.Unlock()
+		return nil
+	}
+	p.inflight[0] = nil
+	p.inflight = p.inflight[1:]
+	p.mu.Unlock()
+	c.finish(nil)
+	return nil
+}
+
+// writeLoop writes what callers queued, all of it in one write.
+func (p *pipe) writeLoop(nc net.Conn) error {
+	var buf []byte
+	for {
+		select {
+		case <-p.kick:
+		case <-p.stop:
+			return errPipeDown
+		}
+		p.mu.Lock()
+		if p.nc != nc {
+			p.mu.Unlock()
+			return errPipeDown
+		}
+		buf = buf[:0]
+		var expired []*call
+		for _, c := range p.queued {
+			if c.ctx.Err() != nil {
+				expired = append(expired, c) // not written: never runs
+				continue
+			}
+			buf = append(buf, c.buf...)
+			p.inflight = append(p.inflight, c)
+		}
+		clear(p.queued)
+		p.queued = p.queued[:0]
+		p.mu.Unlock()
+		for _, c := range expired {
+			c.finish(c.ctx.Err())
+		}
+		if len(buf) == 0 {
+			continue
+		}
+		_ = nc.SetWriteDeadline(time.Now().Add(pingTimeout))
+		if _, err := nc.Write(buf); err != nil {
+			return err
+		}
+	}
+}
+
+// keepAlive checks an idle connection: a dead peer (a partition, a host
+// gone) is otherwise noticed only when TCP gives up, many minutes later.
+func (p *pipe) keepAlive(nc net.Conn) {
+	t := time.NewTicker(pingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		current := p.nc == nc
+		p.mu.Unlock()
+		if !current {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
+		_, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"))
+		cancel()
+		if errors.Is(err, errPipeDown) {
+			return // broken already
+		}
+		if err != nil {
+			p.breakConn(nc, fmt.Errorf("PING: %w", err))
+			return
+		}
+	}
+}
+
+// do queues the n commands in buf and waits for their replies. A call
+// whose ctx ends before it was written never runs; one whose ctx ends
+// while it waits for its replies may have run.
+func (p *pipe) do(ctx context.Context, n int, buf []byte) ([]any, error) {
+	c := &call{ctx: ctx, buf: buf, n: n, done: make(chan struct{})}
+	p.mu.Lock()
+	if p.nc == nil || p.closed {
+		err := p.down
+		p.mu.Unlock()
+		return nil, err
+	}
+	p.queued = append(p.queued, c)
+	p.mu.Unlock()
+	p.wakeWriter()
+	select {
+	case <-c.done:
+		return c.replies, c.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *call) finish(err error) {
+	c.err = err
+	close(c.done)
+}
+
+func (p *pipe) wakeWriter() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reconnect replaces the connection.
+func (p *pipe) reconnect() {
+	p.mu.Lock()
+	nc := p.nc
+	p.mu.Unlock()
+	if nc != nil {
+		p.breakConn(nc, errors.New("reconnecting"))
+	}
+}
+
+func (p *pipe) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// close ends the pipe: calls fail, the connection closes.
+func (p *pipe) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	nc := p.nc
+	p.mu.Unlock()
+	close(p.stop)
+	if nc != nil {
+		p.breakConn(nc, errPipeDown)
+	}
+	p.wg.Wait()
+}
+
+// backoffDelay is a capped exponential delay between reconnects.
+type backoffDelay struct{ d time.Duration }
+
+func (b *backoffDelay) reset() { b.d = 0 }
+
+// sleep waits for the next delay; false when stop closed first.
+func (b *backoffDelay) sleep(stop <-chan struct{}) bool {
+	b.d = min(max(2*b.d, 50*time.Millisecond), 2*time.Second)
+	t := time.NewTimer(b.d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-stop:
+		return false
+	}
+}
