@@ -142,13 +142,27 @@ func (h *Hints) pipeFor(ctx context.Context, user string) (*pipe, error) {
 
 // Pop acknowledges the oldest messages of user's processing list that acks
 // names (if acks.Oldest > 0: the ackPop script, with its DIVERGED guard;
-// it writes no queue key, so it raises no hint), then moves up to n
-// messages from the queue into the processing list with plain LMOVEs, and
-// reports how many the queue still holds. It runs on the hint connection
-// of the user's master, after whatever was queued on it before. It is
-// never retried: a call that failed may have run in part, and its caller
-// returns everything it holds to the queue.
+// it writes no queue key, so it raises no hint), then moves n messages (at
+// most) from the queue into the processing list with plain LMOVEs, and
+// reports how many the queue still holds. n is what the last LLEN said:
+// NOLOOP spares this connection the hints of its own plain writes. It runs
+// on the hint connection of the user's master, after whatever was queued
+// on it before. It is never retried: a call that failed may have run in
+// part, and its caller returns everything it holds to the queue.
 func (h *Hints) Pop(ctx context.Context, user string, acks Acks, n int, token uint64) ([]string, int64, error) {
+	return h.pop(ctx, user, acks, n, token, false)
+}
+
+// PopBatch is Pop for a queue of unknown length (a consumer's first pop, a
+// pop after a requeue): the ackPop script takes up to n messages in one
+// command, where n LMOVEs would cost n commands on an empty queue. Its
+// writes are a script's, which hint this connection back once (an extra
+// pop that finds the queue empty, only when it moved something).
+func (h *Hints) PopBatch(ctx context.Context, user string, acks Acks, n int, token uint64) ([]string, int64, error) {
+	return h.pop(ctx, user, acks, n, token, true)
+}
+
+func (h *Hints) pop(ctx context.Context, user string, acks Acks, n int, token uint64, scripted bool) ([]string, int64, error) {
 	q := h.q
 	ctx, cancel, err := q.leased(ctx)
 	if err != nil {
@@ -162,37 +176,79 @@ func (h *Hints) Pop(ctx context.Context, user string, acks Acks, n int, token ui
 	key, proc := q.Key(user), q.ProcessingKey(user)
 	var buf []byte
 	cmds := 0
-	if acks.Oldest > 0 {
-		buf = resp3.AppendCommand(buf, "EVALSHA", ackPop.Hash(), "3", key, proc, q.fenceKey(user),
-			"0", q.instance, q.RelayChannel(user), strconv.FormatUint(token, 10),
-			strconv.Itoa(acks.Oldest), strconv.Itoa(acks.Held), strconv.FormatInt(FenceLife.Milliseconds(), 10))
+	if acks.Oldest > 0 || scripted {
+		moves := 0
+		if scripted {
+			moves = n
+		}
+		buf = h.ackCommand(buf, user, acks, moves, token)
 		cmds++
 	}
-	for range n {
-		buf = resp3.AppendCommand(buf, "LMOVE", key, proc, "RIGHT", "LEFT")
+	if !scripted {
+		for range n {
+			buf = resp3.AppendCommand(buf, "LMOVE", key, proc, "RIGHT", "LEFT")
+		}
+		cmds += n
 	}
 	buf = resp3.AppendCommand(buf, "LLEN", key)
-	replies, err := p.do(ctx, cmds+n+1, buf)
+	replies, err := p.do(ctx, cmds+1, buf, false)
 	if err != nil {
 		return nil, 0, err
 	}
-	return h.popped(ctx, p, user, replies, cmds)
+	return h.popped(ctx, p, user, replies)
 }
 
-// popped reads Pop's replies: the ack's (if any, first), the LMOVEs', the
+// Ack acknowledges the oldest messages of user's processing list that acks
+// names (the ackPop script, with its DIVERGED guard), popping nothing: for
+// a consumer whose queue was empty at its last pop (a write since then
+// hints it). It waits up to 2 ms for other calls to share its write.
+func (h *Hints) Ack(ctx context.Context, user string, acks Acks, token uint64) error {
+	q := h.q
+	ctx, cancel, err := q.leased(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	p, err := h.pipeFor(ctx, user)
+	if err != nil {
+		return err
+	}
+	replies, err := p.do(ctx, 1, h.ackCommand(nil, user, acks, 0, token), true)
+	if err != nil {
+		return err
+	}
+	_, _, err = h.popped(ctx, p, user, replies)
+	return err
+}
+
+// ackCommand appends the ackPop script's call: acknowledge what acks
+// names, then pop up to moves messages.
+func (h *Hints) ackCommand(buf []byte, user string, acks Acks, moves int, token uint64) []byte {
+	q := h.q
+	return resp3.AppendCommand(buf, "EVALSHA", ackPop.Hash(), "3", q.Key(user), q.ProcessingKey(user), q.fenceKey(user),
+		strconv.Itoa(moves), q.instance, q.RelayChannel(user), strconv.FormatUint(token, 10),
+		strconv.Itoa(acks.Oldest), strconv.Itoa(acks.Held), strconv.FormatInt(FenceLife.Milliseconds(), 10))
+}
+
+// popped reads the replies of a pop: the script's (the messages it
+// popped, oldest first), the LMOVEs' (one message or none each), the
 // LLEN's. An error reply anywhere fails the call; the messages moved by
-// the LMOVEs that did run are in the processing list, and go back with
+// the commands that did run are in the processing list, and go back with
 // the rest.
-func (h *Hints) popped(ctx context.Context, p *pipe, user string, replies []any, acked int) ([]string, int64, error) {
+func (h *Hints) popped(ctx context.Context, p *pipe, user string, replies []any) ([]string, int64, error) {
 	var msgs []string
 	var left int64
-	for i, v := range replies {
+	for _, v := range replies {
 		switch v := v.(type) {
 		case resp3.Error:
 			return nil, 0, h.replyError(ctx, p, user, v)
 		case string:
-			if i >= acked {
-				msgs = append(msgs, v)
+			msgs = append(msgs, v)
+		case []any: // the script's
+			for _, m := range v {
+				if s, ok := m.(string); ok {
+					msgs = append(msgs, s)
+				}
 			}
 		case int64:
 			left = v
@@ -205,8 +261,10 @@ func (h *Hints) popped(ctx context.Context, p *pipe, user string, replies []any,
 func (h *Hints) replyError(ctx context.Context, p *pipe, user string, e resp3.Error) error {
 	msg := string(e)
 	switch {
-	case strings.HasPrefix(msg, "NOSCRIPT"):
-		// Someone flushed the scripts: a new connection loads it again.
+	case strings.HasPrefix(msg, "NOSCRIPT"), strings.HasPrefix(msg, "READONLY"):
+		// Someone flushed the scripts (a new connection loads it again), or
+		// the server is a replica now (a failover: a new connection goes to
+		// the new master).
 		p.reconnect()
 	case strings.HasPrefix(msg, "DIVERGED"):
 		return fmt.Errorf("%w: %s", ErrDiverged, user)

@@ -45,7 +45,9 @@ type pipe struct {
 	down     error    // why nc is nil
 	queued   []*call  // not written yet
 	inflight []*call  // written, oldest first: replies come in this order
-	kick     chan struct{}
+	writing  bool     // a caller is writing: it writes what others queue meanwhile too
+	wbuf     []byte   // the writer's buffer, under writing
+	armed    bool     // a lazy call waits in queued: a flush is due within lazyDelay
 	closed   bool
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -71,7 +73,7 @@ const (
 
 func newPipe(srv *redis.Client, prefix, name string, log *slog.Logger, onPush func([]string), onConnect func()) *pipe {
 	return &pipe{srv: srv, prefix: prefix, name: name, log: log, onPush: onPush, onConnect: onConnect,
-		loadSHA: ackPop.Hash(), kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		loadSHA: ackPop.Hash(), stop: make(chan struct{}),
 		down: errPipeDown}
 }
 
@@ -223,13 +225,8 @@ func (p *pipe) serve(l *link) {
 	p.nc, p.id, p.down = nc, l.id, nil
 	p.mu.Unlock()
 	p.onConnect()
-	broken := make(chan error, 2)
-	go func() { broken <- p.readLoop(l.r) }()
-	go func() { broken <- p.writeLoop(nc) }()
 	go p.keepAlive(nc)
-	err := <-broken
-	p.breakConn(nc, err)
-	<-broken // the other loop noticed
+	p.breakConn(nc, p.readLoop(l.r))
 }
 
 // breakConn closes nc, if it is still the connection, and fails every call
@@ -248,7 +245,6 @@ func (p *pipe) breakConn(nc net.Conn, err error) {
 	p.inflight, p.queued = nil, nil
 	p.mu.Unlock()
 	_ = nc.Close()
-	p.wakeWriter()
 	for _, c := range calls {
 		c.finish(p.down)
 	}
@@ -332,21 +328,14 @@ func (p *pipe) reply(v any) error {
 	return nil
 }
 
-// writeLoop writes what callers queued, all of it in one write.
-func (p *pipe) writeLoop(nc net.Conn) error {
-	var buf []byte
-	for {
-		select {
-		case <-p.kick:
-		case <-p.stop:
-			return errPipeDown
-		}
-		p.mu.Lock()
-		if p.nc != nc {
-			p.mu.Unlock()
-			return errPipeDown
-		}
-		buf = buf[:0]
+// flush writes what callers queued, all of it in one write, until nothing
+// is queued; called with p.mu held and p.writing set, it returns so. The
+// caller that found no write in progress writes (flat combining): no
+// goroutine to wake per call, and calls queued meanwhile share a write.
+func (p *pipe) flush() {
+	for len(p.queued) > 0 && p.nc != nil {
+		nc := p.nc
+		buf := p.wbuf[:0]
 		var expired []*call
 		for _, c := range p.queued {
 			if c.ctx.Err() != nil {
@@ -362,13 +351,16 @@ func (p *pipe) writeLoop(nc net.Conn) error {
 		for _, c := range expired {
 			c.finish(c.ctx.Err())
 		}
-		if len(buf) == 0 {
-			continue
+		var err error
+		if len(buf) > 0 {
+			_ = nc.SetWriteDeadline(time.Now().Add(pingTimeout))
+			_, err = nc.Write(buf)
 		}
-		_ = nc.SetWriteDeadline(time.Now().Add(pingTimeout))
-		if _, err := nc.Write(buf); err != nil {
-			return err
+		if err != nil {
+			p.breakConn(nc, err)
 		}
+		p.mu.Lock()
+		p.wbuf = buf
 	}
 }
 
@@ -390,7 +382,7 @@ func (p *pipe) keepAlive(nc net.Conn) {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
-		_, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"))
+		_, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), false)
 		cancel()
 		if errors.Is(err, errPipeDown) {
 			return // broken already
@@ -402,10 +394,17 @@ func (p *pipe) keepAlive(nc net.Conn) {
 	}
 }
 
+// lazyDelay is how long a lazy call (an ack that nothing waits for) may
+// wait in the queue for company: acks of many users then share a write,
+// and Redis reads them in one go.
+const lazyDelay = 2 * time.Millisecond
+
 // do queues the n commands in buf and waits for their replies. A call
 // whose ctx ends before it was written never runs; one whose ctx ends
-// while it waits for its replies may have run.
-func (p *pipe) do(ctx context.Context, n int, buf []byte) ([]any, error) {
+// while it waits for its replies may have run. A lazy call is written with
+// the next call that is not, or within lazyDelay: calls run in the order
+// they were queued either way.
+func (p *pipe) do(ctx context.Context, n int, buf []byte, lazy bool) ([]any, error) {
 	c := &call{ctx: ctx, buf: buf, n: n, done: make(chan struct{})}
 	p.mu.Lock()
 	if p.nc == nil || p.closed {
@@ -414,8 +413,19 @@ func (p *pipe) do(ctx context.Context, n int, buf []byte) ([]any, error) {
 		return nil, err
 	}
 	p.queued = append(p.queued, c)
+	switch {
+	case p.writing: // the writer takes it
+	case lazy:
+		if !p.armed {
+			p.armed = true
+			time.AfterFunc(lazyDelay, p.flushLazy)
+		}
+	default:
+		p.writing = true
+		p.flush()
+		p.writing = false
+	}
 	p.mu.Unlock()
-	p.wakeWriter()
 	select {
 	case <-c.done:
 		return c.replies, c.err
@@ -424,16 +434,21 @@ func (p *pipe) do(ctx context.Context, n int, buf []byte) ([]any, error) {
 	}
 }
 
+// flushLazy writes the lazy calls that no other call took along.
+func (p *pipe) flushLazy() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.armed = false
+	if !p.writing {
+		p.writing = true
+		p.flush()
+		p.writing = false
+	}
+}
+
 func (c *call) finish(err error) {
 	c.err = err
 	close(c.done)
-}
-
-func (p *pipe) wakeWriter() {
-	select {
-	case p.kick <- struct{}{}:
-	default:
-	}
 }
 
 // reconnect replaces the connection.

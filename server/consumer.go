@@ -90,6 +90,7 @@ type consumer struct {
 	more     bool  // the queue may hold messages: pop without blocking
 	full     bool  // the last pop was a full batch: more is likely waiting
 	left     int64 // hinted: how many messages the queue held after the last pop; -1: unknown
+	hinted   bool  // hinted: a hint came since the last pop
 	slowAcks bool // the last wait for a confirmation timed out: do not wait again until one comes
 	failures int  // see consume
 	// token is the AckPop token to send again: its call timed out waiting
@@ -280,11 +281,22 @@ func (c *consumer) pop(ctx context.Context, n int) ([]string, error) {
 		c.full = len(msgs) == n
 		return msgs, err
 	}
-	g := n // the length is unknown: a full batch (plain LMOVEs are cheap, even on an empty list)
-	if c.left >= 0 {
-		g = max(1, int(min(c.left, int64(n)))) // a hint says 1 at least
+	var msgs []string
+	var left int64
+	var err error
+	hinted := c.hinted
+	c.hinted = false
+	if c.left == 0 && !hinted && c.acking > 0 {
+		// The queue was empty, and no write since: acknowledge alone,
+		// sharing a write with other users' calls.
+		return nil, c.h.hints.Ack(actx, c.s.user, c.acks(), c.token)
 	}
-	msgs, left, err := c.h.hints.Pop(actx, c.s.user, c.acks(), g, c.token)
+	if c.left < 0 { // the length is unknown: a batch by script
+		msgs, left, err = c.h.hints.PopBatch(actx, c.s.user, c.acks(), n, c.token)
+	} else { // as many as it held, 1 at least after a hint
+		g := max(1, int(min(c.left, int64(n))))
+		msgs, left, err = c.h.hints.Pop(actx, c.s.user, c.acks(), g, c.token)
+	}
 	c.left, c.full = left, left > 0
 	return msgs, err
 }
@@ -304,7 +316,7 @@ func (c *consumer) awaitHint(ctx context.Context) {
 	}
 	select {
 	case <-c.s.hint:
-		c.more = true
+		c.more, c.hinted = true, true
 	case <-c.s.wake:
 	case <-round:
 	case <-ctx.Done():
