@@ -91,8 +91,8 @@ type consumer struct {
 	full     bool  // the last pop was a full batch: more is likely waiting
 	left     int64 // hinted: how many messages the queue held after the last pop; -1: unknown
 	hinted   bool  // hinted: a hint came since the last pop
-	slowAcks bool // the last wait for a confirmation timed out: do not wait again until one comes
-	failures int  // see consume
+	slowAcks bool  // the last wait for a confirmation timed out: do not wait again until one comes
+	failures int   // see consume
 	// token is the AckPop token to send again: its call timed out waiting
 	// for a pooled connection, which does not prove that an earlier
 	// attempt of go-redis's did not run (redisq.Queue.AckPopToken);

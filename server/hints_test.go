@@ -171,7 +171,7 @@ func TestMessagesPushedWhileHintsWereDownArrive(t *testing.T) {
 	})
 	proxy.Down()
 	g.push("gap", "during 1", "during 2") // straight to Redis: the hint has nobody to reach
-	time.Sleep(300 * time.Millisecond)     // a few failed reconnects (the outage lasts this long)
+	time.Sleep(300 * time.Millisecond)    // a few failed reconnects (the outage lasts this long)
 	proxy.Heal()
 	// Well before the periodic sweep (every 5 s): the reconnect's sweep
 	// found them.
