@@ -48,7 +48,9 @@ func (q *Queue) StartHints(ctx context.Context, onHint func(user string), onLost
 		}
 		h.single = p
 	case *redis.ClusterClient:
-		if err := h.Refresh(ctx); err != nil {
+		// A master that cannot be reached now gets its connection when a
+		// pop needs it, or at the next Refresh.
+		if err := h.Refresh(ctx); errors.Is(err, ErrNoHints) {
 			h.Close()
 			return nil, err
 		}

@@ -2,10 +2,7 @@ package server
 
 import (
 	"context"
-	"errors"
 	"time"
-
-	"github.com/redpush/redpush/redisq"
 )
 
 // sweepEvery is how often hinted consumption looks at the queue of every
@@ -33,11 +30,7 @@ func (s *Server) startHints(ctx context.Context) (stop func()) {
 	hints, err := s.q.StartHints(hctx, s.hub.hinted, lost)
 	cancel()
 	if err != nil {
-		if !errors.Is(err, redisq.ErrNoHints) {
-			s.log.Warn("hinted consumption could not start; consumers block in BLMOVE, one Redis connection each", "err", err)
-		} else {
-			s.log.Warn("Redis refused client tracking: consumers block in BLMOVE, one Redis connection per online user (-consumer blocking)", "err", err)
-		}
+		s.log.Warn("Redis refused client tracking: consumers block in BLMOVE, one Redis connection per online user, as with -consumer blocking (size -workers for two open files per user)", "err", err)
 		return nil
 	}
 	s.hub.hints = hints

@@ -23,6 +23,16 @@ func TestEveryConnectionOnEveryInstanceGetsEveryMessage(t *testing.T) {
 	everyConnectionGetsEveryMessage(t, rds.Client(), []*redis.Client{rds.Client()}, "42", gws...)
 }
 
+// During a rolling upgrade, instances that consume blocking (earlier
+// versions, or -consumer blocking) and hinted ones share one Redis: a user
+// connected to both gets every message once on each connection.
+func TestBlockingAndHintedInstancesShareARedis(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	blocking := startGateway(t, rds, server.Config{Instance: "old", Format: server.FormatRaw, Consumer: server.ConsumerBlocking})
+	hinted := startGateway(t, rds, server.Config{Instance: "new", Format: server.FormatRaw, Consumer: server.ConsumerHinted})
+	everyConnectionGetsEveryMessage(t, rds.Client(), []*redis.Client{rds.Client()}, "mixed", blocking, hinted)
+}
+
 // everyConnectionGetsEveryMessage connects user to each gateway, waits until
 // every gateway subscribed to the user's relay channel (counted on each of
 // nodes: on a cluster a subscription lives on one node), pushes messages
