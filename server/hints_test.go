@@ -182,3 +182,23 @@ func TestMessagesPushedWhileHintsWereDownArrive(t *testing.T) {
 		}
 	}
 }
+
+// A key pattern that starts with the user id has no prefix to track:
+// Redis then hints every key written (BCAST with an empty prefix), the
+// gateway keeps those of its queues, and delivery works as with any
+// pattern.
+func TestHintsWithAKeyPatternWithoutPrefix(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, KeyPattern: "%s_inbox"})
+	c := g.dialReady("p1")
+	g.awaitConsumers(1, 5*time.Second)
+	g.rc.Set(t.Context(), "unrelated", "x", 0) // hinted too, and ignored
+	for _, m := range []string{"one", "two"} {
+		g.rc.LPush(t.Context(), "p1_inbox", m)
+		if got := c.MustRead(); got != m {
+			t.Fatalf("got %q, want %q", got, m)
+		}
+	}
+	if hintConnID(t, g, "test") == 0 {
+		t.Fatal("no hint connection: the gateway fell back to blocking")
+	}
+}
