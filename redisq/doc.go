@@ -47,7 +47,12 @@
 // NOLOOP spares a connection the hints of its own plain writes but not
 // those of its scripts (measured on Redis 7.0, docs/consumption.md): pops
 // by script would hint back once per pop. LLEN says how many LMOVEs the
-// next pop needs (the count LMOVE lacks before Redis 8).
+// next pop needs (the count LMOVE lacks before Redis 8). A pop of unknown
+// length (a consumer's first, or after a requeue) is the ackPop script
+// with up to a batch of pops instead ([Hints.PopBatch]): it hints back once
+// when it moved something, where a batch of LMOVEs on an empty queue would
+// cost a connect storm a batch of commands per user. An ack with nothing to
+// pop ([Hints.Ack]) waits up to 2 ms to share a write with other calls.
 //
 // Hints are fire-and-forget. The ones sent while no hint connection
 // listens (it broke, Redis restarted, a failover) are lost, so the caller
@@ -56,16 +61,24 @@
 // hints the ones that hold messages. A call on a connection that breaks
 // has an unknown outcome: its consumer returns everything it holds to the
 // queue (the processing list is the truth). Before a new connection
-// carries anything, the old one is killed in Redis (CLIENT KILL ID): a
-// command still unread in its socket buffer could otherwise run later,
-// after its consumer requeued and popped anew. Calls on the hint
+// carries anything, the old one is fenced: a command still unread in its
+// socket buffer (bytes on their way through a partition) could otherwise
+// run later, after its consumer requeued and popped anew. If the server is
+// the one it reached (same run_id), it is killed there (CLIENT KILL ID);
+// if the server restarted, the connection died with it; if it is another
+// (a Sentinel failover), the old one reaches a replica, which refuses
+// writes. Hinted consumption needs CLIENT KILL and INFO: a server that
+// refuses them makes StartHints fail with [ErrNoHints]. Calls on the hint
 // connection are never retried, so the ack fence's token only matters for
 // blocking consumers; the DIVERGED guard holds for both. On a cluster each
 // master has its own hint connection and announces only its own keys; a
 // MOVED reply reloads the slot map, and the consumer pops again on the new
 // master's connection. A server that refuses any of this (no HELLO 3 or
-// CLIENT TRACKING: Redis < 6, an ACL, the embedded quick-start Redis) makes
-// StartHints fail with [ErrNoHints]; the server then consumes blocking.
+// CLIENT TRACKING, CLIENT KILL or INFO: Redis < 6, an ACL such as
+// -@dangerous, the embedded quick-start Redis) makes StartHints fail with
+// [ErrNoHints]; the server then consumes blocking. Refused after start (an
+// ACL changed), the connection retries and warns once a minute; its users'
+// messages wait meanwhile.
 //
 // go-redis cannot hold that connection (it reads a push only when it reads
 // a reply on the same connection); internal/resp3 reads it. rueidis, a

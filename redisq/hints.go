@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,13 +74,15 @@ func (h *Hints) Refresh(ctx context.Context) error {
 	})
 }
 
-// pipeOf returns the pipe of server c, opening it if it has none.
+// pipeOf returns the pipe of server c, opening it if it has none, or if
+// its pipe was for another client of the same address (go-redis replaced
+// a cluster node's client) or gave up (its client was closed).
 func (h *Hints) pipeOf(ctx context.Context, c *redis.Client) (*pipe, error) {
 	addr := c.Options().Addr
 	h.mu.Lock()
 	p, ok := h.pipes[addr]
 	h.mu.Unlock()
-	if ok {
+	if ok && p.srv == c && !p.isObsolete() {
 		return p, nil
 	}
 	p, err := h.startPipe(ctx, c)
@@ -88,18 +91,28 @@ func (h *Hints) pipeOf(ctx context.Context, c *redis.Client) (*pipe, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if old, ok := h.pipes[addr]; ok || h.closed { // opened meanwhile by another caller
+	old, ok := h.pipes[addr]
+	switch {
+	case h.closed:
 		go p.close()
-		if h.closed {
-			return nil, errPipeDown
-		}
+		return nil, errPipeDown
+	case ok && old.srv == c && !old.isObsolete(): // opened meanwhile by another caller
+		go p.close()
 		return old, nil
+	case ok:
+		go old.close()
 	}
 	h.pipes[addr] = p
 	return p, nil
 }
 
 func (h *Hints) startPipe(ctx context.Context, c *redis.Client) (*pipe, error) {
+	// A broken hint connection is fenced with CLIENT KILL (see pipe): a
+	// server that refuses it cannot be consumed hinted. (A huge id: the
+	// command answers 0 killed.)
+	if err := c.Do(ctx, "CLIENT", "KILL", "ID", int64(1)<<62).Err(); isRedisReply(err) {
+		return nil, fmt.Errorf("%w: CLIENT KILL: %v", ErrNoHints, err)
+	}
 	p := newPipe(c, h.q.prefix, "redpush-hints-"+h.q.instance, h.q.log, h.pushed, h.onLost)
 	if err := p.start(ctx); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoHints, err)
@@ -193,11 +206,11 @@ func (h *Hints) pop(ctx context.Context, user string, acks Acks, n int, token ui
 		cmds += n
 	}
 	buf = resp3.AppendCommand(buf, "LLEN", key)
-	replies, err := p.do(ctx, cmds+1, buf, false)
+	replies, nc, err := p.do(ctx, cmds+1, buf, false)
 	if err != nil {
 		return nil, 0, err
 	}
-	return h.popped(ctx, p, user, replies)
+	return h.popped(ctx, p, nc, user, replies)
 }
 
 // Ack acknowledges the oldest messages of user's processing list that acks
@@ -215,11 +228,11 @@ func (h *Hints) Ack(ctx context.Context, user string, acks Acks, token uint64) e
 	if err != nil {
 		return err
 	}
-	replies, err := p.do(ctx, 1, h.ackCommand(nil, user, acks, 0, token), true)
+	replies, nc, err := p.do(ctx, 1, h.ackCommand(nil, user, acks, 0, token), true)
 	if err != nil {
 		return err
 	}
-	_, _, err = h.popped(ctx, p, user, replies)
+	_, _, err = h.popped(ctx, p, nc, user, replies)
 	return err
 }
 
@@ -237,13 +250,13 @@ func (h *Hints) ackCommand(buf []byte, user string, acks Acks, moves int, token 
 // LLEN's. An error reply anywhere fails the call; the messages moved by
 // the commands that did run are in the processing list, and go back with
 // the rest.
-func (h *Hints) popped(ctx context.Context, p *pipe, user string, replies []any) ([]string, int64, error) {
+func (h *Hints) popped(ctx context.Context, p *pipe, nc net.Conn, user string, replies []any) ([]string, int64, error) {
 	var msgs []string
 	var left int64
 	for _, v := range replies {
 		switch v := v.(type) {
 		case resp3.Error:
-			return nil, 0, h.replyError(ctx, p, user, v)
+			return nil, 0, h.replyError(ctx, p, nc, user, v)
 		case string:
 			msgs = append(msgs, v)
 		case []any: // the script's
@@ -260,14 +273,14 @@ func (h *Hints) popped(ctx context.Context, p *pipe, user string, replies []any)
 }
 
 // replyError names what an error reply means for the consumer.
-func (h *Hints) replyError(ctx context.Context, p *pipe, user string, e resp3.Error) error {
+func (h *Hints) replyError(ctx context.Context, p *pipe, nc net.Conn, user string, e resp3.Error) error {
 	msg := string(e)
 	switch {
 	case strings.HasPrefix(msg, "NOSCRIPT"), strings.HasPrefix(msg, "READONLY"):
 		// Someone flushed the scripts (a new connection loads it again), or
 		// the server is a replica now (a failover: a new connection goes to
 		// the new master).
-		p.reconnect()
+		p.reconnect(nc, msg)
 	case strings.HasPrefix(msg, "DIVERGED"):
 		return fmt.Errorf("%w: %s", ErrDiverged, user)
 	case strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK "):
@@ -295,9 +308,12 @@ func (h *Hints) Close() {
 }
 
 // Lengths is the length of the queue of each of users, in pipelines of
-// 1,000 LLEN on the command client: the sweep of hinted consumption.
+// 1,000 LLEN on the command client: the sweep of hinted consumption. A
+// length that could not be read (its cluster master is down) is -1; err
+// is then the first such error, and the others are still good.
 func (q *Queue) Lengths(ctx context.Context, users []string) ([]int64, error) {
 	out := make([]int64, 0, len(users))
+	var first error
 	for len(users) > 0 {
 		chunk := users[:min(len(users), 1000)]
 		users = users[len(chunk):]
@@ -306,12 +322,17 @@ func (q *Queue) Lengths(ctx context.Context, users []string) ([]int64, error) {
 		for i, u := range chunk {
 			cmds[i] = pl.LLen(ctx, q.Key(u))
 		}
-		if _, err := pl.Exec(ctx); err != nil {
-			return nil, err
-		}
+		_, _ = pl.Exec(ctx) // each command has its own error
 		for _, c := range cmds {
-			out = append(out, c.Val())
+			n, err := c.Result()
+			if err != nil {
+				n = -1
+				if first == nil {
+					first = err
+				}
+			}
+			out = append(out, n)
 		}
 	}
-	return out, nil
+	return out, first
 }

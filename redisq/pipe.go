@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,11 +26,15 @@ import (
 //
 // When the connection breaks, calls in flight fail with an unknown outcome
 // (their callers requeue what they hold), and before the next connection
-// carries anything the old one is killed in Redis (CLIENT KILL ID through
-// the go-redis client of the same server): a command still unread in
-// Redis's socket buffer would otherwise run later, after its caller
-// requeued and popped anew. Then onConnect runs: hints may have been lost
-// while no connection listened.
+// carries anything the old one is fenced: a command still unread in
+// Redis's socket buffer (bytes on their way through a partition) would
+// otherwise run later, after its caller requeued and popped anew. If the
+// server is the one the old connection reached (same run_id), the old
+// connection is killed there (CLIENT KILL ID, through the go-redis client
+// of the server); if it restarted or is another server (a failover), the
+// old connection died with it or reaches a replica, which refuses
+// writes. Then onConnect runs: hints may have been lost while no
+// connection listened.
 type pipe struct {
 	srv       *redis.Client // the go-redis client of the same server: dial options, CLIENT KILL
 	prefix    string        // the queue keys' prefix: what Redis hints
@@ -41,8 +46,8 @@ type pipe struct {
 
 	mu       sync.Mutex
 	nc       net.Conn // nil while down
-	id       int64    // nc's CLIENT ID
 	down     error    // why nc is nil
+	obsolete bool     // srv was closed: the pipe gave up; Hints replaces it
 	queued   []*call  // not written yet
 	inflight []*call  // written, oldest first: replies come in this order
 	writing  bool     // a caller is writing: it writes what others queue meanwhile too
@@ -60,14 +65,19 @@ type call struct {
 	n       int    // replies expected
 	replies []any
 	err     error
+	nc      net.Conn // the connection it was written on
 	done    chan struct{}
 }
 
 // errPipeDown fails a call while the hint connection is being replaced.
 var errPipeDown = errors.New("redisq: hint connection down")
 
+// refusedLogEvery is how often a refusal by Redis after start (of the
+// setup, or of the fence) is logged.
+const refusedLogEvery = time.Minute
+
 const (
-	pingEvery   = 5 * time.Second // an idle connection is checked this often
+	pingEvery   = 5 * time.Second // the connection is checked this often, busy or not
 	pingTimeout = 3 * time.Second // and taken for dead when PING takes longer
 )
 
@@ -98,20 +108,22 @@ func isRefusal(err error) bool {
 
 // link is one set-up connection.
 type link struct {
-	nc net.Conn
-	r  *resp3.Reader // what the handshake read ahead stays in its buffer
-	id int64         // CLIENT ID
+	nc    net.Conn
+	r     *resp3.Reader // what the handshake read ahead stays in its buffer
+	id    int64         // CLIENT ID
+	runID string        // the server's run_id: a restart or another server has another
 }
 
 // run serves one connection after another until close.
 func (p *pipe) run(l *link) {
 	defer p.wg.Done()
 	var bo backoffDelay
+	var refusedAt time.Time
 	for {
 		if l != nil {
 			bo.reset()
 			p.serve(l)
-			if !p.fence(l.id) {
+			if !p.fence(l) {
 				return
 			}
 		}
@@ -122,15 +134,44 @@ func (p *pipe) run(l *link) {
 		var err error
 		l, err = p.dial(ctx)
 		cancel()
-		if err != nil {
+		switch {
+		case errors.Is(err, redis.ErrClosed):
+			p.retire()
+			return
+		case err != nil && isRefusal(err) && time.Since(refusedAt) >= refusedLogEvery:
+			// Accepted at start, refused now (an ACL changed, another
+			// server after a failover): its users wait until it passes.
+			refusedAt = time.Now()
+			p.log.Warn("Redis refuses to set up the hint connection; its users' messages wait until it accepts", "err", err)
+		case err != nil:
 			p.log.Debug("hint connection: dial failed", "err", err)
 		}
 	}
 }
 
+// retire gives the pipe up for good: its go-redis client was closed (a
+// cluster node that left the slot map); Hints opens a new pipe for the
+// server if it comes back.
+func (p *pipe) retire() {
+	p.mu.Lock()
+	p.obsolete = true
+	p.down = fmt.Errorf("%w: its client was closed", errPipeDown)
+	p.mu.Unlock()
+}
+
+// isObsolete reports whether the pipe gave up (retire).
+func (p *pipe) isObsolete() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.obsolete
+}
+
 // dial opens a connection to the server and sets it up: RESP3, auth, db,
 // tracking, the ack script.
 func (p *pipe) dial(ctx context.Context) (*link, error) {
+	if err := p.srv.Ping(ctx).Err(); errors.Is(err, redis.ErrClosed) {
+		return nil, err
+	}
 	opt := p.srv.Options()
 	nc, err := opt.Dialer(ctx, opt.Network, opt.Addr)
 	if err != nil {
@@ -160,7 +201,7 @@ func (p *pipe) dial(ctx context.Context) (*link, error) {
 		cmds = append(cmds, []string{"SELECT", strconv.Itoa(opt.DB)})
 	}
 	cmds = append(cmds, []string{"CLIENT", "TRACKING", "on", "BCAST", "PREFIX", p.prefix, "NOLOOP"},
-		[]string{"SCRIPT", "LOAD", ackPopSource})
+		[]string{"SCRIPT", "LOAD", ackPopSource}, []string{"INFO", "server"})
 	var buf []byte
 	for _, c := range cmds {
 		buf = resp3.AppendCommand(buf, c...)
@@ -175,8 +216,9 @@ func (p *pipe) dial(ctx context.Context) (*link, error) {
 }
 
 // handshake writes the setup commands and reads their n replies; the first
-// is HELLO's map, which names the connection's id. Pushes that come
-// meanwhile are dropped: the sweep after connecting covers them.
+// is HELLO's map, which names the connection's id, the last INFO's, which
+// names the server's run_id. Pushes that come meanwhile are dropped: the
+// sweep after connecting covers them.
 func (l *link) handshake(buf []byte, n int) error {
 	if _, err := l.nc.Write(buf); err != nil {
 		return err
@@ -195,9 +237,26 @@ func (l *link) handshake(buf []byte, n int) error {
 		if i == 0 {
 			l.id = helloID(v)
 		}
+		if i == n-1 {
+			info, _ := v.(string)
+			l.runID = infoField(info, "run_id")
+		}
 		i++
 	}
+	if l.id == 0 || l.runID == "" {
+		return fmt.Errorf("%w: HELLO or INFO did not name the connection's id and the server's run_id", resp3.ErrProtocol)
+	}
 	return nil
+}
+
+// infoField is the value of field in an INFO reply ("field:value" lines).
+func infoField(info, field string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // helloID finds "id" in HELLO's reply (a map, read as keys and values in
@@ -222,7 +281,7 @@ func (p *pipe) serve(l *link) {
 		_ = nc.Close()
 		return
 	}
-	p.nc, p.id, p.down = nc, l.id, nil
+	p.nc, p.down = nc, nil
 	p.mu.Unlock()
 	p.onConnect()
 	go p.keepAlive(nc)
@@ -240,36 +299,62 @@ func (p *pipe) breakConn(nc net.Conn, err error) {
 	if err == nil {
 		err = errPipeDown
 	}
-	p.nc, p.down = nil, fmt.Errorf("%w: %v", errPipeDown, err)
+	down := fmt.Errorf("%w: %v", errPipeDown, err)
+	p.nc, p.down = nil, down
 	calls := append(p.inflight, p.queued...)
 	p.inflight, p.queued = nil, nil
 	p.mu.Unlock()
 	_ = nc.Close()
 	for _, c := range calls {
-		c.finish(p.down)
+		c.finish(down)
 	}
 	if !p.isClosed() {
 		p.log.Warn("hint connection to Redis lost; reconnecting", "err", err)
 	}
 }
 
-// fence kills the old connection in Redis before a new one may carry
-// anything, retrying until Redis answers; false when the pipe closed.
-func (p *pipe) fence(id int64) bool {
+// fence makes sure the old connection l can carry nothing more before a
+// new one carries anything (see pipe), retrying until Redis answers; false
+// when the pipe closed, or retired because its go-redis client was closed.
+func (p *pipe) fence(l *link) bool {
 	var bo backoffDelay
+	var warned time.Time
 	for !p.isClosed() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := p.srv.Do(ctx, "CLIENT", "KILL", "ID", id).Err()
+		err := p.srv.Ping(ctx).Err() // the go-redis client may need a reconnect too
+		var runID string
+		if err == nil {
+			var info string
+			info, err = p.srv.Info(ctx, "server").Result()
+			runID = infoField(info, "run_id")
+		}
+		if err == nil && runID == l.runID {
+			// The new-style filter form answers how many it killed: 0
+			// when the connection is gone already.
+			err = p.srv.Do(ctx, "CLIENT", "KILL", "ID", l.id).Err()
+		}
 		cancel()
-		var rerr redis.Error
-		if err == nil || errors.As(err, &rerr) { // killed, or no such client (gone already)
+		switch {
+		case err == nil:
 			return true
+		case errors.Is(err, redis.ErrClosed):
+			p.retire()
+			return false
+		case isRedisReply(err) && time.Since(warned) >= refusedLogEvery:
+			warned = time.Now()
+			p.log.Warn("Redis refuses to end the old hint connection (CLIENT KILL, INFO); no new one until it does", "err", err)
 		}
 		if !bo.sleep(p.stop) {
 			return false
 		}
 	}
 	return false
+}
+
+// isRedisReply reports whether err is an error reply of Redis's.
+func isRedisReply(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr)
 }
 
 func (p *pipe) readLoop(r *resp3.Reader) error {
@@ -328,20 +413,47 @@ func (p *pipe) reply(v any) error {
 	return nil
 }
 
-// flush writes what callers queued, all of it in one write, until nothing
-// is queued; called with p.mu held and p.writing set, it returns so. The
-// caller that found no write in progress writes (flat combining): no
-// goroutine to wake per call, and calls queued meanwhile share a write.
+// flushPasses bounds the writes of one flush: a caller that takes the
+// writer's turn does not write for others forever.
+const flushPasses = 4
+
+// takeTurn writes what callers queued unless a write is in progress (its
+// writer takes it along). Called with p.mu held. The caller that finds no
+// write in progress writes (flat combining): no goroutine to wake per
+// call, and calls queued meanwhile share a write.
+func (p *pipe) takeTurn() {
+	if p.writing {
+		return
+	}
+	p.writing = true
+	p.flush()
+	p.writing = false
+	if len(p.queued) > 0 && p.nc != nil {
+		go p.flushQueued() // the next turn, for what came during the last write
+	}
+}
+
+// flush writes what callers queued, all of it in one write, a few times
+// over while more comes; called with p.mu held and p.writing set, it
+// returns so.
 func (p *pipe) flush() {
-	for len(p.queued) > 0 && p.nc != nil {
+	for pass := 0; pass < flushPasses && len(p.queued) > 0 && p.nc != nil; pass++ {
 		nc := p.nc
 		buf := p.wbuf[:0]
 		var expired []*call
+		// A command must reach Redis before its caller's deadline (the
+		// instance claim's: redisq.Queue.leased): the write may not
+		// outlast the earliest one.
+		deadline := time.Now().Add(pingTimeout)
 		for _, c := range p.queued {
 			if c.ctx.Err() != nil {
 				expired = append(expired, c) // not written: never runs
 				continue
 			}
+			if d, ok := c.ctx.Deadline(); ok && d.Before(deadline) {
+				deadline = d
+			}
+			c.nc = nc
 			buf = append(buf, c.buf...)
 			p.inflight = append(p.inflight, c)
 		}
@@ -353,19 +465,30 @@ func (p *pipe) flush() {
 		}
 		var err error
 		if len(buf) > 0 {
-			_ = nc.SetWriteDeadline(time.Now().Add(pingTimeout))
+			_ = nc.SetWriteDeadline(deadline)
 			_, err = nc.Write(buf)
 		}
 		if err != nil {
 			p.breakConn(nc, err)
 		}
 		p.mu.Lock()
-		p.wbuf = buf
+		if cap(buf) <= 1<<20 { // a burst's buffer is not kept
+			p.wbuf = buf
+		}
 	}
 }
 
-// keepAlive checks an idle connection: a dead peer (a partition, a host
-// gone) is otherwise noticed only when TCP gives up, many minutes later.
+// flushQueued takes a writer's turn for calls that no other call takes
+// along: lazy ones, and those that came during another's last write.
+func (p *pipe) flushQueued() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.takeTurn()
+}
+
+// keepAlive checks the connection every pingEvery: a dead peer (a
+// partition, a host gone) is otherwise noticed only when TCP gives up,
+// many minutes later, and a call waits for its reply until then.
 func (p *pipe) keepAlive(nc net.Conn) {
 	t := time.NewTicker(pingEvery)
 	defer t.Stop()
@@ -382,7 +505,7 @@ func (p *pipe) keepAlive(nc net.Conn) {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
-		_, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), false)
+		_, _, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), false)
 		cancel()
 		if errors.Is(err, errPipeDown) {
 			return // broken already
@@ -399,18 +522,19 @@ func (p *pipe) keepAlive(nc net.Conn) {
 // and Redis reads them in one go.
 const lazyDelay = 2 * time.Millisecond
 
-// do queues the n commands in buf and waits for their replies. A call
+// do queues the n commands in buf and waits for their replies, and says
+// which connection carried them. A call
 // whose ctx ends before it was written never runs; one whose ctx ends
 // while it waits for its replies may have run. A lazy call is written with
 // the next call that is not, or within lazyDelay: calls run in the order
 // they were queued either way.
-func (p *pipe) do(ctx context.Context, n int, buf []byte, lazy bool) ([]any, error) {
+func (p *pipe) do(ctx context.Context, n int, buf []byte, lazy bool) ([]any, net.Conn, error) {
 	c := &call{ctx: ctx, buf: buf, n: n, done: make(chan struct{})}
 	p.mu.Lock()
 	if p.nc == nil || p.closed {
 		err := p.down
 		p.mu.Unlock()
-		return nil, err
+		return nil, nil, err
 	}
 	p.queued = append(p.queued, c)
 	switch {
@@ -421,16 +545,14 @@ func (p *pipe) do(ctx context.Context, n int, buf []byte, lazy bool) ([]any, err
 			time.AfterFunc(lazyDelay, p.flushLazy)
 		}
 	default:
-		p.writing = true
-		p.flush()
-		p.writing = false
+		p.takeTurn()
 	}
 	p.mu.Unlock()
 	select {
 	case <-c.done:
-		return c.replies, c.err
+		return c.replies, c.nc, c.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 }
 
@@ -439,11 +561,7 @@ func (p *pipe) flushLazy() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.armed = false
-	if !p.writing {
-		p.writing = true
-		p.flush()
-		p.writing = false
-	}
+	p.takeTurn()
 }
 
 func (c *call) finish(err error) {
@@ -451,14 +569,9 @@ func (c *call) finish(err error) {
 	close(c.done)
 }
 
-// reconnect replaces the connection.
-func (p *pipe) reconnect() {
-	p.mu.Lock()
-	nc := p.nc
-	p.mu.Unlock()
-	if nc != nil {
-		p.breakConn(nc, errors.New("reconnecting"))
-	}
+// reconnect replaces nc, if it is still the connection.
+func (p *pipe) reconnect(nc net.Conn, why string) {
+	p.breakConn(nc, errors.New(why))
 }
 
 func (p *pipe) isClosed() bool {

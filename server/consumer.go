@@ -23,9 +23,12 @@ import (
 // closed connection, a shutdown, a crash — leaves the messages in Redis to
 // be requeued, by this loop or by the recovery of the next start.
 //
-// Acks travel with the next pop (AckPopToken, batches of up to
-// Config.Batch) until the queue is found empty; then the consumer blocks on
-// its own connection (Blocker.Pop) until the next message or a wake.
+// Acks travel with the next pop (batches of up to Config.Batch) until the
+// queue is found empty; then the consumer waits for the next message:
+// hinted (the default), for a hint that its queue was written to, its pops
+// going over the hint connection of its Redis master (redisq.Hints);
+// blocking, in BLMOVE on a connection of its own (redisq.Blocker), its
+// pops in the ackPop script on the command client.
 func (h *hub) consume(ctx context.Context, s *session) {
 	h.consumers.Add(1)
 	defer h.consumers.Add(-1)
@@ -281,23 +284,23 @@ func (c *consumer) pop(ctx context.Context, n int) ([]string, error) {
 		c.full = len(msgs) == n
 		return msgs, err
 	}
-	var msgs []string
-	var left int64
-	var err error
-	hinted := c.hinted
-	c.hinted = false
-	if c.left == 0 && !hinted && c.acking > 0 {
+	if c.left == 0 && !c.hinted && c.acking > 0 {
 		// The queue was empty, and no write since: acknowledge alone,
 		// sharing a write with other users' calls.
 		return nil, c.h.hints.Ack(actx, c.s.user, c.acks(), c.token)
 	}
+	var msgs []string
+	var left int64
+	var err error
 	if c.left < 0 { // the length is unknown: a batch by script
 		msgs, left, err = c.h.hints.PopBatch(actx, c.s.user, c.acks(), n, c.token)
 	} else { // as many as it held, 1 at least after a hint
 		g := max(1, int(min(c.left, int64(n))))
 		msgs, left, err = c.h.hints.Pop(actx, c.s.user, c.acks(), g, c.token)
 	}
-	c.left, c.full = left, left > 0
+	if err == nil { // a failed call leaves what it knew (a retry needs it)
+		c.left, c.full, c.hinted = left, left > 0, false
+	}
 	return msgs, err
 }
 

@@ -30,7 +30,8 @@ func hasArg(cmd redis.Cmder, arg string) bool {
 // gatewayWithHook starts a gateway whose command client carries h. Its
 // consumers block (unless cfg says otherwise): the faults these tests
 // inject are go-redis's, and hinted consumers pop on their hint
-// connection, which is not go-redis's (pipe_faults_test.go breaks that one).
+// connection, which is not go-redis's (server/hints_test.go and
+// redisq/pipe_test.go break that one).
 func gatewayWithHook(t *testing.T, h redis.Hook, cfg server.Config) *gateway {
 	t.Helper()
 	if cfg.Consumer == "" {

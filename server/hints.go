@@ -82,8 +82,7 @@ func (h *hub) sweep(ctx context.Context) {
 	defer cancel()
 	lens, err := h.q.Lengths(sctx, users)
 	if err != nil {
-		h.log.Debug("sweep failed; the next one retries", "err", err)
-		return
+		h.log.Debug("the sweep could not read every queue; the next one retries", "err", err)
 	}
 	for i, n := range lens {
 		if n > 0 {

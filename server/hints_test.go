@@ -57,11 +57,13 @@ func infoInt(t *testing.T, info, field string) int {
 	return 0
 }
 
-// The hint connection carries every consumer's pops and acks; killed in
-// the middle of a stream, its unanswered calls have unknown outcomes. Each
-// consumer then returns what it holds to its queue, and the replacement
-// connection looks at every online user's queue (hints sent while none
-// listened are lost): nothing is lost, nothing is left in flight.
+// The hint connection carries every consumer's pops and acks; killed (by
+// Redis, so no stale command of it runs later: redisq/pipe_test.go covers
+// the fence) in the middle of a stream, its unanswered calls have unknown
+// outcomes. Each consumer then returns what it holds to its queue, and the
+// replacement connection looks at every online user's queue (hints sent
+// while none listened are lost): nothing is lost, nothing is left in
+// flight.
 func TestHintConnectionKilledMidStreamLosesNothing(t *testing.T) {
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, Instance: "kill"})
 	const users, each = 10, 300

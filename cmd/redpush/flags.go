@@ -44,7 +44,7 @@ func defineFlags(fs *flag.FlagSet, o *options) *string {
 	c := &o.cfg
 	fs.StringVar(&c.Addr, "addr", defaultAddr, "listen `address` (host:port); with -redis embedded the default is "+embeddedAddr)
 	fs.StringVar(&o.redis, "redis", "redis://127.0.0.1:6379", "Redis `URL`: redis://host:6379/0 (also rediss://, unix://); Sentinel: redis://sentinel:26379?master_name=NAME[&addr=sentinel2:26379]; Cluster: redis://node1:7000?addr=node2:7000[&addr=...]; or \"embedded\" for an in-process Redis (quick start only)")
-	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num: 1 to 100000; 0 means the default, from the open-file limit (at most 10000)")
+	fs.IntVar(&c.Workers, "workers", 0, "users consumed at once, like task_worker_num: 1 to 100000; 0 means the default, from the open-file limit: as many users as it allows (one file each; two with -consumer blocking, at most 10000 then)")
 	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
 	fs.StringVar(&c.Consumer, "consumer", server.ConsumerHinted, "how consumers learn of new messages: hinted (one Redis connection per master tells them, with client tracking) or blocking (a Redis connection blocked in BLMOVE per online user, as the original; Redis's maxclients bounds online users)")
 	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")

@@ -1,0 +1,253 @@
+package redisq
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redpush/redpush/internal/resp3"
+	"github.com/redpush/redpush/internal/testutil"
+)
+
+// The hint connection (pipe) against a real redis-server.
+
+func testPipe(t *testing.T, srv *redis.Client) *pipe {
+	t.Helper()
+	p := newPipe(srv, "user_", "redpush-hints-pt", slog.New(slog.DiscardHandler), func([]string) {}, func() {})
+	if err := p.start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.close)
+	awaitPipeUp(t, p)
+	return p
+}
+
+func awaitPipeUp(t *testing.T, p *pipe) {
+	t.Helper()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.nc == nil {
+			return errors.New("the hint connection is not up")
+		}
+		return nil
+	})
+}
+
+// pipeLink finds the pipe's connection in CLIENT LIST (by its name) and
+// the server's run_id: what fence needs to know about it.
+func pipeLink(t *testing.T, rc *redis.Client) *link {
+	t.Helper()
+	var l link
+	for _, line := range strings.Split(rc.ClientList(t.Context()).Val(), "\n") {
+		if strings.Contains(line, " name=redpush-hints-pt ") {
+			_, err := fmt.Sscanf(strings.Fields(line)[0], "id=%d", &l.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if l.id == 0 {
+		t.Fatal("the hint connection is not in CLIENT LIST")
+	}
+	l.runID = infoField(rc.Info(t.Context(), "server").Val(), "run_id")
+	return &l
+}
+
+// Replies go to the calls that sent their commands, in order, whatever
+// happened to the calls before: one whose context ended before it was
+// written never runs (its command is not sent), one abandoned while Redis
+// worked on it leaves its reply to nobody.
+func TestPipeMatchesRepliesToCalls(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	p := testPipe(t, rds.Client())
+	ctx := t.Context()
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	_, _, err := p.do(gone, 1, resp3.AppendCommand(nil, "SET", "never", "1"), true) // queued lazily, dropped at the write
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled call: %v", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	spin := "local t = redis.call('TIME'); local e = t[1] * 1e6 + t[2] + 300000; " +
+		"repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= e; return 'slow'"
+	if _, _, err := p.do(short, 1, resp3.AppendCommand(nil, "EVAL", spin, "0"), false); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("an abandoned call: %v", err)
+	}
+	for i := range 3 {
+		replies, _, err := p.do(ctx, 2, resp3.AppendCommand(resp3.AppendCommand(nil, "ECHO", fmt.Sprint("a", i)), "ECHO", fmt.Sprint("b", i)), false)
+		if err != nil || len(replies) != 2 || replies[0] != fmt.Sprint("a", i) || replies[1] != fmt.Sprint("b", i) {
+			t.Fatalf("call %d got %v (%v)", i, replies, err)
+		}
+	}
+	if n := rds.Client().Exists(ctx, "never").Val(); n != 0 {
+		t.Fatal("the command of a call cancelled before its write ran")
+	}
+}
+
+// A lazy call that no other call takes along is written by the timer.
+func TestPipeWritesALazyCallAlone(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	p := testPipe(t, rds.Client())
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	replies, _, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), true)
+	if err != nil || len(replies) != 1 || replies[0] != "PONG" {
+		t.Fatalf("got %v (%v)", replies, err)
+	}
+}
+
+// Hinted consumption needs CLIENT KILL to fence a broken hint connection:
+// a user whose ACL refuses it (a common hardening: -@dangerous, which
+// leaves HELLO, CLIENT TRACKING and scripts allowed) gets ErrNoHints at
+// start, and the server consumes blocking.
+func TestHintsNeedClientKill(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	c, err := Dial(t.Context(), rds.UserURL("app", "-@dangerous"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q, err := New(c.Blocking, c.Command, Config{Instance: "pt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := q.StartHints(t.Context(), func(string) {}, func() {})
+	if !errors.Is(err, ErrNoHints) {
+		if h != nil {
+			h.Close()
+		}
+		t.Fatalf("StartHints under -@dangerous: %v, want ErrNoHints", err)
+	}
+}
+
+// The fence kills the old connection on the server it reached.
+func TestFenceKillsTheOldConnection(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	p := testPipe(t, rds.Client())
+	l := pipeLink(t, rds.Client())
+	if !p.fence(l) {
+		t.Fatal("fence gave up")
+	}
+	if list := rds.Client().ClientList(t.Context()).Val(); strings.Contains(list, fmt.Sprintf("id=%d ", l.id)) {
+		t.Fatalf("connection %d still there after the fence:\n%s", l.id, list)
+	}
+}
+
+// After a Redis restart client ids start again at 1: the fence must not
+// kill whichever client got the old connection's id (that connection
+// died with the old server). Seen failing before the run_id check.
+func TestFenceAfterARestartKillsNobody(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	srv := redis.NewClient(&redis.Options{Addr: rds.Addr()})
+	defer srv.Close()
+	p := testPipe(t, srv)
+	l := pipeLink(t, rds.Client())
+	rds.Restart()
+	var victims []net.Conn
+	for range int(l.id) + 5 { // other clients take the ids again, the old one among them
+		nc, err := net.Dial("tcp", rds.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		if _, err := nc.Write(resp3.AppendCommand(nil, "PING")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bufio.NewReader(nc).ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		victims = append(victims, nc)
+	}
+	if !p.fence(l) {
+		t.Fatal("fence gave up")
+	}
+	for i, nc := range victims {
+		_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := nc.Write(resp3.AppendCommand(nil, "PING")); err != nil {
+			t.Fatalf("client %d was killed by the fence: %v", i, err)
+		}
+		if _, err := bufio.NewReader(nc).ReadString('\n'); err != nil {
+			t.Fatalf("client %d was killed by the fence: %v", i, err)
+		}
+	}
+}
+
+// A pipe whose go-redis client was closed (go-redis closes a cluster
+// node's client a while after the node left the slot map) gives up, and
+// Hints opens a new one for a new client of the same address. Seen
+// failing before: the fence retried "client is closed" forever.
+func TestAPipeOfAClosedClientIsReplaced(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	q, err := New(rds.Client(), rds.Client(), Config{Instance: "pt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Hints{q: q, onHint: func(string) {}, onLost: func() {}, pipes: map[string]*pipe{}}
+	defer h.Close()
+	old := redis.NewClient(&redis.Options{Addr: rds.Addr()})
+	p, err := h.pipeOf(t.Context(), old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	awaitPipeUp(t, p)
+	_ = old.Close()
+	rds.Client().Do(t.Context(), "CLIENT", "KILL", "SKIPME", "yes") // every connection but the test's
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if !p.isObsolete() {
+			return errors.New("the pipe of the closed client has not given up")
+		}
+		return nil
+	})
+	fresh := redis.NewClient(&redis.Options{Addr: rds.Addr()})
+	defer fresh.Close()
+	p2, err := h.pipeOf(t.Context(), fresh)
+	if err != nil || p2 == p {
+		t.Fatalf("pipeOf after the client was replaced: same pipe %v (%v)", p2 == p, err)
+	}
+	awaitPipeUp(t, p2)
+}
+
+// The sweep reads every queue it can: a cluster master that is down costs
+// its own users' lengths, not everyone's. Seen failing before (one error
+// failed the whole sweep).
+func TestLengthsWithAMasterDown(t *testing.T) {
+	cl := testutil.StartCluster(t)
+	c, err := Dial(t.Context(), cl.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q, err := New(c.Blocking, c.Command, Config{Instance: "pt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := cl.UsersOnEachMaster("sw", q.Key)
+	if err := cl.Client().LPush(t.Context(), q.Key(users[0]), "waiting").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Lengths(t.Context(), users); err != nil {
+		t.Fatal(err)
+	}
+	down := cl.MasterOf(q.Key(users[2]))
+	for _, n := range cl.Nodes {
+		if n.Addr() == down {
+			n.Stop()
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	lens, err := q.Lengths(ctx, users)
+	if err == nil || len(lens) != len(users) || lens[0] != 1 || lens[2] != -1 {
+		t.Fatalf("lengths %v (%v), want user %s's 1 and -1 for %s on the stopped master", lens, err, users[0], users[2])
+	}
+}
