@@ -66,8 +66,10 @@ func loopbackConn(b *testing.B) *conn {
 		b.Fatal(err)
 	}
 	defer ln.Close()
+	accepted := make(chan struct{})
 	go func() {
 		peer, err := ln.Accept()
+		close(accepted)
 		if err == nil {
 			_, _ = io.Copy(io.Discard, peer)
 		}
@@ -76,6 +78,8 @@ func loopbackConn(b *testing.B) *conn {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Closing the listener before its Accept would reset the connection.
+	<-accepted
 	b.Cleanup(func() { nc.Close() })
-	return &conn{nc: nc, writeTimeout: 10e9}
+	return &conn{nc: nc, writeTimeout: 10e9, m: newMetrics()}
 }
