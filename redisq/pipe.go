@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -45,14 +46,15 @@ type pipe struct {
 	loadSHA   string // the ack script, loaded at every connect
 
 	mu       sync.Mutex
-	nc       net.Conn // nil while down
-	down     error    // why nc is nil
-	obsolete bool     // srv was closed: the pipe gave up; Hints replaces it
-	queued   []*call  // not written yet
-	inflight []*call  // written, oldest first: replies come in this order
-	writing  bool     // a caller is writing: it writes what others queue meanwhile too
-	wbuf     []byte   // the writer's buffer, under writing
-	armed    bool     // a lazy call waits in queued: a flush is due within lazyDelay
+	nc       net.Conn     // nil while down
+	down     error        // why nc is nil
+	obsolete bool         // srv was closed: the pipe gave up; Hints replaces it
+	queued   []*call      // not written yet
+	inflight []*call      // written, oldest first: replies come in this order
+	writing  bool         // a caller is writing: it writes what others queue meanwhile too
+	wbuf     []byte       // the writer's buffer, under writing
+	armed    bool         // a lazy call waits in queued: a flush is due within lazyDelay
+	lastRead atomic.Int64 // unix nanos of the last value read: the connection is alive
 	closed   bool
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -282,6 +284,7 @@ func (p *pipe) serve(l *link) {
 		return
 	}
 	p.nc, p.down = nc, nil
+	p.lastRead.Store(time.Now().UnixNano())
 	p.mu.Unlock()
 	p.onConnect()
 	go p.keepAlive(nc)
@@ -363,6 +366,7 @@ func (p *pipe) readLoop(r *resp3.Reader) error {
 		if err != nil {
 			return err
 		}
+		p.lastRead.Store(time.Now().UnixNano())
 		if push, ok := v.(resp3.Push); ok {
 			p.pushed(push)
 			continue
@@ -486,9 +490,11 @@ func (p *pipe) flushQueued() {
 	p.takeTurn()
 }
 
-// keepAlive checks the connection every pingEvery: a dead peer (a
-// partition, a host gone) is otherwise noticed only when TCP gives up,
-// many minutes later, and a call waits for its reply until then.
+// keepAlive checks the connection when nothing came on it for pingEvery:
+// a dead peer (a partition, a host gone) is otherwise noticed only when
+// TCP gives up, many minutes later, and a call waits for its reply until
+// then. A connection that delivers replies or hints is alive, however long
+// a PING would wait behind a backlog of pops.
 func (p *pipe) keepAlive(nc net.Conn) {
 	t := time.NewTicker(pingEvery)
 	defer t.Stop()
@@ -504,17 +510,25 @@ func (p *pipe) keepAlive(nc net.Conn) {
 		if !current {
 			return
 		}
+		if p.readSince(pingEvery) {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
 		_, _, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), false)
 		cancel()
-		if errors.Is(err, errPipeDown) {
+		switch {
+		case errors.Is(err, errPipeDown):
 			return // broken already
-		}
-		if err != nil {
-			p.breakConn(nc, fmt.Errorf("PING: %w", err))
+		case err != nil && !p.readSince(pingTimeout):
+			p.breakConn(nc, fmt.Errorf("nothing read for %v: PING: %w", pingTimeout, err))
 			return
 		}
 	}
+}
+
+// readSince reports whether a value was read within d.
+func (p *pipe) readSince(d time.Duration) bool {
+	return time.Since(time.Unix(0, p.lastRead.Load())) < d
 }
 
 // lazyDelay is how long a lazy call (an ack that nothing waits for) may

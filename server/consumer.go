@@ -284,6 +284,11 @@ func (c *consumer) pop(ctx context.Context, n int) ([]string, error) {
 		c.full = len(msgs) == n
 		return msgs, err
 	}
+	select {
+	case <-c.s.hint: // a write since the last pop, while the consumer was busy
+		c.hinted = true
+	default:
+	}
 	if c.left == 0 && !c.hinted && c.acking > 0 {
 		// The queue was empty, and no write since: acknowledge alone,
 		// sharing a write with other users' calls.
@@ -292,11 +297,14 @@ func (c *consumer) pop(ctx context.Context, n int) ([]string, error) {
 	var msgs []string
 	var left int64
 	var err error
-	if c.left < 0 { // the length is unknown: a batch by script
+	if c.left != 0 {
+		// The length is unknown, or messages keep coming (more since the
+		// last LLEN, likely): a batch by script, one command where plain
+		// pops would take one per message. Its writes hint back, which
+		// costs a pop only if the queue is then found empty.
 		msgs, left, err = c.h.hints.PopBatch(actx, c.s.user, c.acks(), n, c.token)
-	} else { // as many as it held, 1 at least after a hint
-		g := max(1, int(min(c.left, int64(n))))
-		msgs, left, err = c.h.hints.Pop(actx, c.s.user, c.acks(), g, c.token)
+	} else { // woken by a hint: a message or a few, by plain pops
+		msgs, left, err = c.h.hints.Pop(actx, c.s.user, c.acks(), 1, c.token)
 	}
 	if err == nil { // a failed call leaves what it knew (a retry needs it)
 		c.left, c.full, c.hinted = left, left > 0, false
