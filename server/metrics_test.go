@@ -34,11 +34,16 @@ func TestMetricsFollowAConnectPushDisconnect(t *testing.T) {
 	}
 	c := g.dialReady("m")
 	g.awaitConsumers(1, 5*time.Second)
-	for series, want := range map[string]float64{"redpush_connections": 1, "redpush_users_online": 1, "redpush_consumers_running": 1, "redpush_redis_up": 1} {
-		if v := metric(t, g, series); v != want {
-			t.Errorf("%s = %v, want %v", series, v, want)
+	// The greeting goes out before the connection is registered (it must
+	// precede any push): the gauges follow a moment after it.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		for series, want := range map[string]float64{"redpush_connections": 1, "redpush_users_online": 1, "redpush_consumers_running": 1, "redpush_redis_up": 1} {
+			if v := metric(t, g, series); v != want {
+				return fmt.Errorf("%s = %v, want %v", series, v, want)
+			}
 		}
-	}
+		return nil
+	})
 	g.push("m", "1", "2", "3")
 	for range 3 {
 		c.MustRead()
