@@ -69,8 +69,10 @@
 // run later, after its consumer requeued and popped anew. If the server is
 // the one it reached (same run_id), it is killed there (CLIENT KILL ID);
 // if the server restarted, the connection died with it; if it is another
-// (a Sentinel failover), the old one reaches a replica, which refuses
-// writes. Hinted consumption needs CLIENT KILL and INFO: a server that
+// (a Sentinel failover), the old one reaches the old master, which refuses
+// writes once it is a replica (a split brain, where it still takes writes,
+// is the one case not covered). A pipe replaced for a new go-redis client
+// of the same address is killed the same way before the new one is used. Hinted consumption needs CLIENT KILL and INFO: a server that
 // refuses them makes StartHints fail with [ErrNoHints]. Calls on the hint
 // connection are never retried, so the ack fence's token only matters for
 // blocking consumers; the DIVERGED guard holds for both. On a cluster each

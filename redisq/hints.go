@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -22,19 +23,15 @@ type Hints struct {
 	onHint func(user string)
 	onLost func()
 
-	// pops bounds the pops in flight on each hint connection (popsInFlight):
-	// under load consumers then wait their turn, their queues grow
-	// meanwhile, and each pop takes more (as blocking consumers do, whose
-	// pops share the command client's pool).
-	pops chan struct{}
-
-	mu     sync.Mutex
-	pipes  map[string]*pipe // by the master's address
-	single *pipe            // the pipe of a server that is not a cluster
-	closed bool
+	mu      sync.Mutex
+	pipes   map[string]*pipe         // by the master's address
+	opening map[string]chan struct{} // addresses whose pipe is being opened: closed when done
+	single  *pipe                    // the pipe of a server that is not a cluster
+	closed  bool
 }
 
-// popsInFlight is how many pops may wait for their replies at once.
+// popsInFlight is how many pops may wait for their replies at once on one
+// hint connection (pipe.slots).
 // Measured at the fastest rate (1,000 users, redpush-bench compare against
 // -consumer blocking, 2-3 runs each): unbounded, a pop took 2 messages on
 // average and the throughput was 0.46-0.55x the blocking consumers'; 32:
@@ -55,7 +52,7 @@ var ErrNoHints = errors.New("redisq: Redis refused client tracking")
 // serves. When Redis refuses tracking, StartHints fails with ErrNoHints;
 // when it cannot be reached, the connections keep trying in the background.
 func (q *Queue) StartHints(ctx context.Context, onHint func(user string), onLost func()) (*Hints, error) {
-	h := &Hints{q: q, onHint: onHint, onLost: onLost, pipes: map[string]*pipe{}, pops: make(chan struct{}, popsInFlight)}
+	h := &Hints{q: q, onHint: onHint, onLost: onLost, pipes: map[string]*pipe{}}
 	switch c := q.cmd.(type) {
 	case *redis.Client:
 		p, err := h.startPipe(ctx, c)
@@ -91,34 +88,55 @@ func (h *Hints) Refresh(ctx context.Context) error {
 
 // pipeOf returns the pipe of server c, opening it if it has none, or if
 // its pipe was for another client of the same address (go-redis replaced
-// a cluster node's client) or gave up (its client was closed).
+// a cluster node's client) or gave up (its client was closed). One caller
+// opens it; the others wait for that (after a failover every consumer of
+// the master asks at once, and a dial each could exhaust maxclients).
 func (h *Hints) pipeOf(ctx context.Context, c *redis.Client) (*pipe, error) {
 	addr := c.Options().Addr
-	h.mu.Lock()
-	p, ok := h.pipes[addr]
-	h.mu.Unlock()
-	if ok && p.srv == c && !p.isObsolete() {
-		return p, nil
+	for {
+		h.mu.Lock()
+		if h.closed {
+			h.mu.Unlock()
+			return nil, errPipeDown
+		}
+		p, ok := h.pipes[addr]
+		if ok && p.srv == c && !p.isObsolete() {
+			h.mu.Unlock()
+			return p, nil
+		}
+		if wait, opening := h.opening[addr]; opening {
+			h.mu.Unlock()
+			select {
+			case <-wait:
+				continue // look again
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		if h.opening == nil {
+			h.opening = map[string]chan struct{}{}
+		}
+		h.opening[addr] = done
+		h.mu.Unlock()
+		np, err := h.startPipe(ctx, c)
+		if err == nil && ok {
+			p.closeFenced(c) // the old one: nothing of it may run after the new one's calls
+		}
+		h.mu.Lock()
+		delete(h.opening, addr)
+		close(done)
+		switch {
+		case err != nil:
+		case h.closed:
+			go np.close()
+			err = errPipeDown
+		default:
+			h.pipes[addr] = np
+		}
+		h.mu.Unlock()
+		return np, err
 	}
-	p, err := h.startPipe(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	old, ok := h.pipes[addr]
-	switch {
-	case h.closed:
-		go p.close()
-		return nil, errPipeDown
-	case ok && old.srv == c && !old.isObsolete(): // opened meanwhile by another caller
-		go p.close()
-		return old, nil
-	case ok:
-		go old.close()
-	}
-	h.pipes[addr] = p
-	return p, nil
 }
 
 func (h *Hints) startPipe(ctx context.Context, c *redis.Client) (*pipe, error) {
@@ -174,35 +192,48 @@ func (h *Hints) pipeFor(ctx context.Context, user string) (*pipe, error) {
 // names (if acks.Oldest > 0: the ackPop script, with its DIVERGED guard;
 // it writes no queue key, so it raises no hint), then moves n messages (at
 // most) from the queue into the processing list with plain LMOVEs, and
-// reports how many the queue still holds. n is what the last LLEN said:
-// NOLOOP spares this connection the hints of its own plain writes. It runs
-// on the hint connection of the user's master, after whatever was queued
-// on it before. It is never retried: a call that failed may have run in
-// part, and its caller returns everything it holds to the queue.
+// reports how many the queue still holds: for a consumer woken by a hint
+// to a queue it found empty (n is 1 then), as NOLOOP spares this
+// connection the hints of its own plain writes. It runs on the hint
+// connection of the user's master, after whatever was queued on it before,
+// once a turn is free there (popsInFlight). It is never retried: a call
+// that failed may have run in part, and its caller returns everything it
+// holds to the queue.
 func (h *Hints) Pop(ctx context.Context, user string, acks Acks, n int, token uint64) ([]string, int64, error) {
 	return h.pop(ctx, user, acks, n, token, false)
 }
 
-// PopBatch is Pop for a queue of unknown length (a consumer's first pop, a
-// pop after a requeue): the ackPop script takes up to n messages in one
-// command, where n LMOVEs would cost n commands on an empty queue. Its
+// PopBatch is Pop for a queue that holds more, or of unknown length (a
+// consumer's first pop, a pop after a requeue): the ackPop script takes up
+// to n messages in one command, where n LMOVEs would cost n commands. Its
 // writes are a script's, which hint this connection back once (an extra
-// pop that finds the queue empty, only when it moved something).
+// pop, only if the queue is then found empty).
 func (h *Hints) PopBatch(ctx context.Context, user string, acks Acks, n int, token uint64) ([]string, int64, error) {
 	return h.pop(ctx, user, acks, n, token, true)
 }
 
 func (h *Hints) pop(ctx context.Context, user string, acks Acks, n int, token uint64, scripted bool) ([]string, int64, error) {
 	q := h.q
-	ctx, cancel, err := q.leased(ctx)
+	if err := q.guard(); err != nil {
+		return nil, 0, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	p, err := h.pipeFor(pctx, user)
+	cancel()
 	if err != nil {
+		return nil, 0, err
+	}
+	// The turn is waited for before the claim's lease is taken: a wait
+	// under load must not eat the time the command has to reach Redis.
+	if !p.acquire() {
+		return nil, 0, errPipeDown
+	}
+	ctx, cancel, err = q.leased(ctx)
+	if err != nil {
+		p.release()
 		return nil, 0, err
 	}
 	defer cancel()
-	p, err := h.pipeFor(ctx, user)
-	if err != nil {
-		return nil, 0, err
-	}
 	key, proc := q.Key(user), q.ProcessingKey(user)
 	var buf []byte
 	cmds := 0
@@ -221,13 +252,7 @@ func (h *Hints) pop(ctx context.Context, user string, acks Acks, n int, token ui
 		cmds += n
 	}
 	buf = resp3.AppendCommand(buf, "LLEN", key)
-	select {
-	case h.pops <- struct{}{}:
-	case <-ctx.Done():
-		return nil, 0, ctx.Err() // nothing sent
-	}
-	replies, nc, err := p.do(ctx, cmds+1, buf, false)
-	<-h.pops
+	replies, nc, err := p.do(ctx, cmds+1, buf, false, p.release)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -249,7 +274,7 @@ func (h *Hints) Ack(ctx context.Context, user string, acks Acks, token uint64) e
 	if err != nil {
 		return err
 	}
-	replies, nc, err := p.do(ctx, 1, h.ackCommand(nil, user, acks, 0, token), true)
+	replies, nc, err := p.do(ctx, 1, h.ackCommand(nil, user, acks, 0, token), true, nil)
 	if err != nil {
 		return err
 	}
@@ -304,7 +329,9 @@ func (h *Hints) replyError(ctx context.Context, p *pipe, nc net.Conn, user strin
 		p.reconnect(nc, msg)
 	case strings.HasPrefix(msg, "DIVERGED"):
 		return fmt.Errorf("%w: %s", ErrDiverged, user)
-	case strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK "):
+	case strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ") || strings.HasPrefix(msg, "TRYAGAIN"):
+		// A slot moved or is moving (TRYAGAIN: the script's keys are split
+		// between the two nodes for a moment): no outage, pop again soon.
 		h.q.reloadSlots(ctx)
 		return fmt.Errorf("%w: %s", ErrSlotMoved, msg)
 	}

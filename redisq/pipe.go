@@ -55,9 +55,16 @@ type pipe struct {
 	wbuf     []byte       // the writer's buffer, under writing
 	armed    bool         // a lazy call waits in queued: a flush is due within lazyDelay
 	lastRead atomic.Int64 // unix nanos of the last value read: the connection is alive
-	closed   bool
-	stop     chan struct{}
-	wg       sync.WaitGroup
+	cur      *link        // the connection being served, or the last one: what a replacement fences
+	// slots bounds the pops in flight on this connection (popsInFlight):
+	// under load consumers wait their turn, their queues grow meanwhile,
+	// and each pop takes more (as blocking consumers' pops do, which share
+	// the command client's pool). A slot is held until the call finished,
+	// whether or not its caller still waits.
+	slots  chan struct{}
+	closed bool
+	stop   chan struct{}
+	wg     sync.WaitGroup
 }
 
 // call is one batch of commands and their replies.
@@ -68,6 +75,7 @@ type call struct {
 	replies []any
 	err     error
 	nc      net.Conn // the connection it was written on
+	release func()   // called when it finished, if set: frees its slot
 	done    chan struct{}
 }
 
@@ -79,13 +87,13 @@ var errPipeDown = errors.New("redisq: hint connection down")
 const refusedLogEvery = time.Minute
 
 const (
-	pingEvery   = 5 * time.Second // the connection is checked this often, busy or not
+	pingEvery   = 5 * time.Second // the connection is PINGed when nothing was read for this long
 	pingTimeout = 3 * time.Second // and taken for dead when PING takes longer
 )
 
 func newPipe(srv *redis.Client, prefix, name string, log *slog.Logger, onPush func([]string), onConnect func()) *pipe {
 	return &pipe{srv: srv, prefix: prefix, name: name, log: log, onPush: onPush, onConnect: onConnect,
-		loadSHA: ackPop.Hash(), stop: make(chan struct{}),
+		loadSHA: ackPop.Hash(), stop: make(chan struct{}), slots: make(chan struct{}, popsInFlight),
 		down: errPipeDown}
 }
 
@@ -95,6 +103,14 @@ func (p *pipe) start(ctx context.Context) error {
 	l, err := p.dial(ctx)
 	if err != nil && isRefusal(err) {
 		return err
+	}
+	if l != nil {
+		// Usable as soon as start returns (serve takes it on): a call
+		// made before would find the pipe down.
+		p.mu.Lock()
+		p.nc, p.down, p.cur = l.nc, nil, l
+		p.lastRead.Store(time.Now().UnixNano())
+		p.mu.Unlock()
 	}
 	p.wg.Add(1)
 	go p.run(l)
@@ -283,7 +299,7 @@ func (p *pipe) serve(l *link) {
 		_ = nc.Close()
 		return
 	}
-	p.nc, p.down = nc, nil
+	p.nc, p.down, p.cur = nc, nil, l
 	p.lastRead.Store(time.Now().UnixNano())
 	p.mu.Unlock()
 	p.onConnect()
@@ -417,6 +433,19 @@ func (p *pipe) reply(v any) error {
 	return nil
 }
 
+// minWriteTime is the least time before its deadline a call must have left
+// to be written: a context's timer fires late, and a write whose deadline
+// has passed fails for every call it carries.
+const minWriteTime = 50 * time.Millisecond
+
+// cmpErr is err, or def when err is nil.
+func cmpErr(err, def error) error {
+	if err != nil {
+		return err
+	}
+	return def
+}
+
 // flushPasses bounds the writes of one flush: a caller that takes the
 // writer's turn does not write for others forever.
 const flushPasses = 4
@@ -448,13 +477,17 @@ func (p *pipe) flush() {
 		// A command must reach Redis before its caller's deadline (the
 		// instance claim's: redisq.Queue.leased): the write may not
 		// outlast the earliest one.
-		deadline := time.Now().Add(pingTimeout)
+		now := time.Now()
+		deadline := now.Add(pingTimeout)
 		for _, c := range p.queued {
-			if c.ctx.Err() != nil {
-				expired = append(expired, c) // not written: never runs
+			d, ok := c.ctx.Deadline()
+			if c.ctx.Err() != nil || ok && d.Sub(now) < minWriteTime {
+				// Not written, so it never runs: one call too close to
+				// its deadline must not fail the write of all the others.
+				expired = append(expired, c)
 				continue
 			}
-			if d, ok := c.ctx.Deadline(); ok && d.Before(deadline) {
+			if ok && d.Before(deadline) {
 				deadline = d
 			}
 			c.nc = nc
@@ -465,7 +498,7 @@ func (p *pipe) flush() {
 		p.queued = p.queued[:0]
 		p.mu.Unlock()
 		for _, c := range expired {
-			c.finish(c.ctx.Err())
+			c.finish(cmpErr(c.ctx.Err(), context.DeadlineExceeded))
 		}
 		var err error
 		if len(buf) > 0 {
@@ -514,7 +547,7 @@ func (p *pipe) keepAlive(nc net.Conn) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
-		_, _, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), false)
+		_, _, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), false, nil)
 		cancel()
 		switch {
 		case errors.Is(err, errPipeDown):
@@ -537,17 +570,21 @@ func (p *pipe) readSince(d time.Duration) bool {
 const lazyDelay = 2 * time.Millisecond
 
 // do queues the n commands in buf and waits for their replies, and says
-// which connection carried them. A call
+// which connection carried them; release, if set, runs when the call
+// finished (even after do returned on ctx). A call
 // whose ctx ends before it was written never runs; one whose ctx ends
 // while it waits for its replies may have run. A lazy call is written with
 // the next call that is not, or within lazyDelay: calls run in the order
 // they were queued either way.
-func (p *pipe) do(ctx context.Context, n int, buf []byte, lazy bool) ([]any, net.Conn, error) {
-	c := &call{ctx: ctx, buf: buf, n: n, done: make(chan struct{})}
+func (p *pipe) do(ctx context.Context, n int, buf []byte, lazy bool, release func()) ([]any, net.Conn, error) {
+	c := &call{ctx: ctx, buf: buf, n: n, release: release, done: make(chan struct{})}
 	p.mu.Lock()
 	if p.nc == nil || p.closed {
 		err := p.down
 		p.mu.Unlock()
+		if release != nil {
+			release()
+		}
 		return nil, nil, err
 	}
 	p.queued = append(p.queued, c)
@@ -581,7 +618,26 @@ func (p *pipe) flushLazy() {
 func (c *call) finish(err error) {
 	c.err = err
 	close(c.done)
+	if c.release != nil {
+		c.release()
+	}
 }
+
+// acquire takes a slot for a pop (see slots); false when the pipe closed
+// first. It does not give up otherwise: the calls that hold the slots end
+// with a reply or with the connection, which the keep-alive breaks when
+// nothing comes for a while.
+func (p *pipe) acquire() bool {
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	case <-p.stop:
+		return false
+	}
+}
+
+// release frees a slot taken by acquire.
+func (p *pipe) release() { <-p.slots }
 
 // reconnect replaces nc, if it is still the connection.
 func (p *pipe) reconnect(nc net.Conn, why string) {
@@ -592,6 +648,30 @@ func (p *pipe) isClosed() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.closed
+}
+
+// closeFenced closes the pipe and kills its last connection in Redis,
+// through via (the client that replaces the pipe's), if the server is
+// the one it reached: before a replacement carries anything, a command
+// still unread in the old socket must not run (see pipe). Best effort:
+// a failure is logged.
+func (p *pipe) closeFenced(via *redis.Client) {
+	p.mu.Lock()
+	l := p.cur
+	p.mu.Unlock()
+	p.close()
+	if l == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := via.Info(ctx, "server").Result()
+	if err == nil && infoField(info, "run_id") == l.runID {
+		err = via.Do(ctx, "CLIENT", "KILL", "ID", l.id).Err()
+	}
+	if err != nil {
+		p.log.Warn("could not end a replaced hint connection; a command still on its way may run late", "err", err)
+	}
 }
 
 // close ends the pipe: calls fail, the connection closes.

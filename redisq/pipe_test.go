@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,19 +74,19 @@ func TestPipeMatchesRepliesToCalls(t *testing.T) {
 	ctx := t.Context()
 	gone, cancel := context.WithCancel(ctx)
 	cancel()
-	_, _, err := p.do(gone, 1, resp3.AppendCommand(nil, "SET", "never", "1"), true) // queued lazily, dropped at the write
+	_, _, err := p.do(gone, 1, resp3.AppendCommand(nil, "SET", "never", "1"), true, nil) // queued lazily, dropped at the write
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("a cancelled call: %v", err)
 	}
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond) // written (minWriteTime is 50 ms), then abandoned
 	defer cancel()
-	spin := "local t = redis.call('TIME'); local e = t[1] * 1e6 + t[2] + 300000; " +
+	spin := "local t = redis.call('TIME'); local e = t[1] * 1e6 + t[2] + 600000; " +
 		"repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= e; return 'slow'"
-	if _, _, err := p.do(short, 1, resp3.AppendCommand(nil, "EVAL", spin, "0"), false); !errors.Is(err, context.DeadlineExceeded) {
+	if _, _, err := p.do(short, 1, resp3.AppendCommand(nil, "EVAL", spin, "0"), false, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("an abandoned call: %v", err)
 	}
 	for i := range 3 {
-		replies, _, err := p.do(ctx, 2, resp3.AppendCommand(resp3.AppendCommand(nil, "ECHO", fmt.Sprint("a", i)), "ECHO", fmt.Sprint("b", i)), false)
+		replies, _, err := p.do(ctx, 2, resp3.AppendCommand(resp3.AppendCommand(nil, "ECHO", fmt.Sprint("a", i)), "ECHO", fmt.Sprint("b", i)), false, nil)
 		if err != nil || len(replies) != 2 || replies[0] != fmt.Sprint("a", i) || replies[1] != fmt.Sprint("b", i) {
 			t.Fatalf("call %d got %v (%v)", i, replies, err)
 		}
@@ -100,7 +102,7 @@ func TestPipeWritesALazyCallAlone(t *testing.T) {
 	p := testPipe(t, rds.Client())
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
-	replies, _, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), true)
+	replies, _, err := p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), true, nil)
 	if err != nil || len(replies) != 1 || replies[0] != "PONG" {
 		t.Fatalf("got %v (%v)", replies, err)
 	}
@@ -249,5 +251,140 @@ func TestLengthsWithAMasterDown(t *testing.T) {
 	lens, err := q.Lengths(ctx, users)
 	if err == nil || len(lens) != len(users) || lens[0] != 1 || lens[2] != -1 {
 		t.Fatalf("lengths %v (%v), want user %s's 1 and -1 for %s on the stopped master", lens, err, users[0], users[2])
+	}
+}
+
+// Pops wait for a turn on their own master's hint connection only: 16
+// pops stuck on a master that stalls (a slow script, a partition not yet
+// noticed) do not hold up a pop on a healthy master. Seen failing with
+// one semaphore for the whole process (the second review's
+// demonstration).
+func TestPopsOfAStalledMasterDoNotHoldUpTheOthers(t *testing.T) {
+	stalledPops(t, popsInFlight)
+}
+
+func stalledPops(t *testing.T, stuck int) {
+	cl := testutil.StartCluster(t)
+	c, err := Dial(t.Context(), cl.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q, err := New(c.Blocking, c.Command, Config{Instance: "rv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := q.StartHints(t.Context(), func(string) {}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	stalled := cl.Nodes[1]
+	var onStalled []string
+	var healthy string
+	for i := 0; (len(onStalled) < stuck || healthy == "") && i < 5000; i++ {
+		u := fmt.Sprint("hol", i)
+		if cl.MasterOf(q.Key(u)) == stalled.Addr() {
+			if len(onStalled) < stuck {
+				onStalled = append(onStalled, u)
+			}
+		} else if healthy == "" {
+			healthy = u
+		}
+	}
+	if err := cl.Client().LPush(t.Context(), q.Key(healthy), "waiting").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Every pipe is up and every user's master known before the stall.
+	for _, u := range append([]string{healthy}, onStalled...) {
+		if _, err := h.pipeFor(t.Context(), u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	thaw := stalled.Freeze()
+	var wg sync.WaitGroup
+	defer func() { thaw(); wg.Wait() }()
+	for _, u := range onStalled {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+			defer cancel()
+			_, _, _ = h.PopBatch(ctx, u, Acks{}, 1, q.NewToken())
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	msgs, _, err := h.PopBatch(ctx, healthy, Acks{}, 10, q.NewToken())
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("a pop on a healthy master while another stalls: %v (%v) after %v, want the waiting message at once",
+			msgs, err, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// A call too close to its deadline is not written and fails alone: the
+// write's deadline is the calls', and a past one failed the write, which
+// broke the connection for every call on it (an unrelated call with 10 s
+// to go got "hint connection down"). Seen failing before (the second
+// review's demonstration).
+func TestACallNearItsDeadlineFailsAlone(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	p := testPipe(t, rds.Client())
+	long, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	spin := "local t = redis.call('TIME'); local e = t[1] * 1e6 + t[2] + 1000000; " +
+		"repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= e; return 'slow'"
+	res := make(chan error, 1)
+	go func() {
+		_, _, err := p.do(long, 1, resp3.AppendCommand(nil, "EVAL", spin, "0"), false, nil)
+		res <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the slow call is in flight
+	for i := range 400 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%40)*time.Microsecond)
+		_, _, _ = p.do(ctx, 1, resp3.AppendCommand(nil, "PING"), false, nil)
+		cancel()
+	}
+	if err := <-res; err != nil {
+		t.Fatalf("a call with 10 s to go failed because another's deadline passed: %v", err)
+	}
+}
+
+// After a failover every consumer of a master asks for its hint
+// connection at once: one is opened, the others wait for it (a dial each
+// could exhaust maxclients). Seen failing before: 64 callers, 65 dials.
+func TestConcurrentFirstPopsOpenOnePipe(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	q, err := New(rds.Client(), rds.Client(), Config{Instance: "rv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Hints{q: q, onHint: func(string) {}, onLost: func() {}, pipes: map[string]*pipe{}}
+	defer h.Close()
+	var dials atomic.Int32
+	srv := redis.NewClient(&redis.Options{Addr: rds.Addr(), PoolSize: 1,
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}})
+	defer srv.Close()
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := h.pipeOf(t.Context(), srv); err != nil && !errors.Is(err, errPipeDown) {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	// One pooled connection (CLIENT KILL check, PING) and one hint connection.
+	if n := dials.Load(); n > 3 {
+		t.Errorf("64 concurrent first pops of one master dialled %d connections (%d failed), want 2", n, failed.Load())
 	}
 }

@@ -276,7 +276,8 @@ loop:
 
 // pop acknowledges what c.acks names and pops up to n messages: in one
 // script on the command client, or, hinted, on the hint connection of the
-// user's master, taking as many as the last pop left in the queue.
+// user's master (one plain LMOVE after a hint to a queue found empty, the
+// script otherwise; an ack alone, lazily, when nothing was written since).
 func (c *consumer) pop(ctx context.Context, n int) ([]string, error) {
 	actx := context.WithoutCancel(ctx)
 	if c.h.hints == nil {
