@@ -271,7 +271,12 @@ func runChaos(ctx context.Context, c *chaosCfg) (*chaosResult, error) {
 
 	deadline := time.Now().Add(c.grace)
 	r.awaitDrained(ctx, pr, deadline)
-	settle(ctx, bcfg, rc, later(deadline, time.Now().Add(time.Second)))
+	// A queue may stand still for up to redpush's sweep (5 s) with its
+	// user online: a hint sent while its instance's hint connection was
+	// reconnecting (after a Redis restart, or when a live instance returns
+	// a killed one's lists) is lost, and the sweep finds the queue. Still
+	// after that is stuck.
+	settle(ctx, bcfg, rc, later(deadline, time.Now().Add(time.Second)), chaosQuiet)
 	left, err := readLeftovers(ctx, bcfg, rc)
 	for end := time.Now().Add(30 * time.Second); err != nil && isLoading(err) && time.Now().Before(end); {
 		// Redis restarted late in the run and is still loading its AOF.
@@ -290,6 +295,11 @@ func runChaos(ctx context.Context, c *chaosCfg) (*chaosResult, error) {
 	}
 	return r.result(bcfg, pr, left), nil
 }
+
+// chaosQuiet is how long the lists must stand still at the end of a chaos
+// run before what they hold counts as left over: longer than redpush's
+// sweep of the online users' queues (every 5 s).
+const chaosQuiet = 7 * time.Second
 
 // weigh gives the users of slow readers and stoppers their larger share
 // of the rate, in heavy messages: a stopper that gets a few bytes a second

@@ -127,9 +127,9 @@ func occupancyOf(ctx context.Context, cfg *config, rc redis.UniversalClient) (oc
 // settle waits until the users' lists are empty or stop changing (a batch
 // whose acknowledgement is still on its way is not a leftover), polling
 // every 100 ms until deadline. Lists count as settled when they held the
-// same lengths for a second.
-func settle(ctx context.Context, cfg *config, rc redis.UniversalClient, deadline time.Time) {
-	const poll, quiet = 100 * time.Millisecond, time.Second
+// same lengths for quiet.
+func settle(ctx context.Context, cfg *config, rc redis.UniversalClient, deadline time.Time, quiet time.Duration) {
+	const poll = 100 * time.Millisecond
 	var last string
 	var since time.Time
 	for ctx.Err() == nil {

@@ -71,7 +71,7 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 
 	// A batch whose ack is on its way is not a leftover: wait, within the
 	// grace period (but at least a second), until the lists stop changing.
-	settle(ctx, cfg, rc, later(deadline, time.Now().Add(time.Second)))
+	settle(ctx, cfg, rc, later(deadline, time.Now().Add(time.Second)), time.Second)
 	left, err := readLeftovers(ctx, cfg, rc)
 	cs.closeAll()
 	if err != nil {
