@@ -32,6 +32,21 @@ func testPipe(t *testing.T, srv *redis.Client) *pipe {
 	return p
 }
 
+// dialQueue is a Queue over the clients of a -redis URL, closed with t.
+func dialQueue(t *testing.T, url string) *Queue {
+	t.Helper()
+	c, err := Dial(t.Context(), url, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	q, err := New(c.Blocking, c.Command, Config{Instance: "pt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
 func awaitPipeUp(t *testing.T, p *pipe) {
 	t.Helper()
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -114,15 +129,7 @@ func TestPipeWritesALazyCallAlone(t *testing.T) {
 // start, and the server consumes blocking.
 func TestHintsNeedClientKill(t *testing.T) {
 	rds := testutil.StartRedis(t)
-	c, err := Dial(t.Context(), rds.UserURL("app", "-@dangerous"), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	q, err := New(c.Blocking, c.Command, Config{Instance: "pt"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := dialQueue(t, rds.UserURL("app", "-@dangerous"))
 	h, err := q.StartHints(t.Context(), func(string) {}, func() {})
 	if !errors.Is(err, ErrNoHints) {
 		if h != nil {
@@ -224,15 +231,7 @@ func TestAPipeOfAClosedClientIsReplaced(t *testing.T) {
 // failed the whole sweep).
 func TestLengthsWithAMasterDown(t *testing.T) {
 	cl := testutil.StartCluster(t)
-	c, err := Dial(t.Context(), cl.URL(), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	q, err := New(c.Blocking, c.Command, Config{Instance: "pt"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := dialQueue(t, cl.URL())
 	users := cl.UsersOnEachMaster("sw", q.Key)
 	if err := cl.Client().LPush(t.Context(), q.Key(users[0]), "waiting").Err(); err != nil {
 		t.Fatal(err)
@@ -265,15 +264,7 @@ func TestPopsOfAStalledMasterDoNotHoldUpTheOthers(t *testing.T) {
 
 func stalledPops(t *testing.T, stuck int) {
 	cl := testutil.StartCluster(t)
-	c, err := Dial(t.Context(), cl.URL(), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	q, err := New(c.Blocking, c.Command, Config{Instance: "rv"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := dialQueue(t, cl.URL())
 	h, err := q.StartHints(t.Context(), func(string) {}, func() {})
 	if err != nil {
 		t.Fatal(err)
