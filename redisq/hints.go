@@ -350,37 +350,95 @@ func (h *Hints) Close() {
 		pipes = append(pipes, h.single)
 	}
 	h.mu.Unlock()
-	for _, p := range pipes {
-		p.close()
+	var wg sync.WaitGroup
+	for _, p := range pipes { // in parallel: a master that does not answer costs one dial's timeout, not one each
+		wg.Add(1)
+		go func() { defer wg.Done(); p.close() }()
 	}
+	wg.Wait()
 }
 
 // Lengths is the length of the queue of each of users, in pipelines of
-// 1,000 LLEN on the command client: the sweep of hinted consumption. A
-// length that could not be read (its cluster master is down) is -1; err
-// is then the first such error, and the others are still good.
-func (q *Queue) Lengths(ctx context.Context, users []string) ([]int64, error) {
-	out := make([]int64, 0, len(users))
-	var first error
-	for len(users) > 0 {
-		chunk := users[:min(len(users), 1000)]
-		users = users[len(chunk):]
-		pl := q.cmd.Pipeline()
-		cmds := make([]*redis.IntCmd, len(chunk))
-		for i, u := range chunk {
-			cmds[i] = pl.LLen(ctx, q.Key(u))
+// 1,000 LLEN: the sweep of hinted consumption. A length that could not be
+// read (its cluster master is down or does not answer) is -1; err is then
+// the first such error, and the others are still good. On a cluster each
+// master is asked on its own, in parallel, each pipeline within within:
+// go-redis's cluster pipeline, retrying a node that does not answer until
+// the context ends, fails every command of the pipeline then.
+func (q *Queue) Lengths(ctx context.Context, users []string, within time.Duration) ([]int64, error) {
+	out := make([]int64, len(users))
+	groups, err := q.byServer(ctx, users)
+	if err != nil {
+		for i := range out {
+			out[i] = -1
 		}
-		_, _ = pl.Exec(ctx) // each command has its own error
-		for _, c := range cmds {
-			n, err := c.Result()
+		return out, err
+	}
+	var mu sync.Mutex
+	var first error
+	var wg sync.WaitGroup
+	for c, idx := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := q.lengthsOn(ctx, c, users, idx, out, within); err != nil {
+				mu.Lock()
+				first = cmpErr(first, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return out, first
+}
+
+// byServer groups the indexes of users by the client of the server that
+// holds their queues: the command client itself, or on a cluster the
+// client of each user's master (from go-redis's slot map).
+func (q *Queue) byServer(ctx context.Context, users []string) (map[redis.Cmdable][]int, error) {
+	groups := map[redis.Cmdable][]int{}
+	cc, ok := q.cmd.(*redis.ClusterClient)
+	if !ok {
+		all := make([]int, len(users))
+		for i := range all {
+			all[i] = i
+		}
+		groups[q.cmd] = all
+		return groups, nil
+	}
+	for i, u := range users {
+		c, err := cc.MasterForKey(ctx, q.Key(u))
+		if err != nil {
+			return nil, err
+		}
+		groups[c] = append(groups[c], i)
+	}
+	return groups, nil
+}
+
+// lengthsOn reads the lengths of users[idx] on c into out, -1 where it
+// could not; it returns the first error.
+func (q *Queue) lengthsOn(ctx context.Context, c redis.Cmdable, users []string, idx []int, out []int64, within time.Duration) error {
+	var first error
+	for len(idx) > 0 {
+		chunk := idx[:min(len(idx), 1000)]
+		idx = idx[len(chunk):]
+		cctx, cancel := context.WithTimeout(ctx, within)
+		pl := c.Pipeline()
+		cmds := make([]*redis.IntCmd, len(chunk))
+		for j, i := range chunk {
+			cmds[j] = pl.LLen(cctx, q.Key(users[i]))
+		}
+		_, _ = pl.Exec(cctx) // each command has its own error
+		cancel()
+		for j, i := range chunk {
+			n, err := cmds[j].Result()
 			if err != nil {
 				n = -1
-				if first == nil {
-					first = err
-				}
+				first = cmpErr(first, err)
 			}
-			out = append(out, n)
+			out[i] = n
 		}
 	}
-	return out, first
+	return first
 }

@@ -45,17 +45,17 @@ type pipe struct {
 	log       *slog.Logger
 	loadSHA   string // the ack script, loaded at every connect
 
-	mu       sync.Mutex
-	nc       net.Conn     // nil while down
-	down     error        // why nc is nil
-	obsolete bool         // srv was closed: the pipe gave up; Hints replaces it
-	queued   []*call      // not written yet
-	inflight []*call      // written, oldest first: replies come in this order
-	writing  bool         // a caller is writing: it writes what others queue meanwhile too
-	wbuf     []byte       // the writer's buffer, under writing
-	armed    bool         // a lazy call waits in queued: a flush is due within lazyDelay
-	lastRead atomic.Int64 // unix nanos of the last value read: the connection is alive
-	cur      *link        // the connection being served, or the last one: what a replacement fences
+	mu        sync.Mutex
+	nc        net.Conn     // nil while down
+	down      error        // why nc is nil
+	obsolete  bool         // srv was closed: the pipe gave up; Hints replaces it
+	queued    []*call      // not written yet
+	inflight  []*call      // written, oldest first: replies come in this order
+	writing   bool         // a caller is writing: it writes what others queue meanwhile too
+	wbuf      []byte       // the writer's buffer, under writing
+	armed     bool         // a lazy call waits in queued: a flush is due within lazyDelay
+	lastReply atomic.Int64 // unix nanos of the last reply read: the connection answers
+	cur       *link        // the connection being served, or the last one: what a replacement fences
 	// slots bounds the pops in flight on this connection (popsInFlight):
 	// under load consumers wait their turn, their queues grow meanwhile,
 	// and each pop takes more (as blocking consumers' pops do, which share
@@ -64,6 +64,8 @@ type pipe struct {
 	slots  chan struct{}
 	closed bool
 	stop   chan struct{}
+	life   context.Context // ends when the pipe closes: dials and fences give up then
+	end    context.CancelFunc
 	wg     sync.WaitGroup
 }
 
@@ -92,9 +94,10 @@ const (
 )
 
 func newPipe(srv *redis.Client, prefix, name string, log *slog.Logger, onPush func([]string), onConnect func()) *pipe {
+	life, end := context.WithCancel(context.Background())
 	return &pipe{srv: srv, prefix: prefix, name: name, log: log, onPush: onPush, onConnect: onConnect,
 		loadSHA: ackPop.Hash(), stop: make(chan struct{}), slots: make(chan struct{}, popsInFlight),
-		down: errPipeDown}
+		down: errPipeDown, life: life, end: end}
 }
 
 // start connects once (so that a server that refuses tracking is known at
@@ -109,7 +112,7 @@ func (p *pipe) start(ctx context.Context) error {
 		// made before would find the pipe down.
 		p.mu.Lock()
 		p.nc, p.down, p.cur = l.nc, nil, l
-		p.lastRead.Store(time.Now().UnixNano())
+		p.lastReply.Store(time.Now().UnixNano())
 		p.mu.Unlock()
 	}
 	p.wg.Add(1)
@@ -148,7 +151,7 @@ func (p *pipe) run(l *link) {
 		if !bo.sleep(p.stop) {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(p.life, 5*time.Second)
 		var err error
 		l, err = p.dial(ctx)
 		cancel()
@@ -300,7 +303,7 @@ func (p *pipe) serve(l *link) {
 		return
 	}
 	p.nc, p.down, p.cur = nc, nil, l
-	p.lastRead.Store(time.Now().UnixNano())
+	p.lastReply.Store(time.Now().UnixNano())
 	p.mu.Unlock()
 	p.onConnect()
 	go p.keepAlive(nc)
@@ -339,7 +342,7 @@ func (p *pipe) fence(l *link) bool {
 	var bo backoffDelay
 	var warned time.Time
 	for !p.isClosed() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(p.life, 2*time.Second)
 		err := p.srv.Ping(ctx).Err() // the go-redis client may need a reconnect too
 		var runID string
 		if err == nil {
@@ -382,11 +385,11 @@ func (p *pipe) readLoop(r *resp3.Reader) error {
 		if err != nil {
 			return err
 		}
-		p.lastRead.Store(time.Now().UnixNano())
 		if push, ok := v.(resp3.Push); ok {
-			p.pushed(push)
+			p.pushed(push) // hints come whether or not Redis reads what we write
 			continue
 		}
+		p.lastReply.Store(time.Now().UnixNano())
 		if err := p.reply(v); err != nil {
 			return err
 		}
@@ -523,11 +526,12 @@ func (p *pipe) flushQueued() {
 	p.takeTurn()
 }
 
-// keepAlive checks the connection when nothing came on it for pingEvery:
+// keepAlive checks the connection when no reply came on it for pingEvery:
 // a dead peer (a partition, a host gone) is otherwise noticed only when
 // TCP gives up, many minutes later, and a call waits for its reply until
-// then. A connection that delivers replies or hints is alive, however long
-// a PING would wait behind a backlog of pops.
+// then. A connection that delivers replies is alive, however long a PING
+// would wait behind a backlog of pops; hints alone do not say that Redis
+// reads what is written.
 func (p *pipe) keepAlive(nc net.Conn) {
 	t := time.NewTicker(pingEvery)
 	defer t.Stop()
@@ -559,9 +563,9 @@ func (p *pipe) keepAlive(nc net.Conn) {
 	}
 }
 
-// readSince reports whether a value was read within d.
+// readSince reports whether a reply was read within d.
 func (p *pipe) readSince(d time.Duration) bool {
-	return time.Since(time.Unix(0, p.lastRead.Load())) < d
+	return time.Since(time.Unix(0, p.lastReply.Load())) < d
 }
 
 // lazyDelay is how long a lazy call (an ack that nothing waits for) may
@@ -685,6 +689,7 @@ func (p *pipe) close() {
 	nc := p.nc
 	p.mu.Unlock()
 	close(p.stop)
+	p.end()
 	if nc != nil {
 		p.breakConn(nc, errPipeDown)
 	}

@@ -78,9 +78,7 @@ func (h *hub) sweep(ctx context.Context) {
 	if len(users) == 0 {
 		return
 	}
-	sctx, cancel := context.WithTimeout(ctx, sweepEvery)
-	defer cancel()
-	lens, err := h.q.Lengths(sctx, users)
+	lens, err := h.q.Lengths(ctx, users, time.Second)
 	if err != nil {
 		h.log.Debug("the sweep could not read every queue; the next one retries", "err", err)
 	}
