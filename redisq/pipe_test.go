@@ -128,14 +128,18 @@ func TestPipeWritesALazyCallAlone(t *testing.T) {
 // leaves HELLO, CLIENT TRACKING and scripts allowed) gets ErrNoHints at
 // start, and the server consumes blocking.
 func TestHintsNeedClientKill(t *testing.T) {
-	rds := testutil.StartRedis(t)
-	q := dialQueue(t, rds.UserURL("app", "-@dangerous"))
-	h, err := q.StartHints(t.Context(), func(string) {}, func() {})
-	if !errors.Is(err, ErrNoHints) {
-		if h != nil {
-			h.Close()
-		}
-		t.Fatalf("StartHints under -@dangerous: %v, want ErrNoHints", err)
+	for _, rules := range []string{"-@dangerous", "-client|kill", "-info"} {
+		t.Run(rules, func(t *testing.T) {
+			rds := testutil.StartRedis(t)
+			q := dialQueue(t, rds.UserURL("app", rules))
+			h, err := q.StartHints(t.Context(), func(string) {}, func() {})
+			if !errors.Is(err, ErrNoHints) {
+				if h != nil {
+					h.Close()
+				}
+				t.Fatalf("StartHints with %s: %v, want ErrNoHints", rules, err)
+			}
+		})
 	}
 }
 
@@ -161,23 +165,33 @@ func TestFenceAfterARestartKillsNobody(t *testing.T) {
 	defer srv.Close()
 	p := testPipe(t, srv)
 	l := pipeLink(t, rds.Client())
+	p.close() // nothing of its own takes an id after the restart
 	rds.Restart()
 	var victims []net.Conn
-	for range int(l.id) + 5 { // other clients take the ids again, the old one among them
+	got := false
+	for !got { // other clients take the ids again, up to the old one
 		nc, err := net.Dial("tcp", rds.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer nc.Close()
-		if _, err := nc.Write(resp3.AppendCommand(nil, "PING")); err != nil {
+		if _, err := nc.Write(resp3.AppendCommand(nil, "CLIENT", "ID")); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := bufio.NewReader(nc).ReadString('\n'); err != nil {
+		line, err := bufio.NewReader(nc).ReadString('\n')
+		if err != nil {
 			t.Fatal(err)
 		}
+		var id int64
+		if _, err := fmt.Sscanf(line, ":%d", &id); err != nil || id > l.id {
+			t.Fatalf("CLIENT ID %q (%v): no client got the old id %d", line, err, l.id)
+		}
+		got = id == l.id
 		victims = append(victims, nc)
 	}
-	if !p.fence(l) {
+	fencer := redis.NewClient(&redis.Options{Addr: rds.Addr()})
+	defer fencer.Close()
+	if !newPipe(fencer, "user_", "redpush-hints-pt", slog.New(slog.DiscardHandler), func([]string) {}, func() {}).fence(l) {
 		t.Fatal("fence gave up")
 	}
 	for i, nc := range victims {
@@ -186,7 +200,7 @@ func TestFenceAfterARestartKillsNobody(t *testing.T) {
 			t.Fatalf("client %d was killed by the fence: %v", i, err)
 		}
 		if _, err := bufio.NewReader(nc).ReadString('\n'); err != nil {
-			t.Fatalf("client %d was killed by the fence: %v", i, err)
+			t.Fatalf("client %d (the old id's: %v) was killed by the fence: %v", i, i == len(victims)-1, err)
 		}
 	}
 }
