@@ -1,6 +1,7 @@
 package redisq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -181,6 +182,10 @@ func (h *Hints) pipeFor(ctx context.Context, user string) (*pipe, error) {
 	if !ok {
 		return nil, ErrNoHints
 	}
+	// Bounded: a pop's own context has no deadline yet (its lease is taken
+	// once it has a turn), and opening a pipe dials.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	c, err := cc.MasterForKey(ctx, h.q.Key(user))
 	if err != nil {
 		return nil, err
@@ -217,9 +222,7 @@ func (h *Hints) pop(ctx context.Context, user string, acks Acks, n int, token ui
 	if err := q.guard(); err != nil {
 		return nil, 0, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	p, err := h.pipeFor(pctx, user)
-	cancel()
+	p, err := h.pipeFor(ctx, user)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -228,7 +231,7 @@ func (h *Hints) pop(ctx context.Context, user string, acks Acks, n int, token ui
 	if !p.acquire() {
 		return nil, 0, errPipeDown
 	}
-	ctx, cancel, err = q.leased(ctx)
+	ctx, cancel, err := q.leased(ctx)
 	if err != nil {
 		p.release()
 		return nil, 0, err
@@ -383,7 +386,7 @@ func (q *Queue) Lengths(ctx context.Context, users []string, within time.Duratio
 			defer wg.Done()
 			if err := q.lengthsOn(ctx, c, users, idx, out, within); err != nil {
 				mu.Lock()
-				first = cmpErr(first, err)
+				first = cmp.Or(first, err)
 				mu.Unlock()
 			}
 		}()
@@ -435,7 +438,7 @@ func (q *Queue) lengthsOn(ctx context.Context, c redis.Cmdable, users []string, 
 			n, err := cmds[j].Result()
 			if err != nil {
 				n = -1
-				first = cmpErr(first, err)
+				first = cmp.Or(first, err)
 			}
 			out[i] = n
 		}

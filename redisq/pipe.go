@@ -1,6 +1,7 @@
 package redisq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -343,18 +344,7 @@ func (p *pipe) fence(l *link) bool {
 	var warned time.Time
 	for !p.isClosed() {
 		ctx, cancel := context.WithTimeout(p.life, 2*time.Second)
-		err := p.srv.Ping(ctx).Err() // the go-redis client may need a reconnect too
-		var runID string
-		if err == nil {
-			var info string
-			info, err = p.srv.Info(ctx, "server").Result()
-			runID = infoField(info, "run_id")
-		}
-		if err == nil && runID == l.runID {
-			// The new-style filter form answers how many it killed: 0
-			// when the connection is gone already.
-			err = p.srv.Do(ctx, "CLIENT", "KILL", "ID", l.id).Err()
-		}
+		err := endOn(ctx, p.srv, l)
 		cancel()
 		switch {
 		case err == nil:
@@ -371,6 +361,18 @@ func (p *pipe) fence(l *link) bool {
 		}
 	}
 	return false
+}
+
+// endOn ends l's connection through via, if via reaches the server l did
+// (same run_id: client ids are reused after a restart); a restarted or
+// another server holds nothing of it. The new-style filter form of CLIENT
+// KILL answers how many it killed: 0 when the connection is gone already.
+func endOn(ctx context.Context, via *redis.Client, l *link) error {
+	info, err := via.Info(ctx, "server").Result()
+	if err != nil || infoField(info, "run_id") != l.runID {
+		return err
+	}
+	return via.Do(ctx, "CLIENT", "KILL", "ID", l.id).Err()
 }
 
 // isRedisReply reports whether err is an error reply of Redis's.
@@ -441,14 +443,6 @@ func (p *pipe) reply(v any) error {
 // has passed fails for every call it carries.
 const minWriteTime = 50 * time.Millisecond
 
-// cmpErr is err, or def when err is nil.
-func cmpErr(err, def error) error {
-	if err != nil {
-		return err
-	}
-	return def
-}
-
 // flushPasses bounds the writes of one flush: a caller that takes the
 // writer's turn does not write for others forever.
 const flushPasses = 4
@@ -501,7 +495,7 @@ func (p *pipe) flush() {
 		p.queued = p.queued[:0]
 		p.mu.Unlock()
 		for _, c := range expired {
-			c.finish(cmpErr(c.ctx.Err(), context.DeadlineExceeded))
+			c.finish(cmp.Or(c.ctx.Err(), context.DeadlineExceeded))
 		}
 		var err error
 		if len(buf) > 0 {
@@ -669,11 +663,7 @@ func (p *pipe) closeFenced(via *redis.Client) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	info, err := via.Info(ctx, "server").Result()
-	if err == nil && infoField(info, "run_id") == l.runID {
-		err = via.Do(ctx, "CLIENT", "KILL", "ID", l.id).Err()
-	}
-	if err != nil {
+	if err := endOn(ctx, via, l); err != nil {
 		p.log.Warn("could not end a replaced hint connection; a command still on its way may run late", "err", err)
 	}
 }

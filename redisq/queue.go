@@ -226,23 +226,16 @@ func CheckKeyPattern(pattern string) error {
 // Key returns the queue key of user, e.g. "user_42_messages".
 func (q *Queue) Key(user string) string { return q.prefix + user + q.suffix }
 
-// Backlog is how many messages wait in the queues of users, in one
-// pipeline of LLEN.
+// Backlog is how many messages wait in the queues of users (Lengths,
+// each pipeline within a second); an error when any could not be read.
 func (q *Queue) Backlog(ctx context.Context, users []string) (int64, error) {
-	if len(users) == 0 {
-		return 0, nil
-	}
-	pl := q.cmd.Pipeline()
-	cmds := make([]*redis.IntCmd, len(users))
-	for i, u := range users {
-		cmds[i] = pl.LLen(ctx, q.Key(u))
-	}
-	if _, err := pl.Exec(ctx); err != nil {
+	lens, err := q.Lengths(ctx, users, time.Second)
+	if err != nil {
 		return 0, err
 	}
 	var n int64
-	for _, c := range cmds {
-		n += c.Val()
+	for _, l := range lens {
+		n += l
 	}
 	return n, nil
 }
