@@ -24,8 +24,12 @@ type relay struct {
 	instance string
 	dirty    chan struct{} // wakes sync when want changed
 
-	mu      sync.Mutex
-	want    map[string]string      // channel → user, for the users online here
+	mu   sync.Mutex
+	want map[string]string // channel → user, for the users online here
+	// changed are the channels watched or unwatched since sync last ran:
+	// sync's work grows with what changed, not with the users online (a
+	// scan of want per change made every connect cost O(online users)).
+	changed map[string]struct{}
 	queues  map[string]*relayQueue // user → relayed batches not yet written
 	pending int                    // batches in all queues
 }
@@ -43,7 +47,7 @@ type relayQueue struct {
 
 func newRelay(ctx context.Context, h *hub, client redis.UniversalClient, instance string) *relay {
 	r := &relay{hub: h, ps: client.Subscribe(ctx), instance: instance, dirty: make(chan struct{}, 1),
-		want: make(map[string]string), queues: make(map[string]*relayQueue)}
+		want: make(map[string]string), changed: make(map[string]struct{}), queues: make(map[string]*relayQueue)}
 	go r.run()
 	go r.sync(ctx)
 	return r
@@ -53,16 +57,20 @@ func newRelay(ctx context.Context, h *hub, client redis.UniversalClient, instanc
 // called under the hub's lock, so it only records the wish: sync talks to
 // Redis.
 func (r *relay) watch(user string) {
+	ch := r.hub.q.RelayChannel(user)
 	r.mu.Lock()
-	r.want[r.hub.q.RelayChannel(user)] = user
+	r.want[ch] = user
+	r.changed[ch] = struct{}{}
 	r.mu.Unlock()
 	r.poke()
 }
 
 // unwatch drops the wish when the user's last connection here is gone.
 func (r *relay) unwatch(user string) {
+	ch := r.hub.q.RelayChannel(user)
 	r.mu.Lock()
-	delete(r.want, r.hub.q.RelayChannel(user))
+	delete(r.want, ch)
+	r.changed[ch] = struct{}{}
 	r.mu.Unlock()
 	r.poke()
 }
@@ -86,21 +94,7 @@ func (r *relay) sync(ctx context.Context) {
 			return
 		case <-r.dirty:
 		}
-		var add, drop []string
-		r.mu.Lock()
-		for ch := range r.want {
-			if !have[ch] {
-				add = append(add, ch)
-				have[ch] = true
-			}
-		}
-		for ch := range have {
-			if _, ok := r.want[ch]; !ok {
-				drop = append(drop, ch)
-				delete(have, ch)
-			}
-		}
-		r.mu.Unlock()
+		add, drop := r.diff(have)
 		if len(add) > 0 {
 			if err := r.ps.Subscribe(ctx, add...); err != nil {
 				r.hub.log.Debug("relay subscribe failed", "channels", len(add), "err", err)
@@ -110,6 +104,28 @@ func (r *relay) sync(ctx context.Context) {
 			_ = r.ps.Unsubscribe(ctx, drop...)
 		}
 	}
+}
+
+// diff takes the channels changed since the last call and says which to
+// subscribe and which to drop so that have (updated) matches want. A
+// channel watched and unwatched in between is neither.
+func (r *relay) diff(have map[string]bool) (add, drop []string) {
+	r.mu.Lock()
+	changed := r.changed
+	r.changed = make(map[string]struct{})
+	for ch := range changed {
+		_, wanted := r.want[ch]
+		switch {
+		case wanted && !have[ch]:
+			add = append(add, ch)
+			have[ch] = true
+		case !wanted && have[ch]:
+			drop = append(drop, ch)
+			delete(have, ch)
+		}
+	}
+	r.mu.Unlock()
+	return add, drop
 }
 
 // run hands relayed batches to their users' queues until close. Each user
