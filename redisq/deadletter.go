@@ -2,7 +2,6 @@ package redisq
 
 import (
 	"context"
-	"errors"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -75,16 +74,6 @@ func (q *Queue) RequeueFailed(ctx context.Context, user string) (moved, failures
 		return 0, 0, false, err
 	}
 	return int(r[0]), int(r[1]), r[2] == 1, nil
-}
-
-// Failures returns the count of consecutive failed deliveries of user's
-// queue, for a consumer that starts.
-func (q *Queue) Failures(ctx context.Context, user string) (int, error) {
-	n, err := q.cmd.Get(ctx, q.failuresKey(user)).Int()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
-	return n, err
 }
 
 // ClearFailures resets the count after a delivery.

@@ -2,6 +2,7 @@ package redisq
 
 import (
 	"context"
+	"errors"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -138,4 +139,42 @@ func (q *Queue) ReclaimDead(ctx context.Context) (lists, msgs int, err error) {
 		}
 	}
 	return lists, msgs, nil
+}
+
+// Start readies user's queue for a new consumer of this instance in one
+// round trip: it registers the queue (Register), returns to the queue what
+// an earlier consumer left in the processing list (Requeue: it could not
+// when Redis was down), and reads the queue's failed deliveries (Failures).
+// Each part may run again: a Start that failed is simply called again.
+// Three commands one after another cost a connecting user three round
+// trips; a connect storm is made of them.
+func (q *Queue) Start(ctx context.Context, user string) (requeued, failures int, err error) {
+	ctx, cancel, err := q.leased(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer cancel()
+	var moved *redis.Cmd
+	var count *redis.StringCmd
+	cmds, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, listsKey(q.instance), q.Key(user))
+		// Eval, not EvalSha: a pipeline cannot fall back on NOSCRIPT.
+		moved = requeueAll.Eval(ctx, p, []string{q.ProcessingKey(user), q.Key(user)})
+		count = p.Get(ctx, q.failuresKey(user))
+		return nil
+	})
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return 0, 0, err
+		}
+	}
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, 0, err
+	}
+	requeued, err = moved.Int()
+	if err != nil {
+		return 0, 0, err
+	}
+	failures, _ = count.Int() // none yet (nil), or not a count: start from 0
+	return requeued, failures, nil
 }

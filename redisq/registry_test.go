@@ -72,3 +72,41 @@ func TestALiveInstanceTakenForDeadRegistersAgain(t *testing.T) {
 		t.Fatalf("dead instance's in-flight %v not returned: registry entry was dropped while it lived", inflight)
 	}
 }
+
+// Start registers the queue, returns what a previous consumer left in its
+// processing list, oldest message first, and reads the failed deliveries,
+// all in one call; with nothing left and no failures it says 0 and 0.
+func TestStartRegistersRequeuesAndReadsFailures(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	ctx := context.Background()
+	c, err := redisq.Dial(ctx, rds.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "a", Batch: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := rds.Client()
+	if n, f, err := q.Start(ctx, "fresh"); err != nil || n != 0 || f != 0 {
+		t.Fatalf("fresh queue: Start = %d, %d, %v; want 0, 0, nil", n, f, err)
+	}
+	rc.LPush(ctx, "user_u_messages", "m1", "m2", "m3")
+	if msgs, err := q.AckPop(ctx, "u"); err != nil || len(msgs) != 2 {
+		t.Fatalf("AckPop = %v, %v", msgs, err)
+	}
+	rc.Set(ctx, "{user_u_messages}:failures", 2, 0)
+	n, f, err := q.Start(ctx, "u")
+	if err != nil || n != 2 || f != 2 {
+		t.Fatalf("Start = %d, %d, %v; want 2 requeued, 2 failures", n, f, err)
+	}
+	if got, _ := rc.LRange(ctx, "user_u_messages", 0, -1).Result(); len(got) != 3 || got[2] != "m1" {
+		t.Fatalf("queue after Start: %v, want m1 at the right (read next)", got)
+	}
+	for _, u := range []string{"fresh", "u"} {
+		if ok, _ := rc.SIsMember(ctx, "redpush:lists:a", "user_"+u+"_messages").Result(); !ok {
+			t.Errorf("queue of %s not registered", u)
+		}
+	}
+}

@@ -49,14 +49,13 @@ func (h *hub) consume(ctx context.Context, s *session) {
 	// The queue is registered before the first pop (redisq's registry: a
 	// dead instance's lists are found there). A previous consumer of this
 	// user could not requeue its last batch only if Redis was down;
-	// returning it first keeps the order.
-	if !h.register(ctx, s.user) || !h.requeue(ctx, s.user) {
+	// returning it first keeps the order. failures counts the queue's
+	// consecutive failed deliveries (redisq's dead-letter rule): past
+	// IsolateAfter, messages go one at a time.
+	c := &consumer{h: h, s: s, b: b}
+	if !h.start(ctx, c) {
 		return
 	}
-	c := &consumer{h: h, s: s, b: b}
-	// failures counts the queue's consecutive failed deliveries (redisq's
-	// dead-letter rule): past IsolateAfter, messages go one at a time.
-	c.failures, _ = h.q.Failures(ctx, s.user)
 	for c.serve(ctx) {
 		// The user's last connection is gone, and what was delivered is
 		// acknowledged. The session leaves the hub only now: a connection
@@ -612,6 +611,23 @@ func (h *hub) requeue(ctx context.Context, user string) bool {
 		n, err := h.q.Requeue(actx, user)
 		if err == nil {
 			h.stats.Requeued.Add(int64(n))
+		}
+		return err
+	})
+}
+
+// start readies the user's queue for c in one round trip
+// (redisq.Queue.Start), retrying while Redis is down. It reports false
+// when the server shuts down first.
+func (h *hub) start(ctx context.Context, c *consumer) bool {
+	return h.retry(ctx, func() error {
+		// Like requeue, it must outlive a cancelled ctx.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		n, failures, err := h.q.Start(actx, c.s.user)
+		if err == nil {
+			h.stats.Requeued.Add(int64(n))
+			c.failures = failures
 		}
 		return err
 	})
