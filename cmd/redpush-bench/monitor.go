@@ -33,6 +33,7 @@ type monitor struct {
 	procs                      int
 	rssStart, rssIdle, rssPeak int64
 	rssEnd                     int64
+	rssIdleTop                 int64 // the largest process's RSS at rssIdle
 	cpuFrom, cpuTo             usage
 	stopped                    bool  // markTo was called: cpuTo is final
 	deliveredAtTo              int64 // first receipts when markTo was called (-1: not known here)
@@ -96,7 +97,7 @@ func (m *monitor) markFrom() {
 func (m *monitor) markIdle() {
 	if s, ok := m.sample(); ok {
 		m.mu.Lock()
-		m.rssIdle = s.rss
+		m.rssIdle, m.rssIdleTop = s.rss, s.top
 		m.mu.Unlock()
 	}
 }
@@ -217,6 +218,7 @@ func (m *monitor) serverStats(connected, delivered int64) serverStat {
 	defer m.mu.Unlock()
 	s.PID, s.Processes = m.cfg.serverPID, m.procs
 	s.RSSStart, s.RSSIdle, s.RSSPeak, s.RSSEnd = m.rssStart, m.rssIdle, m.rssPeak, m.rssEnd
+	s.RSSIdleTop = m.rssIdleTop
 	s.CPUSeconds = cpu
 	if connected > 0 {
 		s.RSSPerConn = (m.rssIdle - m.rssStart) / connected

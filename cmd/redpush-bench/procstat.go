@@ -13,6 +13,7 @@ type procSample struct {
 	rss   int64   // bytes, summed over the processes (shared pages count once per process)
 	cpu   float64 // user+system seconds, including children that exited and were reaped
 	procs int     // processes counted
+	top   int64   // the RSS of the largest process, bytes
 }
 
 var (
@@ -78,6 +79,7 @@ func sampleTree(pid int) (procSample, bool) {
 		s.rss += st.rss
 		s.cpu += st.cpu
 		s.procs++
+		s.top = max(s.top, st.rss)
 		todo = append(todo, children[p]...)
 	}
 	return s, true

@@ -109,15 +109,25 @@ func TestSuiteTableShowsEveryFailureAndTheWorstTail(t *testing.T) {
 	}
 }
 
-// make bench rewrites BENCHMARKS.md but keeps the side-by-side section.
-func TestSplitAgainstKeepsTheSideBySideSection(t *testing.T) {
-	md := "# Benchmarks\n\n## a) x\n\ntable\n\n" + againstHeading + "\n\nside by side\n### a)\n"
-	own, against := splitAgainst(md)
-	if own != "# Benchmarks\n\n## a) x\n\ntable\n\n" || against != againstHeading+"\n\nside by side\n### a)\n" {
-		t.Fatalf("own %q, against %q", own, against)
+// Each of make bench, make bench-scale and make bench-compare rewrites its
+// own part of BENCHMARKS.md and keeps the others.
+func TestSplitPartsKeepsEachSection(t *testing.T) {
+	own := "# Benchmarks\n\n## a) x\n\ntable\n"
+	scale := scaleHeading + "\n\nbig\n### " + strings.TrimPrefix(scaleHeading, "## ") + ": y\n"
+	against := againstHeading + "\n\nside by side\n### a)\n"
+	p := splitParts(own + "\n" + scale + "\n" + against)
+	if p.own != own+"\n" || p.scale != scale+"\n" || p.against != against {
+		t.Fatalf("own %q, scale %q, against %q", p.own, p.scale, p.against)
 	}
-	if own, against := splitAgainst("# Benchmarks\n"); own != "# Benchmarks\n" || against != "" {
-		t.Fatalf("without the section: %q %q", own, against)
+	p.scale = scaleHeading + "\n\nnew\n"
+	if got, want := p.join(), own+"\n"+p.scale+"\n"+against; got != want {
+		t.Fatalf("joined:\n%s\nwant:\n%s", got, want)
+	}
+	if p := splitParts("# Benchmarks\n\n" + against); p.own != "# Benchmarks\n\n" || p.scale != "" || p.against != against {
+		t.Fatalf("without a scale section: %+v", p)
+	}
+	if p := splitParts("# Benchmarks\n"); p.own != "# Benchmarks\n" || p.scale != "" || p.against != "" {
+		t.Fatalf("without sections: %+v", p)
 	}
 }
 

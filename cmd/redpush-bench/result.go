@@ -79,12 +79,15 @@ type latency struct {
 }
 
 type serverStat struct {
-	PID             int     `json:"pid"`
-	Processes       int     `json:"processes"` // the pid and its descendants, all sampled
-	RSSStart        int64   `json:"rss_start_bytes"`
-	RSSIdle         int64   `json:"rss_idle_bytes"`
-	RSSPeak         int64   `json:"rss_peak_bytes"`
-	RSSEnd          int64   `json:"rss_end_bytes"`
+	PID       int   `json:"pid"`
+	Processes int   `json:"processes"` // the pid and its descendants, all sampled
+	RSSStart  int64 `json:"rss_start_bytes"`
+	RSSIdle   int64 `json:"rss_idle_bytes"`
+	RSSPeak   int64 `json:"rss_peak_bytes"`
+	RSSEnd    int64 `json:"rss_end_bytes"`
+	// RSSIdleTop is the largest single process's RSS at RSSIdle: with
+	// several server processes, what one of them holds.
+	RSSIdleTop      int64   `json:"rss_idle_top_process_bytes,omitempty"`
 	RSSPerConn      int64   `json:"rss_per_conn_bytes"`
 	CPUSeconds      float64 `json:"cpu_seconds"`
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
@@ -173,6 +176,9 @@ func (r *result) printTable(w io.Writer) {
 	if s := r.Server; s.PID != 0 {
 		row("server rss", fmt.Sprintf("start %s  idle %s  peak %s  per conn %s%s (%s)",
 			mib(s.RSSStart), mib(s.RSSIdle), mib(s.RSSPeak), kib(s.RSSPerConn), rssNote(r.Connected), plural(s.Processes, "process", "processes")))
+		if s.Processes > 1 {
+			row("  largest process", "idle "+mib(s.RSSIdleTop))
+		}
 		row("server cpu", fmt.Sprintf("%.2fs (%.1f µs/msg)", s.CPUSeconds, s.CPUMicrosPerMsg))
 	}
 	if r.Redis != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/redis/go-redis/v9"
 )
 
 // The runner behind suite and compare: each run gets a fresh redis-server
@@ -39,6 +40,7 @@ type runEnv struct {
 	dir       string   // scratch: JSON files and server logs
 	benchArgs []string // the scenario's flags
 	redisArgs []string // extra redis-server flags
+	procs     int      // server processes the command starts (sharing the port); 0 or 1: one
 }
 
 // runOnce measures srv once. A run whose bench exits 1 (a failed verdict)
@@ -70,6 +72,13 @@ func (e runEnv) runOnce(ctx context.Context, srv serverSpec, tag string) (*resul
 	if err := waitGreeting(ctx, connectAddr(addr), sp); err != nil {
 		return nil, fmt.Errorf("%s (%s) did not come up: %v; its log: %s", srv.name, cmdline, err, tail(logPath))
 	}
+	if e.procs > 1 {
+		// One greeting proves one process; the RSS baseline and the
+		// kernel's spreading of connections need all of them.
+		if err := waitInstances(ctx, redisAddr, e.procs, sp); err != nil {
+			return nil, fmt.Errorf("%s (%s): %v; its log: %s", srv.name, cmdline, err, tail(logPath))
+		}
+	}
 	out := filepath.Join(e.dir, tag+".json")
 	args := append([]string{"-url", "ws://" + connectAddr(addr) + "/", "-redis", redisURL,
 		"-server-pid", strconv.Itoa(sp.cmd.Process.Pid), "-redis-pid", strconv.Itoa(rs.cmd.Process.Pid),
@@ -82,6 +91,31 @@ func (e runEnv) runOnce(ctx context.Context, srv serverSpec, tag string) (*resul
 		return nil, fmt.Errorf("bench against %s: %v", srv.name, err)
 	}
 	return readResult(out)
+}
+
+// waitInstances waits until n redpush instances have a heartbeat in the
+// Redis at addr (redisq's redpush:instances; a process beats once its
+// listener is open), for at most 30 s.
+func waitInstances(ctx context.Context, addr string, n int, sp *proc) error {
+	rc := redis.NewClient(&redis.Options{Addr: addr})
+	defer rc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		have, _ := rc.SCard(ctx, "redpush:instances").Result()
+		if have >= int64(n) {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-sp.done:
+			return fmt.Errorf("exited with %d of %d instances up", have, n)
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d instances up after 30 s", have, n)
+		}
+	}
 }
 
 // proc is a process started in its own process group, so that stopping it
