@@ -20,6 +20,7 @@
 // "{Q}:processing:I". The hash tag puts both keys in one Redis Cluster slot
 // so that the multi-key commands and scripts work on a cluster too; so do
 // "{Q}:ack:I" (the ack fence), "{Q}:relay" (the relay channel),
+// "{Q}:instances" (the instances serving the user: the relay's listeners),
 // "{Q}:failures" and "{Q}:dead" (failed deliveries and the dead-letter list,
 // [Queue.RequeueFailed]). Per instance: "redpush:instance:I" (heartbeat),
 // "redpush:claim:I" (one live process per id, [Queue.Claim]) and
@@ -102,7 +103,8 @@
 // the instance's claim (below): 1–2 s.
 //
 // Several instances: the ack script publishes each acknowledged batch on the
-// user's relay channel ([Queue.RelayChannel], [ParseRelay]); a token fences
+// user's relay channel ([Queue.RelayChannel], [ParseRelay]) when another
+// instance serves the user ("{Q}:instances", kept with the registry); a token fences
 // it so that a go-redis retry cannot ack a batch nobody delivered. An
 // instance that died for good is found by its expired heartbeat
 // ([Queue.Heartbeat], [Queue.ReclaimDead]). Two live processes never share

@@ -289,7 +289,7 @@ func (h *Hints) Ack(ctx context.Context, user string, acks Acks, token uint64) e
 // names, then pop up to moves messages.
 func (h *Hints) ackCommand(buf []byte, user string, acks Acks, moves int, token uint64) []byte {
 	q := h.q
-	return resp3.AppendCommand(buf, "EVALSHA", ackPop.Hash(), "3", q.Key(user), q.ProcessingKey(user), q.fenceKey(user),
+	return resp3.AppendCommand(buf, "EVALSHA", ackPop.Hash(), "4", q.Key(user), q.ProcessingKey(user), q.fenceKey(user), q.instancesKey(user),
 		strconv.Itoa(moves), q.instance, q.RelayChannel(user), strconv.FormatUint(token, 10),
 		strconv.Itoa(acks.Oldest), strconv.Itoa(acks.Held), strconv.FormatInt(FenceLife.Milliseconds(), 10))
 }

@@ -112,8 +112,11 @@ func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc
 // ARGV[3] (a channel is not a key, so it is not in KEYS), so that other
 // instances holding connections of the same user write it to them too:
 // "<origin instance>\n" then each message, oldest first, as
-// "<length>:<bytes>" (binary safe). With nobody subscribed, Redis drops it at
-// once.
+// "<length>:<bytes>" (binary safe). It publishes only when the set KEYS[4]
+// of the instances serving the user (registry.go) names another instance
+// than ARGV[2]: with the user online here alone, which is the common case,
+// a publication would reach only this instance's own subscription, to be
+// read and dropped.
 //
 // Run twice, the script would ack messages the first run popped and nobody
 // delivered, and go-redis does run a command twice when the connection
@@ -151,7 +154,9 @@ if acked > 0 then
     for i = 1, #held do
       parts[#parts + 1] = #held[i] .. ':' .. held[i]
     end
-    redis.call('PUBLISH', ARGV[3], table.concat(parts))
+    if redis.call('SCARD', KEYS[4]) > redis.call('SISMEMBER', KEYS[4], ARGV[2]) then
+      redis.call('PUBLISH', ARGV[3], table.concat(parts))
+    end
   end
 end
 for i = 1, tonumber(ARGV[1]) do
@@ -329,7 +334,7 @@ func (q *Queue) AckPopToken(ctx context.Context, user string, acks Acks, n int, 
 		return nil, err
 	}
 	defer cancel()
-	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user)}
+	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user), q.instancesKey(user)}
 	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token, acks.Oldest, acks.Held,
 		FenceLife.Milliseconds()).StringSlice()
 	var rerr redis.Error

@@ -355,11 +355,18 @@ func TestAckRelaysTheDeliveredBatch(t *testing.T) {
 	}
 	msgs := []string{"first", "\xff\x00binary:with\ncolons", ""}
 	rc.LPush(ctx, q.Key("r"), testutil.Any(msgs)...)
+	if err := q.Register(ctx, "r"); err != nil {
+		t.Fatal(err)
+	}
+	// Another instance serves the user too: the batch is published for it.
+	rc.SAdd(ctx, "{user_r_messages}:instances", "i2")
 	q.AckPop(ctx, "r")
 	if err := q.Ack(ctx, "r"); err != nil {
 		t.Fatal(err)
 	}
-	m, err := sub.ReceiveMessage(ctx)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := sub.ReceiveMessage(rctx)
 	if err != nil {
 		t.Fatal(err)
 	}

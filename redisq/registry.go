@@ -30,6 +30,18 @@ import (
 // net (ReclaimDeadScan): for lists of versions without the registry, during
 // a rolling upgrade.
 
+// The same records say where a user is online, for the relay: the ack
+// script publishes a batch only when another instance serves the user.
+//
+//	{<queue>}:instances      SET of the instances that serve the queue's
+//	                         user (same slot as the queue)
+//
+// An instance adds itself with Register (and RegisterAll) and removes
+// itself with Unregister; a dead instance is removed when its lists are
+// reclaimed. A stale entry costs a publication nobody reads; a missing one
+// (Redis lost it, until the next heartbeat registers again) costs the
+// relayed copies of that while, which are best effort.
+
 const instancesKey = "redpush:instances"
 
 func listsKey(instance string) string { return "redpush:lists:" + instance }
@@ -37,7 +49,7 @@ func listsKey(instance string) string { return "redpush:lists:" + instance }
 // Register records that this instance may hold a processing list of user's
 // queue. Call it before the first pop of a consumer.
 func (q *Queue) Register(ctx context.Context, user string) error {
-	return q.cmd.SAdd(ctx, listsKey(q.instance), q.Key(user)).Err()
+	return q.RegisterAll(ctx, []string{user})
 }
 
 // RegisterAll is Register for many users at once.
@@ -48,7 +60,14 @@ func (q *Queue) RegisterAll(ctx context.Context, users []string) error {
 		for i, u := range users[:n] {
 			keys[i] = q.Key(u)
 		}
-		if err := q.cmd.SAdd(ctx, listsKey(q.instance), keys...).Err(); err != nil {
+		_, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.SAdd(ctx, listsKey(q.instance), keys...)
+			for _, u := range users[:n] {
+				p.SAdd(ctx, q.instancesKey(u), q.instance)
+			}
+			return nil
+		})
+		if err != nil {
 			return err
 		}
 		users = users[n:]
@@ -56,11 +75,20 @@ func (q *Queue) RegisterAll(ctx context.Context, users []string) error {
 	return nil
 }
 
-// Unregister drops the record, once the processing list is empty and the
+// Unregister drops the records, once the processing list is empty and the
 // consumer is done with it.
 func (q *Queue) Unregister(ctx context.Context, user string) error {
-	return q.cmd.SRem(ctx, listsKey(q.instance), q.Key(user)).Err()
+	_, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SRem(ctx, listsKey(q.instance), q.Key(user))
+		p.SRem(ctx, q.instancesKey(user), q.instance)
+		return nil
+	})
+	return err
 }
+
+// instancesKey is the set of instances serving user, e.g.
+// "{user_42_messages}:instances".
+func (q *Queue) instancesKey(user string) string { return "{" + q.Key(user) + "}:instances" }
 
 // reclaimRegistered returns the processing lists that instance registered
 // to their queues. The entries stay: the caller drops the registry once it
@@ -71,6 +99,9 @@ func (q *Queue) reclaimRegistered(ctx context.Context, instance string) (lists, 
 		queue := iter.Val()
 		n, err := requeueAll.Run(ctx, q.cmd, []string{"{" + queue + "}:processing:" + instance, queue}).Int()
 		if err != nil {
+			return lists, msgs, err
+		}
+		if err := q.cmd.SRem(ctx, "{"+queue+"}:instances", instance).Err(); err != nil {
 			return lists, msgs, err
 		}
 		if n > 0 {
@@ -158,6 +189,7 @@ func (q *Queue) Start(ctx context.Context, user string) (requeued, failures int,
 	var count *redis.StringCmd
 	cmds, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, listsKey(q.instance), q.Key(user))
+		p.SAdd(ctx, q.instancesKey(user), q.instance)
 		// Eval, not EvalSha: a pipeline cannot fall back on NOSCRIPT.
 		moved = requeueAll.Eval(ctx, p, []string{q.ProcessingKey(user), q.Key(user)})
 		count = p.Get(ctx, q.failuresKey(user))

@@ -3,6 +3,7 @@ package redisq_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -108,5 +109,61 @@ func TestStartRegistersRequeuesAndReadsFailures(t *testing.T) {
 		if ok, _ := rc.SIsMember(ctx, "redpush:lists:a", "user_"+u+"_messages").Result(); !ok {
 			t.Errorf("queue of %s not registered", u)
 		}
+	}
+}
+
+// The set of the instances serving a user (the relay's listeners) follows
+// the registry: Start and Register add the instance, Unregister removes it,
+// and so does the reclaim of a dead instance.
+func TestInstancesServingAUserFollowTheRegistry(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	ctx := context.Background()
+	c, err := redisq.Dial(ctx, rds.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mk := func(id string) *redisq.Queue {
+		q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q
+	}
+	a, d, b := mk("a"), mk("d"), mk("b")
+	rc := rds.Client()
+	serving := func() []string {
+		m, _ := rc.SMembers(ctx, "{user_x_messages}:instances").Result()
+		slices.Sort(m)
+		return m
+	}
+	if _, _, err := a.Start(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = d.Heartbeat(ctx, 50*time.Millisecond)
+	if err := d.Register(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if got := serving(); !slices.Equal(got, []string{"a", "d"}) {
+		t.Fatalf("serving %v, want a and d", got)
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n, _ := rc.Exists(ctx, "redpush:instance:d").Result(); n != 0 {
+			return errors.New("d's heartbeat alive")
+		}
+		return nil
+	})
+	_, _ = b.Heartbeat(ctx, time.Minute)
+	if _, _, err := b.ReclaimDead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := serving(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("after d died: serving %v, want a", got)
+	}
+	if err := a.Unregister(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if got := serving(); len(got) != 0 {
+		t.Fatalf("after a unregistered: serving %v", got)
 	}
 }

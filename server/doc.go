@@ -70,7 +70,8 @@
 //     user's own session only, and fds are never reused.
 //   - Several instances on one Redis (relay.go): an instance subscribes to
 //     the relay channel of each user online there; the ack script publishes
-//     every acknowledged batch on it, and the relay goroutine writes what
+//     every acknowledged batch on it when another instance serves the user
+//     (redisq's "{Q}:instances"), and the relay goroutine writes what
 //     other instances published to the local connections of that user, in
 //     the order they were published: one writer goroutine per user with
 //     relayed batches waiting (at most 1,024 batches in all), so a slow

@@ -46,6 +46,11 @@ func everyConnectionGetsEveryMessage(t *testing.T, producer redis.UniversalClien
 	}
 	channel := "{user_" + user + "_messages}:relay"
 	testutil.Eventually(t, 5*time.Second, func() error {
+		// Every instance says it serves the user (the ack script
+		// publishes only then) and listens on the channel.
+		if n, err := producer.SCard(t.Context(), "{user_"+user+"_messages}:instances").Result(); err != nil || n != int64(len(gws)) {
+			return fmt.Errorf("%d instances serve the user (%v), want %d", n, err, len(gws))
+		}
 		var n int64
 		for _, node := range nodes {
 			subs, err := node.PubSubNumSub(t.Context(), channel).Result()
@@ -81,6 +86,71 @@ func everyConnectionGetsEveryMessage(t *testing.T, producer redis.UniversalClien
 				t.Fatalf("connection on instance %d saw %q %d times; odd frames: %v", i, m, seen[m], odd)
 			}
 		}
+	}
+}
+
+// A user online on one instance only: its acknowledged batches are not
+// published, for nobody else would read them (before, every ack published
+// to the instance's own subscription, which read and dropped it). Once a
+// second instance serves the user, they are.
+func TestAUserOnOneInstanceIsNotRelayed(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	rc := rds.Client()
+	a := startGateway(t, rds, server.Config{Instance: "a", Format: server.FormatRaw})
+	ca := a.dialReady("solo")
+	published := func() int64 {
+		info := rc.Info(t.Context(), "commandstats").Val()
+		_, rest, ok := strings.Cut(info, "cmdstat_publish:calls=")
+		if !ok {
+			return 0
+		}
+		var n int64
+		fmt.Sscan(strings.FieldsFunc(rest, func(r rune) bool { return r == ',' })[0], &n)
+		return n
+	}
+	push := func(msgs []string) {
+		for _, m := range msgs {
+			if err := rc.LPush(t.Context(), "user_solo_messages", m).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	acked := func() {
+		testutil.Eventually(t, 5*time.Second, func() error {
+			if n := rc.LLen(t.Context(), "{user_solo_messages}:processing:a").Val(); n != 0 {
+				return fmt.Errorf("%d messages not acknowledged", n)
+			}
+			return nil
+		})
+	}
+	first := testutil.Seq("m", 50)
+	push(first)
+	for _, m := range first {
+		if got := ca.MustRead(); got != m {
+			t.Fatalf("read %q, want %q", got, m)
+		}
+	}
+	acked()
+	if n := published(); n != 0 {
+		t.Fatalf("%d publications for a user that only instance a serves", n)
+	}
+	b := startGateway(t, rds, server.Config{Instance: "b", Format: server.FormatRaw})
+	cb := b.dialReady("solo")
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := rc.SCard(t.Context(), "{user_solo_messages}:instances").Val(); n != 2 {
+			return fmt.Errorf("%d instances serve the user", n)
+		}
+		return nil
+	})
+	second := testutil.Seq("n", 50)
+	push(second)
+	for _, c := range []*testutil.Client{ca, cb} {
+		for range second {
+			c.MustRead()
+		}
+	}
+	if n := published(); n == 0 {
+		t.Fatal("no publication with the user on two instances: the count above proves nothing")
 	}
 }
 
