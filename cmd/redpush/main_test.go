@@ -565,7 +565,10 @@ func TestUserOnTwoInstancesLosesNothingWhenOneIsKilled(t *testing.T) {
 	onB := testutil.Dial(t, b.addr, "k")
 	onB.MustRead()
 	testutil.DialBuffer(t, a.addr, "k", 4096).MustRead() // never reads again: a's batches stall
-	testutil.Eventually(t, 5*time.Second, func() error { // both instances listen for relays
+	testutil.Eventually(t, 5*time.Second, func() error { // both instances serve the user and listen for relays
+		if n, err := rc.SCard(t.Context(), "{user_k_messages}:instances").Result(); err != nil || n != 2 {
+			return fmt.Errorf("%d instances serve the user (%v)", n, err)
+		}
 		n, err := rc.PubSubNumSub(t.Context(), "{user_k_messages}:relay").Result()
 		if err != nil || n["{user_k_messages}:relay"] != 2 {
 			return fmt.Errorf("subscribers %v (%v)", n, err)
