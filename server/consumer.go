@@ -31,32 +31,56 @@ import (
 // pops in the ackPop script on the command client.
 func (h *hub) consume(ctx context.Context, s *session) {
 	h.consumers.Add(1)
-	defer h.consumers.Add(-1)
-	defer close(s.done)
 	var b *redisq.Blocker
 	if h.hints == nil {
 		b = h.q.Blocker()
-		defer b.Close()
 	}
+	h.mu.Lock()
+	s.blocker = b
+	h.mu.Unlock()
+	h.run(ctx, &consumer{h: h, s: s, b: b}, true)
+}
+
+// run is one task of c: the first, which starts the consumer, or one that
+// resumes it after it parked (hub.resume). The consumer ends (its session's
+// done closes) when a task returns without parking it.
+func (h *hub) run(ctx context.Context, c *consumer, first bool) {
+	h.tasks.Add(1)
+	defer h.tasks.Add(-1)
+	s := c.s
+	end := true
+	defer func() {
+		if end {
+			if c.b != nil {
+				c.b.Close()
+			}
+			h.consumers.Add(-1)
+			close(s.done)
+		}
+	}()
 	defer func() {
 		if v := recover(); v != nil {
 			h.crashed(ctx, s, v)
 		}
 	}()
-	h.mu.Lock()
-	s.blocker = b
-	h.mu.Unlock()
 	// The queue is registered before the first pop (redisq's registry: a
 	// dead instance's lists are found there). A previous consumer of this
 	// user could not requeue its last batch only if Redis was down;
 	// returning it first keeps the order. failures counts the queue's
 	// consecutive failed deliveries (redisq's dead-letter rule): past
 	// IsolateAfter, messages go one at a time.
-	c := &consumer{h: h, s: s, b: b}
-	if !h.start(ctx, c) {
+	if first && !h.start(ctx, c) {
 		return
 	}
-	for c.serve(ctx) {
+	for {
+		switch c.serve(ctx) {
+		case parked:
+			end = false
+			return
+		case shuttingDown:
+			h.retire(ctx, s)
+			return
+		}
 		// The user's last connection is gone, and what was delivered is
 		// acknowledged. The session leaves the hub only now: a connection
 		// of the user that came meanwhile joined this session, and this
@@ -72,10 +96,10 @@ func (h *hub) consume(ctx context.Context, s *session) {
 			return
 		}
 		if !h.register(ctx, s.user) {
-			break
+			h.retire(ctx, s) // shutting down
+			return
 		}
 	}
-	h.retire(ctx, s) // shutting down
 }
 
 // consumer is the state of one user's consumer between two Redis calls.
@@ -103,18 +127,25 @@ type consumer struct {
 	token                 uint64
 	tokenAt               time.Time
 	acking, ackingFlights int
+	// resumed is set by hub.resume for the task that goes on after a
+	// park: serve then keeps what it knew of the queue.
+	resumed bool
 }
 
 // serve pops, delivers and acknowledges while the user is online. It
-// reports true when the user went offline with nothing held (what was
-// delivered is acknowledged, the rest requeued), false when the server
-// shuts down.
-func (c *consumer) serve(ctx context.Context) bool {
+// reports wentOffline when the user went offline with nothing held (what
+// was delivered is acknowledged, the rest requeued), shuttingDown when the
+// server shuts down, and parked when it left the consumer to wait for a
+// hint with no task (hub.park; resume goes on where it stopped).
+func (c *consumer) serve(ctx context.Context) ending {
 	h, s := c.h, c.s
 	if !h.waitOnline(ctx, s) { // its connection may be gone before it started
-		return ctx.Err() == nil
+		return ended(ctx)
 	}
-	c.more, c.left = true, -1
+	if !c.resumed { // a resumed consumer knows its queue: it was hinted
+		c.more, c.left = true, -1
+	}
+	c.resumed = false
 loop:
 	for {
 		// While batches keep coming the user is online: skip the registry
@@ -146,7 +177,11 @@ loop:
 			msgs, err = c.pop(ctx, n)
 		} else {
 			if h.hints != nil {
-				c.awaitHint(ctx)
+				if ok, again := h.park(c); ok {
+					return parked
+				} else if !again {
+					c.awaitHint(ctx)
+				}
 				continue
 			}
 			if !h.beginBlock(s) {
@@ -174,7 +209,7 @@ loop:
 				c.token = 0
 				c.dropFlights(len(c.flights))
 				if !h.requeue(ctx, s.user) {
-					return false
+					return shuttingDown
 				}
 				c.more, c.left = true, -1
 			}
@@ -203,7 +238,7 @@ loop:
 			c.dropFlights(len(c.flights))
 			c.more, c.left = true, -1
 			if !h.requeue(ctx, s.user) || !c.bo.wait(ctx) {
-				return false
+				return shuttingDown
 			}
 			continue
 		}
@@ -237,10 +272,10 @@ loop:
 			if tried {
 				c.failures = h.requeueFailed(ctx, s.user)
 			} else if !h.requeue(ctx, s.user) {
-				return false
+				return shuttingDown
 			}
 			if !h.waitOnline(ctx, s) {
-				return ctx.Err() == nil // requeued: nothing held
+				return ended(ctx) // requeued: nothing held
 			}
 			c.more, c.left = true, -1 // the requeued batch is next
 			continue
@@ -270,7 +305,24 @@ loop:
 		}
 	}
 	c.token = 0
-	return ctx.Err() == nil
+	return ended(ctx)
+}
+
+// ending is how serve ended.
+type ending int
+
+const (
+	wentOffline  ending = iota // the user's last connection is gone; nothing held
+	shuttingDown               // the server shuts down
+	parked                     // waiting for a hint with no task (hub.park)
+)
+
+// ended is wentOffline, or shuttingDown once ctx is done.
+func ended(ctx context.Context) ending {
+	if ctx.Err() != nil {
+		return shuttingDown
+	}
+	return wentOffline
 }
 
 // pop acknowledges what c.acks names and pops up to n messages: in one

@@ -27,7 +27,11 @@
 //
 // Concurrency contract:
 //   - Each user has at most one consumer per process (a task of the pool). It
-//     is the only goroutine that pops the user's queue. It hands each popped
+//     is the only goroutine that pops the user's queue. Hinted, an idle
+//     consumer parks (hub.park): it holds nothing and no task, its state
+//     stays in the session, and whoever takes it out of session.parked
+//     under the hub's lock (a hint, the user's last connection leaving)
+//     starts the one task that resumes it, so there is still at most one. It hands each popped
 //     batch to every open connection of that user (writer.go: each
 //     connection's outbox, drained by a writer goroutine of its own that
 //     lives while there is something to write), waits until one writer has

@@ -41,6 +41,49 @@ func TestManyUsersThroughFewRedisConnections(t *testing.T) {
 	}
 }
 
+// An idle user's consumer parks: it holds no task (no goroutine) while
+// its queue is empty, and a hint, or its user leaving, starts one that
+// resumes it. With the consumer parked: a push is delivered, and the last
+// connection closing retires the session and its registry entry.
+func TestAnIdleUserHoldsNoConsumerTask(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
+	const users = 50
+	clients := make([]*testutil.Client, users)
+	for u := range users {
+		clients[u] = g.dialReady(fmt.Sprint("idle", u))
+	}
+	g.awaitConsumers(users, 10*time.Second)
+	idle := func() {
+		t.Helper()
+		testutil.Eventually(t, 5*time.Second, func() error {
+			if n := g.srv.Snapshot().ConsumerTasks; n != 0 {
+				return fmt.Errorf("%d consumer tasks running for %d idle users", n, users)
+			}
+			return nil
+		})
+	}
+	idle()
+	for round := range 3 { // parked, resumed, parked again, …
+		for u := range users {
+			g.push(fmt.Sprint("idle", u), fmt.Sprint(round, " for ", u))
+		}
+		for u, c := range clients {
+			if got, want := c.MustRead(), fmt.Sprint(round, " for ", u); got != want {
+				t.Fatalf("user %d got %q, want %q", u, got, want)
+			}
+		}
+		idle()
+	}
+	clients[7].SendClose()
+	g.awaitConsumers(users-1, 5*time.Second)
+	if ok, _ := g.rc.SIsMember(t.Context(), "redpush:lists:test", "user_idle7_messages").Result(); ok {
+		t.Error("the user left, and its queue is still in the instance's registry")
+	}
+	if s := g.srv.Snapshot(); s.Users != users-1 {
+		t.Errorf("%d users online, want %d", s.Users, users-1)
+	}
+}
+
 // infoInt reads one integer field of INFO.
 func infoInt(t *testing.T, info, field string) int {
 	t.Helper()

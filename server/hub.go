@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"sync"
@@ -35,7 +36,8 @@ type hub struct {
 	conns   map[uint64]*conn
 	closing bool // set by closeAll: no new sessions or connections
 
-	consumers atomic.Int64 // consumer tasks running now
+	consumers atomic.Int64 // consumers of online users: running a task, or parked
+	tasks     atomic.Int64 // consumer tasks running now
 	stopBy    atomic.Int64 // unix nanos: the shutdown's deadline for closes, 0 until closeAll
 	stats     Stats
 }
@@ -52,10 +54,14 @@ type session struct {
 	// blocking is set (under hub.mu) while the consumer is about to block
 	// in, or blocks in, a BLMOVE: only then is there anything to wake.
 	blocking bool
-	dead     bool          // under hub.mu: its consumer panicked; no connection attaches any more
-	wake     chan struct{} // the consumer waits on it for connections
-	hint     chan struct{} // hinted: the queue was written to
-	done     chan struct{} // closed when the consumer returned
+	dead     bool // under hub.mu: its consumer panicked; no connection attaches any more
+	// parked is the consumer while it waits for a hint with no task
+	// (hinted consumption, an empty queue, nothing held): under hub.mu;
+	// whoever takes it out starts a task that resumes it (hub.resume).
+	parked *consumer
+	wake   chan struct{} // the consumer waits on it for connections
+	hint   chan struct{} // hinted: the queue was written to
+	done   chan struct{} // closed when the consumer returned
 }
 
 // Stats counts what the consumers did since start.
@@ -90,6 +96,11 @@ func (h *hub) acquire(user string) (*session, error) {
 		return nil, errTooManyConns
 	}
 	if s == nil {
+		// -workers bounds the online users: with hinted consumption an
+		// idle user's consumer holds no task, so the pool alone would not.
+		if len(h.users) >= h.pool.Cap() {
+			return nil, taskpool.ErrFull
+		}
 		s = &session{user: user, wake: make(chan struct{}, 1), hint: make(chan struct{}, 1), done: make(chan struct{})}
 		if err := h.pool.Submit(func(ctx context.Context) { h.consume(ctx, s) }); err != nil {
 			return nil, err
@@ -121,7 +132,7 @@ func (h *hub) admissible(user string) error {
 		return errTooManyConns
 	case h.users[user] != nil:
 		return nil
-	case h.pool.Running() >= h.pool.Cap():
+	case len(h.users) >= h.pool.Cap() || h.pool.Running() >= h.pool.Cap():
 		return taskpool.ErrFull
 	}
 	return nil
@@ -155,8 +166,15 @@ func (h *hub) release(s *session, c *conn) {
 	}
 	s.refs--
 	last := s.refs == 0
+	var pc *consumer
+	if last { // a parked consumer goes on to retire the session
+		pc, s.parked = s.parked, nil
+	}
 	h.mu.Unlock()
 	s.notify()
+	if pc != nil {
+		h.resume(pc)
+	}
 	if last {
 		go h.interrupt(s)
 	}
@@ -257,12 +275,72 @@ func (h *hub) isOnline(s *session) bool {
 func (h *hub) hinted(user string) {
 	h.mu.Lock()
 	s := h.users[user]
-	h.mu.Unlock()
+	var c *consumer
 	if s != nil {
-		select {
-		case s.hint <- struct{}{}:
-		default:
+		c, s.parked = s.parked, nil
+		if c == nil {
+			// Under the lock: a consumer about to park must see it
+			// (park looks under the same lock), or it would wait for
+			// the next sweep.
+			select {
+			case s.hint <- struct{}{}:
+			default:
+			}
 		}
+	}
+	h.mu.Unlock()
+	if c != nil {
+		c.more, c.hinted = true, true
+		h.resume(c)
+	}
+}
+
+// park leaves c without a task while its user's queue is empty. It
+// parks only a consumer that holds nothing (no batch in flight, no call
+// of unknown outcome) and whose user is online here: all it needs to go
+// on is a hint (hinted) or its user's last connection leaving (release),
+// and either takes it out and resumes it. An idle user costs no
+// goroutine this way, only its session. When it does not park, again
+// says whether a hint or a change of connections came meanwhile (the
+// consumer looks again at once) rather than that it holds something or
+// its user is not online (it waits, awaitHint).
+func (h *hub) park(c *consumer) (ok, again bool) {
+	if len(c.flights) > 0 || c.token != 0 {
+		return false, false
+	}
+	s := c.s
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	select {
+	case <-s.hint:
+		c.more, c.hinted = true, true
+		return false, true
+	case <-s.wake:
+		return false, true
+	default:
+	}
+	if h.closing || !s.online() {
+		return false, false
+	}
+	s.parked = c
+	return true, false
+}
+
+// resume starts a task that goes on with the parked consumer c. The pool
+// has room (online users are at most its size, and a parked one holds no
+// task), unless tasks of sessions that left are still ending: then it
+// tries again shortly. During a shutdown there is nothing to resume: a
+// parked consumer holds nothing.
+func (h *hub) resume(c *consumer) {
+	c.resumed = true
+	task := func(ctx context.Context) { h.run(ctx, c, false) }
+	if err := h.pool.Submit(task); errors.Is(err, taskpool.ErrFull) {
+		go func() {
+			for errors.Is(err, taskpool.ErrFull) {
+				time.Sleep(10 * time.Millisecond)
+				err = h.pool.Submit(task)
+			}
+		}()
 	}
 }
 

@@ -76,7 +76,8 @@ func (s *Server) metricsHandler() http.Handler {
 		func() float64 { return float64(s.partial.held.Load()) })
 	gauge("connections", "Open WebSocket connections.", func() float64 { _, c := s.hub.counts(); return float64(c) })
 	gauge("users_online", "Users with at least one connection or handshake in progress.", func() float64 { u, _ := s.hub.counts(); return float64(u) })
-	gauge("consumers_running", "Consumer tasks running.", func() float64 { return float64(s.hub.consumers.Load()) })
+	gauge("consumers_running", "Consumers of online users: running a task, or parked waiting for a hint (hinted consumption).", func() float64 { return float64(s.hub.consumers.Load()) })
+	gauge("consumer_tasks_running", "Consumer tasks running now (a parked consumer holds none).", func() float64 { return float64(s.hub.tasks.Load()) })
 	gauge("pool_capacity", "Size of the consumer pool (-workers).", func() float64 { return float64(s.pool.Cap()) })
 	gauge("redis_up", "1 while consumers reach Redis, 0 during an outage.", func() float64 {
 		if s.hub.health.down.Load() {

@@ -383,6 +383,7 @@ func waitGroup(wg *sync.WaitGroup, deadline time.Time) {
 // Snapshot is a point-in-time view of a Server, for tests and tools.
 type Snapshot struct {
 	Users, Conns, Consumers int
+	ConsumerTasks           int // consumer tasks running now (a parked consumer holds none)
 	Delivered, Requeued     int64
 	Refused400, Refused401  int64
 	Refused403, Refused429  int64
@@ -394,7 +395,7 @@ type Snapshot struct {
 func (s *Server) Snapshot() Snapshot {
 	users, conns := s.hub.counts()
 	return Snapshot{
-		Users: users, Conns: conns, Consumers: int(s.hub.consumers.Load()),
+		Users: users, Conns: conns, Consumers: int(s.hub.consumers.Load()), ConsumerTasks: int(s.hub.tasks.Load()),
 		Delivered: s.hub.stats.Delivered.Load(), Requeued: s.hub.stats.Requeued.Load(),
 		Refused400: s.stats.refused400.Load(), Refused401: s.stats.refused401.Load(),
 		Refused403: s.stats.refused403.Load(), Refused429: s.stats.refused429.Load(),
