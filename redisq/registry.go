@@ -1,6 +1,7 @@
 package redisq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 
@@ -37,10 +38,12 @@ import (
 //	                         user (same slot as the queue)
 //
 // An instance adds itself with Register (and RegisterAll) and removes
-// itself with Unregister; a dead instance is removed when its lists are
-// reclaimed. A stale entry costs a publication nobody reads; a missing one
-// (Redis lost it, until the next heartbeat registers again) costs the
-// relayed copies of that while, which are best effort.
+// itself with Unregister; a dead instance is removed once it is found dead
+// (dropRegistry). A stale entry costs a publication nobody reads. A
+// missing one costs the relayed copies of that while, which are best
+// effort: the server registers every online user again every minute
+// (RegisterAll), so an entry Redis lost (a restart from an older snapshot,
+// a failover to a replica that lagged) comes back within that.
 
 const instancesKey = "redpush:instances"
 
@@ -101,9 +104,6 @@ func (q *Queue) reclaimRegistered(ctx context.Context, instance string) (lists, 
 		if err != nil {
 			return lists, msgs, err
 		}
-		if err := q.cmd.SRem(ctx, "{"+queue+"}:instances", instance).Err(); err != nil {
-			return lists, msgs, err
-		}
 		if n > 0 {
 			lists++
 			msgs += n
@@ -115,14 +115,49 @@ func (q *Queue) reclaimRegistered(ctx context.Context, instance string) (lists, 
 // dropRegistry forgets instance, unless its heartbeat is back: its lists
 // were returned, and if it lives after all it lists itself again with its
 // next heartbeat and registers its queues again.
+//
+// It also removes instance from the relay's set of every queue it
+// registered ({Q}:instances), here and not while its lists are returned: an
+// instance whose heartbeat comes back during that walk must stay in them.
+// One whose heartbeat comes back after the check above is dropped from
+// redpush:instances below, and its next heartbeat registers everything
+// again (relisted).
 func (q *Queue) dropRegistry(ctx context.Context, instance string) error {
 	if n, err := q.cmd.Exists(ctx, heartbeatKey(instance)).Result(); err != nil || n == 1 {
+		return err
+	}
+	iter := q.cmd.SScan(ctx, listsKey(instance), 0, "", 1000).Iterator()
+	var queues []string
+	for iter.Next(ctx) {
+		queues = append(queues, iter.Val())
+		if len(queues) == 1000 {
+			if err := q.forgetListener(ctx, instance, queues); err != nil {
+				return err
+			}
+			queues = queues[:0]
+		}
+	}
+	if err := cmp.Or(iter.Err(), q.forgetListener(ctx, instance, queues)); err != nil {
 		return err
 	}
 	if err := q.cmd.Del(ctx, listsKey(instance)).Err(); err != nil {
 		return err
 	}
 	return q.cmd.SRem(ctx, instancesKey, instance).Err()
+}
+
+// forgetListener removes instance from the relay sets of queues.
+func (q *Queue) forgetListener(ctx context.Context, instance string, queues []string) error {
+	if len(queues) == 0 {
+		return nil
+	}
+	_, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, queue := range queues {
+			p.SRem(ctx, "{"+queue+"}:instances", instance)
+		}
+		return nil
+	})
+	return err
 }
 
 // ReclaimDead returns to their queues the processing lists of instances
@@ -195,13 +230,15 @@ func (q *Queue) Start(ctx context.Context, user string) (requeued, failures int,
 		count = p.Get(ctx, q.failuresKey(user))
 		return nil
 	})
+	var rerr redis.Error
 	for _, c := range cmds {
-		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+		err := c.Err()
+		if c == count && errors.As(err, &rerr) {
+			continue // not a count (another type): start from 0, as below
+		}
+		if err != nil && !errors.Is(err, redis.Nil) {
 			return 0, 0, err
 		}
-	}
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return 0, 0, err
 	}
 	requeued, err = moved.Int()
 	if err != nil {

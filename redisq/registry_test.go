@@ -167,3 +167,24 @@ func TestInstancesServingAUserFollowTheRegistry(t *testing.T) {
 		t.Fatalf("after a unregistered: serving %v", got)
 	}
 }
+
+// A failures key Start cannot read as a count (another type) counts as no
+// failures: the consumer starts (seen failing: Start returned WRONGTYPE,
+// and the consumer retried it forever).
+func TestStartReadsAFailuresKeyOfAnotherTypeAsNone(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	ctx := context.Background()
+	c, err := redisq.Dial(ctx, rds.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rds.Client().RPush(ctx, "{user_w_messages}:failures", "x")
+	if _, f, err := q.Start(ctx, "w"); err != nil || f != 0 {
+		t.Errorf("Start = %d failures, %v; want 0, nil", f, err)
+	}
+}
