@@ -132,7 +132,7 @@ func (h *hub) admissible(user string) error {
 		return errTooManyConns
 	case h.users[user] != nil:
 		return nil
-	case len(h.users) >= h.pool.Cap() || h.pool.Running() >= h.pool.Cap():
+	case len(h.users) >= h.pool.Cap():
 		return taskpool.ErrFull
 	}
 	return nil
@@ -334,14 +334,31 @@ func (h *hub) park(c *consumer) (ok, again bool) {
 func (h *hub) resume(c *consumer) {
 	c.resumed = true
 	task := func(ctx context.Context) { h.run(ctx, c, false) }
-	if err := h.pool.Submit(task); errors.Is(err, taskpool.ErrFull) {
+	err := h.pool.Submit(task)
+	if errors.Is(err, taskpool.ErrFull) {
 		go func() {
 			for errors.Is(err, taskpool.ErrFull) {
 				time.Sleep(10 * time.Millisecond)
 				err = h.pool.Submit(task)
 			}
+			if err != nil {
+				h.endParked(c)
+			}
 		}()
+		return
 	}
+	if err != nil {
+		h.endParked(c)
+	}
+}
+
+// endParked ends a parked consumer that no task can resume: the pool is
+// closed (a shutdown). It holds nothing; its session leaves the hub, as a
+// consumer's own end would do.
+func (h *hub) endParked(c *consumer) {
+	h.retire(context.Background(), c.s)
+	h.consumers.Add(-1)
+	close(c.s.done)
 }
 
 // cameBack reports whether s, whose connections all went, has an open one

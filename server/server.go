@@ -304,6 +304,14 @@ func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan st
 // (left by versions without it): 180 × 10 s, half an hour by default.
 const scanEvery = 180
 
+// registerEvery is how many heartbeats pass between two registrations of
+// every online user's queue (redisq.Queue.RegisterAll): 6 × 10 s, a minute
+// by default. An entry Redis lost without losing this instance's
+// heartbeat (a restart from an older snapshot, a failover to a replica
+// that lagged) comes back within that; the relay needs the user's
+// {Q}:instances entry.
+const registerEvery = 6
+
 // keepAlive renews this instance's heartbeat and returns the in-flight
 // messages of instances whose heartbeat expired (they died and did not come
 // back) to their queues.
@@ -326,6 +334,8 @@ func (s *Server) keepAlive(ctx context.Context) {
 			// lapsed during an outage), returned its in-flight messages
 			// and dropped its registry: register what it serves again.
 			s.log.Warn("this instance was taken for dead during an outage; its in-flight messages may come twice")
+		}
+		if relisted || tick%registerEvery == 0 {
 			if err := s.q.RegisterAll(ctx, s.hub.onlineUsers()); err != nil {
 				s.log.Debug("registering the online users' queues failed", "err", err)
 			}
