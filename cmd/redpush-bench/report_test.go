@@ -151,3 +151,18 @@ func TestWorseLineNamesEveryLoss(t *testing.T) {
 		t.Errorf("got %s", got)
 	}
 }
+
+// The scale section says which targets a run missed, not only its verdict.
+func TestScaleTargetsNameWhatARunMissed(t *testing.T) {
+	r := &result{Users: 10, Connected: 10, Verdict: "pass", Latency: latency{P99: 60, P999: 90},
+		Server: serverStat{RSSPerConn: 2 << 10}, RedisClients: clientStat{ConnectedMax: 120}}
+	var md strings.Builder
+	writeScaleTargets(&md, 1, r)
+	out := md.String()
+	for _, want := range []string{"every user connected and greeted: met", "nothing lost: met",
+		"p99 under 50 ms: **not met** (60.0 ms", "per idle user: met (2.0 KiB", "per process: met on average"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+}
