@@ -594,12 +594,7 @@ func (h *hub) crashed(ctx context.Context, s *session, v any) {
 	h.requeue(ctx, s.user)
 	h.mu.Lock()
 	s.dead = true
-	if h.users[s.user] == s {
-		delete(h.users, s.user)
-		if h.relay != nil {
-			h.relay.unwatch(s.user)
-		}
-	}
+	h.dropSession(s)
 	conns := slices.Clone(s.conns)
 	h.mu.Unlock()
 	for _, c := range conns {

@@ -329,8 +329,8 @@ func (h *hub) park(c *consumer) (ok, again bool) {
 // resume starts a task that goes on with the parked consumer c. The pool
 // has room (online users are at most its size, and a parked one holds no
 // task), unless tasks of sessions that left are still ending: then it
-// tries again shortly. During a shutdown there is nothing to resume: a
-// parked consumer holds nothing.
+// tries again shortly. Once the pool is closed (a shutdown) nothing can
+// resume it, and it ends in place (endParked).
 func (h *hub) resume(c *consumer) {
 	c.resumed = true
 	task := func(ctx context.Context) { h.run(ctx, c, false) }
@@ -356,7 +356,9 @@ func (h *hub) resume(c *consumer) {
 // closed (a shutdown). It holds nothing; its session leaves the hub, as a
 // consumer's own end would do.
 func (h *hub) endParked(c *consumer) {
-	h.retire(context.Background(), c.s)
+	h.mu.Lock()
+	h.dropSession(c.s)
+	h.mu.Unlock()
 	h.consumers.Add(-1)
 	close(c.s.done)
 }
@@ -398,13 +400,19 @@ func (h *hub) retire(ctx context.Context, s *session) bool {
 	if s.refs > 0 && ctx.Err() == nil {
 		return false
 	}
+	h.dropSession(s)
+	return true
+}
+
+// dropSession removes s from the hub, if it is still there: no consumer
+// serves it any more. Called with h.mu held.
+func (h *hub) dropSession(s *session) {
 	if h.users[s.user] == s {
 		delete(h.users, s.user)
 		if h.relay != nil {
 			h.relay.unwatch(s.user)
 		}
 	}
-	return true
 }
 
 // refuseNew makes acquire and attach refuse from now on.
