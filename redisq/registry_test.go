@@ -78,17 +78,9 @@ func TestALiveInstanceTakenForDeadRegistersAgain(t *testing.T) {
 // processing list, oldest message first, and reads the failed deliveries,
 // all in one call; with nothing left and no failures it says 0 and 0.
 func TestStartRegistersRequeuesAndReadsFailures(t *testing.T) {
-	rds := testutil.StartRedis(t)
+	rds, mk := startQueues(t)
 	ctx := context.Background()
-	c, err := redisq.Dial(ctx, rds.URL(), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "a", Batch: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := mk(redisq.Config{Instance: "a", Batch: 2})
 	rc := rds.Client()
 	if n, f, err := q.Start(ctx, "fresh"); err != nil || n != 0 || f != 0 {
 		t.Fatalf("fresh queue: Start = %d, %d, %v; want 0, 0, nil", n, f, err)
@@ -116,21 +108,9 @@ func TestStartRegistersRequeuesAndReadsFailures(t *testing.T) {
 // the registry: Start and Register add the instance, Unregister removes it,
 // and so does the reclaim of a dead instance.
 func TestInstancesServingAUserFollowTheRegistry(t *testing.T) {
-	rds := testutil.StartRedis(t)
+	rds, mk := startQueues(t)
 	ctx := context.Background()
-	c, err := redisq.Dial(ctx, rds.URL(), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	mk := func(id string) *redisq.Queue {
-		q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return q
-	}
-	a, d, b := mk("a"), mk("d"), mk("b")
+	a, d, b := mk(redisq.Config{Instance: "a"}), mk(redisq.Config{Instance: "d"}), mk(redisq.Config{Instance: "b"})
 	rc := rds.Client()
 	serving := func() []string {
 		m, _ := rc.SMembers(ctx, "{user_x_messages}:instances").Result()
@@ -172,19 +152,30 @@ func TestInstancesServingAUserFollowTheRegistry(t *testing.T) {
 // failures: the consumer starts (seen failing: Start returned WRONGTYPE,
 // and the consumer retried it forever).
 func TestStartReadsAFailuresKeyOfAnotherTypeAsNone(t *testing.T) {
-	rds := testutil.StartRedis(t)
+	rds, mk := startQueues(t)
 	ctx := context.Background()
-	c, err := redisq.Dial(ctx, rds.URL(), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := mk(redisq.Config{Instance: "a"})
 	rds.Client().RPush(ctx, "{user_w_messages}:failures", "x")
 	if _, f, err := q.Start(ctx, "w"); err != nil || f != 0 {
 		t.Errorf("Start = %d failures, %v; want 0, nil", f, err)
+	}
+}
+
+// startQueues starts a redis-server and returns it with a maker of queues
+// on it, one per configuration (instance id, batch size).
+func startQueues(t *testing.T) (*testutil.Redis, func(redisq.Config) *redisq.Queue) {
+	t.Helper()
+	rds := testutil.StartRedis(t)
+	c, err := redisq.Dial(context.Background(), rds.URL(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return rds, func(cfg redisq.Config) *redisq.Queue {
+		q, err := redisq.New(c.Blocking, c.Command, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q
 	}
 }
