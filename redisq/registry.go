@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -79,14 +80,15 @@ func (q *Queue) RegisterAll(ctx context.Context, users []string) error {
 }
 
 // Unregister drops the records, once the processing list is empty and the
-// consumer is done with it.
+// consumer is done with it: the relay set's entry first, then the
+// registry's, which is how a dead instance's relay entries are found
+// (dropRegistry). In one pipeline on a cluster (two nodes) the second could
+// succeed alone and leave a relay entry nothing finds.
 func (q *Queue) Unregister(ctx context.Context, user string) error {
-	_, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.SRem(ctx, listsKey(q.instance), q.Key(user))
-		p.SRem(ctx, q.instancesKey(user), q.instance)
-		return nil
-	})
-	return err
+	if err := q.cmd.SRem(ctx, q.instancesKey(user), q.instance).Err(); err != nil {
+		return err
+	}
+	return q.cmd.SRem(ctx, listsKey(q.instance), q.Key(user)).Err()
 }
 
 // instancesKey is the set of instances serving user, e.g.
@@ -230,11 +232,12 @@ func (q *Queue) Start(ctx context.Context, user string) (requeued, failures int,
 		count = p.Get(ctx, q.failuresKey(user))
 		return nil
 	})
-	var rerr redis.Error
+	mistyped := false
 	for _, c := range cmds {
 		err := c.Err()
-		if c == count && errors.As(err, &rerr) {
-			continue // not a count (another type): start from 0, as below
+		if c == count && err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
+			mistyped = true
+			continue
 		}
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return 0, 0, err
@@ -244,6 +247,15 @@ func (q *Queue) Start(ctx context.Context, user string) (requeued, failures int,
 	if err != nil {
 		return 0, 0, err
 	}
-	failures, _ = count.Int() // none yet (nil), or not a count: start from 0
+	if mistyped {
+		// The failures key is redpush's own; as another type it would
+		// fail every count after it (the dead-letter rule off for good).
+		q.log.Warn("the failures key of a queue held another type; deleted", "key", q.failuresKey(user))
+		if err := q.cmd.Del(ctx, q.failuresKey(user)).Err(); err != nil {
+			return 0, 0, err
+		}
+		return requeued, 0, nil
+	}
+	failures, _ = count.Int() // none yet (nil), or not a number: start from 0
 	return requeued, failures, nil
 }

@@ -148,9 +148,9 @@ func TestInstancesServingAUserFollowTheRegistry(t *testing.T) {
 	}
 }
 
-// A failures key Start cannot read as a count (another type) counts as no
-// failures: the consumer starts (seen failing: Start returned WRONGTYPE,
-// and the consumer retried it forever).
+// A failures key of another type counts as no failures, and is deleted:
+// the consumer starts (seen failing: Start returned WRONGTYPE, and the
+// consumer retried it forever) and can count failures again.
 func TestStartReadsAFailuresKeyOfAnotherTypeAsNone(t *testing.T) {
 	rds, mk := startQueues(t)
 	ctx := context.Background()
@@ -158,6 +158,10 @@ func TestStartReadsAFailuresKeyOfAnotherTypeAsNone(t *testing.T) {
 	rds.Client().RPush(ctx, "{user_w_messages}:failures", "x")
 	if _, f, err := q.Start(ctx, "w"); err != nil || f != 0 {
 		t.Errorf("Start = %d failures, %v; want 0, nil", f, err)
+	}
+	// Deleted, or every failure counted after it would fail too.
+	if typ := rds.Client().Type(ctx, "{user_w_messages}:failures").Val(); typ != "none" {
+		t.Errorf("the mistyped failures key is still a %s", typ)
 	}
 }
 

@@ -473,6 +473,31 @@ func (h *hub) backlog() int64 {
 }
 
 // onlineUsers lists the users with a session here.
+// sessions returns the sessions of the users online here.
+func (h *hub) sessions() []*session {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	all := make([]*session, 0, len(h.users))
+	for _, s := range h.users {
+		all = append(all, s)
+	}
+	return all
+}
+
+// goneSince returns the users of sessions that left the hub and have no
+// new session.
+func (h *hub) goneSince(sessions []*session) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var gone []string
+	for _, s := range sessions {
+		if h.users[s.user] == nil {
+			gone = append(gone, s.user)
+		}
+	}
+	return gone
+}
+
 func (h *hub) onlineUsers() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -312,6 +312,29 @@ const scanEvery = 180
 // {Q}:instances entry.
 const registerEvery = 6
 
+// registerOnline registers every online user's queue again
+// (redisq.Queue.RegisterAll). A user who leaves while it is on its way
+// would be registered again after its consumer unregistered it, and
+// nothing would remove the entries while this instance lives (other
+// instances would publish that user's batches for nobody): users whose
+// session left meanwhile, with no new one, are unregistered after it. One
+// who comes back just then may miss its entries until the next round.
+func (s *Server) registerOnline(ctx context.Context) {
+	sessions := s.hub.sessions()
+	users := make([]string, len(sessions))
+	for i, se := range sessions {
+		users[i] = se.user
+	}
+	if err := s.q.RegisterAll(ctx, users); err != nil {
+		s.log.Debug("registering the online users' queues failed", "err", err)
+	}
+	for _, u := range s.hub.goneSince(sessions) {
+		if err := s.q.Unregister(ctx, u); err != nil {
+			s.log.Debug("unregistering a queue failed; its entry stays", "user", u, "err", err)
+		}
+	}
+}
+
 // keepAlive renews this instance's heartbeat and returns the in-flight
 // messages of instances whose heartbeat expired (they died and did not come
 // back) to their queues.
@@ -336,9 +359,7 @@ func (s *Server) keepAlive(ctx context.Context) {
 			s.log.Warn("this instance was taken for dead during an outage; its in-flight messages may come twice")
 		}
 		if relisted || tick%registerEvery == 0 {
-			if err := s.q.RegisterAll(ctx, s.hub.onlineUsers()); err != nil {
-				s.log.Debug("registering the online users' queues failed", "err", err)
-			}
+			s.registerOnline(ctx)
 		}
 		reclaim := s.q.ReclaimDead // the registry: as cheap as the instances are few
 		if tick%scanEvery == 0 {
