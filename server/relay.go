@@ -12,12 +12,14 @@ import (
 // relay lets several instances share one Redis: a user's consumer on the
 // instance that popped a batch writes it to the user's connections there
 // and, when it acknowledges it, publishes it on the user's relay channel
-// (redisq.Queue.RelayChannel). Every instance subscribes to the channels of
-// its online users and writes what other instances published to its own
-// connections of that user. The popped copy stays the reliable one; relayed
-// copies are best effort, as Redis pub/sub is: a connection that is on a
-// different instance than its user's consumer can miss a message published
-// while its instance was (re)subscribing, or during a Redis outage.
+// (redisq.Queue.RelayChannel) if another instance serves the user (redisq's
+// "{Q}:instances", kept with the registry). Every instance subscribes to the
+// channels of its online users and writes what other instances published
+// to its own connections of that user. The popped copy stays the reliable
+// one; relayed copies are best effort, as Redis pub/sub is: a connection
+// that is on a different instance than its user's consumer can miss a
+// message published while its instance was (re)subscribing or not yet in
+// the user's set of instances, or during a Redis outage.
 type relay struct {
 	hub      *hub
 	ps       *redis.PubSub
