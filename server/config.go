@@ -22,9 +22,10 @@ type Config struct {
 	// Addr is where Run listens, host:port. Default "0.0.0.0:9502", as the
 	// original.
 	Addr string
-	// Workers is how many users can be consumed at once (Swoole's
-	// task_worker_num), 1 to 100,000. Default (0) DefaultWorkers(Consumer):
-	// what the open-file limit affords.
+	// Workers is how many users can be online at once, each with a
+	// consumer (Swoole's task_worker_num; hinted, an idle user's consumer
+	// is parked and holds no task), 1 to 100,000. Default (0)
+	// DefaultWorkers(Consumer): what the open-file limit affords.
 	Workers int
 	// KeyPattern maps a user id to its queue. Default "user_%s_messages".
 	KeyPattern string

@@ -82,9 +82,10 @@ func newHub(pool *taskpool.Pool, q *redisq.Queue, enc encoder, log *slog.Logger)
 }
 
 // acquire admits one more connection of user, starting the user's consumer
-// if it has none. It fails with taskpool.ErrFull when the pool has no worker
-// for a new user (users already online are never refused for that), and
-// with errTooManyConns when the user holds maxPerUser connections.
+// if it has none. It fails with taskpool.ErrFull when -workers users are
+// online already, or the pool has no worker for a new user's consumer
+// (users already online are never refused for that), and with
+// errTooManyConns when the user holds maxPerUser connections.
 func (h *hub) acquire(user string) (*session, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
