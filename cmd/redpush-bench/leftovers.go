@@ -127,20 +127,25 @@ func occupancyOf(ctx context.Context, cfg *config, rc redis.UniversalClient) (oc
 // settle waits until the users' lists are empty or stop changing (a batch
 // whose acknowledgement is still on its way is not a leftover), polling
 // every 100 ms until deadline. Lists count as settled when they held the
-// same lengths for quiet.
+// same lengths for quiet. While Redis cannot be read (a chaos run's last
+// restart: refused, or loading its AOF) nothing is settled: the servers
+// have yet to get back to what it holds.
 func settle(ctx context.Context, cfg *config, rc redis.UniversalClient, deadline time.Time, quiet time.Duration) {
 	const poll = 100 * time.Millisecond
 	var last string
 	var since time.Time
 	for ctx.Err() == nil {
 		o, err := occupancyOf(ctx, cfg, rc)
-		if err != nil || o.queued+o.processing == 0 {
+		if err == nil && o.queued+o.processing == 0 {
 			return
 		}
 		now := time.Now()
-		if o.sig != last {
+		switch {
+		case err != nil:
+			last = "" // the stillness counts from the first reading after it
+		case o.sig != last:
 			last, since = o.sig, now
-		} else if now.Sub(since) >= quiet {
+		case now.Sub(since) >= quiet:
 			return
 		}
 		if !now.Before(deadline) {
