@@ -93,7 +93,10 @@ func (q *Queue) Unregister(ctx context.Context, user string) error {
 
 // instancesKey is the set of instances serving user, e.g.
 // "{user_42_messages}:instances".
-func (q *Queue) instancesKey(user string) string { return "{" + q.Key(user) + "}:instances" }
+func (q *Queue) instancesKey(user string) string { return instancesOf(q.Key(user)) }
+
+// instancesOf is the set of instances serving the user of queue.
+func instancesOf(queue string) string { return "{" + queue + "}:instances" }
 
 // reclaimRegistered returns the processing lists that instance registered
 // to their queues. The entries stay: the caller drops the registry once it
@@ -155,7 +158,7 @@ func (q *Queue) forgetListener(ctx context.Context, instance string, queues []st
 	}
 	_, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, queue := range queues {
-			p.SRem(ctx, "{"+queue+"}:instances", instance)
+			p.SRem(ctx, instancesOf(queue), instance)
 		}
 		return nil
 	})

@@ -51,11 +51,7 @@ func (h *hub) run(ctx context.Context, c *consumer, first bool) {
 	end := true
 	defer func() {
 		if end {
-			if c.b != nil {
-				c.b.Close()
-			}
-			h.consumers.Add(-1)
-			close(s.done)
+			h.endConsumer(c)
 		}
 	}()
 	defer func() {
@@ -100,6 +96,16 @@ func (h *hub) run(ctx context.Context, c *consumer, first bool) {
 			return
 		}
 	}
+}
+
+// endConsumer is the end of c, by its last task or, parked, in place
+// (endParked): its session's done closes.
+func (h *hub) endConsumer(c *consumer) {
+	if c.b != nil {
+		c.b.Close()
+	}
+	h.consumers.Add(-1)
+	close(c.s.done)
 }
 
 // consumer is the state of one user's consumer between two Redis calls.
@@ -539,7 +545,7 @@ func (c *consumer) settleAll(ctx context.Context) {
 // outside a pop. If that fails they stay held, and go back to the queue
 // with the rest: a duplicate, not a loss.
 func (c *consumer) ackNow(ctx context.Context, n, done int) {
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
 	defer cancel()
 	c.acking = n
 	if err := c.h.q.AckOldest(actx, c.s.user, c.acks()); err != nil {
@@ -650,11 +656,7 @@ func (h *hub) deliver(s *session, msgs []string, popped time.Time) (f flight, wr
 // Redis is down. It reports false when the server shuts down before it
 // succeeded: the messages then stay in the processing list for Recover.
 func (h *hub) requeue(ctx context.Context, user string) bool {
-	return h.retry(ctx, func() error {
-		// Requeueing must outlive a cancelled ctx: shutdown is exactly when
-		// in-flight messages have to go back.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
+	return h.retryDetached(ctx, func(actx context.Context) error {
 		n, err := h.q.Requeue(actx, user)
 		if err == nil {
 			h.stats.Requeued.Add(int64(n))
@@ -667,16 +669,27 @@ func (h *hub) requeue(ctx context.Context, user string) bool {
 // (redisq.Queue.Start), retrying while Redis is down. It reports false
 // when the server shuts down first.
 func (h *hub) start(ctx context.Context, c *consumer) bool {
-	return h.retry(ctx, func() error {
-		// Like requeue, it must outlive a cancelled ctx.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
+	return h.retryDetached(ctx, func(actx context.Context) error {
 		n, failures, err := h.q.Start(actx, c.s.user)
 		if err == nil {
 			h.stats.Requeued.Add(int64(n))
 			c.failures = failures
 		}
 		return err
+	})
+}
+
+// detachedTimeout bounds one Redis call that must outlive a cancelled
+// context: a shutdown is exactly when in-flight messages have to go back.
+const detachedTimeout = 2 * time.Second
+
+// retryDetached is retry for such calls: each attempt runs under a context
+// of its own, detachedTimeout long, that ctx's end does not cancel.
+func (h *hub) retryDetached(ctx context.Context, op func(context.Context) error) bool {
+	return h.retry(ctx, func() error {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
+		defer cancel()
+		return op(actx)
 	})
 }
 
@@ -706,7 +719,7 @@ func (h *hub) register(ctx context.Context, user string) bool {
 // failure (redisq.Queue.RequeueFailed); a message that failed too often
 // goes to the dead-letter list instead. It returns the failures so far.
 func (h *hub) requeueFailed(ctx context.Context, user string) int {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
 	moved, failures, dead, err := h.q.RequeueFailed(rctx, user)
 	cancel()
 	if err != nil {

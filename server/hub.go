@@ -360,8 +360,7 @@ func (h *hub) endParked(c *consumer) {
 	h.mu.Lock()
 	h.dropSession(c.s)
 	h.mu.Unlock()
-	h.consumers.Add(-1)
-	close(c.s.done)
+	h.endConsumer(c)
 }
 
 // cameBack reports whether s, whose connections all went, has an open one
