@@ -244,21 +244,9 @@ func TestBlockerWakeEndsABlockedPopAtOnce(t *testing.T) {
 }
 
 func TestReclaimDeadReturnsOnlyDeadInstancesLists(t *testing.T) {
-	rds := testutil.StartRedis(t)
-	c, err := redisq.Dial(context.Background(), rds.URL(), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	rds, mk := startQueues(t)
 	ctx := context.Background()
-	mk := func(id string) *redisq.Queue {
-		q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return q
-	}
-	live, dead, me := mk("live"), mk("dead"), mk("me")
+	live, dead, me := mk(redisq.Config{Instance: "live"}), mk(redisq.Config{Instance: "dead"}), mk(redisq.Config{Instance: "me"})
 	rc := rds.Client()
 	rc.LPush(ctx, "user_l_messages", "l1")
 	rc.LPush(ctx, "user_d_messages", "d1", "d2")

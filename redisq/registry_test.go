@@ -18,21 +18,9 @@ import (
 // registers its queues again; when it later dies for good, ReclaimDead
 // returns what it had in flight.
 func TestALiveInstanceTakenForDeadRegistersAgain(t *testing.T) {
-	rds := testutil.StartRedis(t)
+	rds, mk := startQueues(t)
 	ctx := context.Background()
-	c, err := redisq.Dial(ctx, rds.URL(), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	mk := func(id string) *redisq.Queue {
-		q, err := redisq.New(c.Blocking, c.Command, redisq.Config{Instance: id, Batch: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return q
-	}
-	a, b := mk("a"), mk("b")
+	a, b := mk(redisq.Config{Instance: "a", Batch: 1}), mk(redisq.Config{Instance: "b", Batch: 1})
 	rc := rds.Client()
 	rc.LPush(ctx, "user_u_messages", "m1", "m2", "m3")
 	expired := func() {

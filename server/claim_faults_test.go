@@ -18,16 +18,23 @@ import (
 
 // fnHook is a go-redis hook on a gateway's command client: fn runs each
 // command (next) or answers it without sending it, and may rewrite its
-// outcome.
+// outcome; pipe does the same for pipelines. A nil one lets them pass.
 type fnHook struct {
-	fn func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error
+	fn   func(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error
+	pipe func(ctx context.Context, cmds []redis.Cmder, next redis.ProcessPipelineHook) error
 }
 
 func (h fnHook) DialHook(n redis.DialHook) redis.DialHook { return n }
 func (h fnHook) ProcessPipelineHook(n redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return n
+	if h.pipe == nil {
+		return n
+	}
+	return func(ctx context.Context, cmds []redis.Cmder) error { return h.pipe(ctx, cmds, n) }
 }
 func (h fnHook) ProcessHook(n redis.ProcessHook) redis.ProcessHook {
+	if h.fn == nil {
+		return n
+	}
 	return func(ctx context.Context, cmd redis.Cmder) error { return h.fn(ctx, cmd, n) }
 }
 

@@ -14,35 +14,28 @@ import (
 	"github.com/redpush/redpush/server"
 )
 
-// holdRegisterAll holds, once armed, the next RegisterAll pipeline (SADD
-// redpush:lists:<id> first, no EVAL: not Start) until release is closed,
-// and closes done once it went through.
-type holdRegisterAll struct {
-	armed                  atomic.Bool
-	entered, release, done chan struct{}
-}
-
-func (h *holdRegisterAll) DialHook(n redis.DialHook) redis.DialHook          { return n }
-func (h *holdRegisterAll) ProcessHook(n redis.ProcessHook) redis.ProcessHook { return n }
-func (h *holdRegisterAll) ProcessPipelineHook(n redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if len(cmds) < 2 || cmds[0].Name() != "sadd" || !h.armed.Load() {
-			return n(ctx, cmds)
+// holdRegisterAll is a hook that holds, once armed, the next RegisterAll
+// pipeline (SADD redpush:lists:<id> first, no EVAL: not Start) until
+// release is closed, and closes done once it went through.
+func holdRegisterAll(armed *atomic.Bool, entered, release, done chan struct{}) fnHook {
+	return fnHook{pipe: func(ctx context.Context, cmds []redis.Cmder, next redis.ProcessPipelineHook) error {
+		if len(cmds) < 2 || cmds[0].Name() != "sadd" || !armed.Load() {
+			return next(ctx, cmds)
 		}
 		for _, c := range cmds {
 			if c.Name() == "eval" || c.Name() == "evalsha" {
-				return n(ctx, cmds)
+				return next(ctx, cmds)
 			}
 		}
-		if !h.armed.CompareAndSwap(true, false) {
-			return n(ctx, cmds)
+		if !armed.CompareAndSwap(true, false) {
+			return next(ctx, cmds)
 		}
-		close(h.entered)
-		<-h.release
-		err := n(ctx, cmds)
-		close(h.done)
+		close(entered)
+		<-release
+		err := next(ctx, cmds)
+		close(done)
 		return err
-	}
+	}}
 }
 
 // A user leaves while the periodic registration of the online users is on
@@ -57,8 +50,9 @@ func TestARegistrationRacingALeavingUserLeavesNoEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = clients.Close() })
-	h := &holdRegisterAll{entered: make(chan struct{}), release: make(chan struct{}), done: make(chan struct{})}
-	clients.Command.AddHook(h)
+	var armed atomic.Bool
+	entered, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	clients.Command.AddHook(holdRegisterAll(&armed, entered, release, done))
 	g := startGatewayOn(t, clients, rds.Client(), server.Config{Format: server.FormatRaw, InstanceTTL: time.Second})
 	ctx := context.Background()
 	entries := func() (relay, lists bool) {
@@ -73,9 +67,9 @@ func TestARegistrationRacingALeavingUserLeavesNoEntry(t *testing.T) {
 		}
 		return nil
 	})
-	h.armed.Store(true)
+	armed.Store(true)
 	select {
-	case <-h.entered: // the snapshot was taken, with "st" in it
+	case <-entered: // the snapshot was taken, with "st" in it
 	case <-time.After(10 * time.Second):
 		t.Fatal("no registration of the online users within 10 s")
 	}
@@ -86,8 +80,8 @@ func TestARegistrationRacingALeavingUserLeavesNoEntry(t *testing.T) {
 		}
 		return nil
 	})
-	close(h.release)
-	<-h.done
+	close(release)
+	<-done
 	testutil.Eventually(t, 5*time.Second, func() error {
 		if relay, lists := entries(); relay || lists {
 			return fmt.Errorf("entries of a user who left: relay set %v, registry %v", relay, lists)
