@@ -200,10 +200,7 @@ func TestPoolTimeoutIsNeitherAnOutageNorARequeue(t *testing.T) {
 	g := startGatewayAt(t, rds.URL()+"?pool_size=1&pool_timeout=1ms", rds.Client(), server.Config{Format: server.FormatRaw, Batch: 1, Consumer: server.ConsumerBlocking})
 	g.rds = rds
 	const users, each = 30, 100
-	var clients []*testutil.Client
-	for u := range users {
-		clients = append(clients, g.dialReady(fmt.Sprint("pt", u)))
-	}
+	clients := g.dialUsers("pt", users)
 	for u := range users {
 		g.push(fmt.Sprint("pt", u), append(testutil.Seq("m", each), "end")...)
 	}

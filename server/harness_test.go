@@ -125,6 +125,17 @@ func (g *gateway) dialReady(user string) *testutil.Client {
 	return c
 }
 
+// dialUsers connects n users, prefix0 to prefix(n-1), one connection each
+// (dialReady).
+func (g *gateway) dialUsers(prefix string, n int) []*testutil.Client {
+	g.t.Helper()
+	clients := make([]*testutil.Client, n)
+	for u := range clients {
+		clients[u] = g.dialReady(fmt.Sprint(prefix, u))
+	}
+	return clients
+}
+
 func (g *gateway) push(user string, msgs ...string) {
 	g.t.Helper()
 	if err := g.rc.LPush(context.Background(), "user_"+user+"_messages", testutil.Any(msgs)...).Err(); err != nil {

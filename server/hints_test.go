@@ -20,10 +20,7 @@ func TestManyUsersThroughFewRedisConnections(t *testing.T) {
 	rds := testutil.StartRedis(t, "--maxclients", "60")
 	g := startGateway(t, rds, server.Config{Format: server.FormatRaw})
 	const users = 500
-	clients := make([]*testutil.Client, users)
-	for u := range users {
-		clients[u] = g.dialReady(fmt.Sprint("many", u))
-	}
+	clients := g.dialUsers("many", users)
 	g.awaitConsumers(users, 10*time.Second)
 	for u := range users {
 		g.push(fmt.Sprint("many", u), fmt.Sprint("for ", u))
@@ -48,10 +45,7 @@ func TestManyUsersThroughFewRedisConnections(t *testing.T) {
 func TestAnIdleUserHoldsNoConsumerTask(t *testing.T) {
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
 	const users = 50
-	clients := make([]*testutil.Client, users)
-	for u := range users {
-		clients[u] = g.dialReady(fmt.Sprint("idle", u))
-	}
+	clients := g.dialUsers("idle", users)
 	g.awaitConsumers(users, 10*time.Second)
 	idle := func() {
 		t.Helper()
@@ -110,10 +104,7 @@ func infoInt(t *testing.T, info, field string) int {
 func TestHintConnectionKilledMidStreamLosesNothing(t *testing.T) {
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, Instance: "kill"})
 	const users, each = 10, 300
-	clients := make([]*testutil.Client, users)
-	for u := range users {
-		clients[u] = g.dialReady(fmt.Sprint("k", u))
-	}
+	clients := g.dialUsers("k", users)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { // the producer: a message to every user every 2 ms

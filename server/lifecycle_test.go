@@ -18,10 +18,7 @@ import (
 func TestRedisRestartKeepsConnectionsAndResumesDelivery(t *testing.T) {
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw})
 	const users = 20
-	clients := make([]*testutil.Client, users)
-	for i := range clients {
-		clients[i] = g.dialReady(fmt.Sprint("r", i))
-	}
+	clients := g.dialUsers("r", users)
 	g.awaitConsumers(users, 5*time.Second)
 	g.rds.Stop()
 	awaitStatus(t, "http://"+g.addr+"/readyz", 503)

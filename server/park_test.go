@@ -92,9 +92,7 @@ func TestParkedConsumersEndWithTheShutdown(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			g := startGateway(t, nil, server.Config{Format: server.FormatRaw, Consumer: mode})
 			const users = 10
-			for u := range users {
-				g.dialReady(fmt.Sprint("p", u)) // and never read again: each lingers
-			}
+			g.dialUsers("p", users) // and never read again: each lingers
 			g.awaitConsumers(users, 10*time.Second)
 			if mode == server.ConsumerHinted {
 				testutil.Eventually(t, 5*time.Second, func() error {
