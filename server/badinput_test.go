@@ -122,7 +122,7 @@ func upgradeResponse(addr, path string, within time.Duration, headers ...string)
 }
 
 func TestFullPoolIs503AndSparesExistingUsers(t *testing.T) {
-	g := startGateway(t, nil, server.Config{Workers: 1, Format: server.FormatRaw})
+	g := startGateway(t, nil, server.Config{MaxUsers: 1, Format: server.FormatRaw})
 	a := g.dialReady("a")
 	status, body := rawUpgrade(t, g.addr, "/?user_id=b")
 	if status != 503 || !strings.Contains(body, "capacity") {
@@ -358,7 +358,7 @@ func TestHeadOver4KiBIs431(t *testing.T) {
 // moment each get their 503 promptly, and meanwhile the port still accepts
 // and answers (/healthz) and the user already online opens a second tab.
 func TestFullPoolNeverBlocksTheAcceptLoop(t *testing.T) {
-	g := startGateway(t, nil, server.Config{Workers: 1, Format: server.FormatRaw})
+	g := startGateway(t, nil, server.Config{MaxUsers: 1, Format: server.FormatRaw})
 	holder := g.dialReady("holder")
 	const newcomers = 30
 	errs := make(chan error, newcomers)

@@ -51,8 +51,8 @@ func TestDemoPageDefaultsToTheHintsUser(t *testing.T) {
 // A browser reports a refused upgrade as close 1006 and hides the answer;
 // the page asks the server why and shows the status and the reason.
 func TestDemoPageShowsWhyItWasRefused(t *testing.T) {
-	g := startGateway(t, nil, server.Config{Workers: 1})
-	g.dialReady("holder") // the only worker
+	g := startGateway(t, nil, server.Config{MaxUsers: 1})
+	g.dialReady("holder") // the only user it admits
 	auth, err := server.NewHMACAuth([]byte("a-secret-of-at-least-16-bytes"))
 	must(t, err)
 	ga := startGateway(t, nil, server.Config{Auth: auth})

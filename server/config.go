@@ -22,11 +22,19 @@ type Config struct {
 	// Addr is where Run listens, host:port. Default "0.0.0.0:9502", as the
 	// original.
 	Addr string
-	// Workers is how many users can be online at once, each with a
-	// consumer (Swoole's task_worker_num; hinted, an idle user's consumer
-	// is parked and holds no task), 1 to 100,000. Default (0)
-	// DefaultWorkers(Consumer): what the open-file limit affords.
+	// Workers is how many consumer tasks run at once (Swoole's
+	// task_worker_num), 1 to 100,000. Blocking, each online user's
+	// consumer holds a task for its whole session, so Workers also bounds
+	// online users; hinted, a consumer holds a task only while it has
+	// messages to move, and one that finds every task busy waits in line.
+	// Default (0) DefaultWorkers(Consumer).
 	Workers int
+	// MaxUsers is how many users can be online at once on this process,
+	// 1 to 1,000,000; a new user beyond it gets HTTP 503. Each costs at
+	// least its socket, an open file: the default (0) is what the
+	// open-file limit affords (DefaultMaxUsers). Blocking, Workers bounds
+	// online users too.
+	MaxUsers int
 	// KeyPattern maps a user id to its queue. Default "user_%s_messages".
 	KeyPattern string
 	// Format of a pushed frame: "swoole" (default), "raw" or "json".
@@ -111,12 +119,36 @@ type Config struct {
 	Logger *slog.Logger
 
 	slotted bool // Instance was defaulted with ReusePort: a slot is claimed at start
+	// workersSet and maxUsersSet say that Workers and MaxUsers were given,
+	// not defaulted: where hinted consumption falls back to blocking at
+	// start, only defaults follow the mode.
+	workersSet, maxUsersSet bool
 }
 
-// DefaultWorkers is the default of Config.Workers: as many users as the
-// open-file limit affords, each costing its socket and, with blocking
-// consumers, a Redis connection.
+// DefaultWorkers is the default of Config.Workers. Blocking, a task per
+// online user: as many as the open-file limit affords, each user costing
+// its socket and a Redis connection. Hinted, a task per user with
+// messages on their way: hintedWorkers.
 func DefaultWorkers(consumer string) int {
+	if consumer == ConsumerBlocking {
+		return taskpool.DefaultSize(2)
+	}
+	return hintedWorkers
+}
+
+// hintedWorkers bounds the hinted consumers that run at once. A task is
+// held while its user's messages are popped, written and confirmed: at a
+// steady 2,000 msg/s over 5,000 users a few dozen run at once (the
+// metric redpush_consumer_tasks_running); the bound matters when every
+// queue fills at once, after a Redis outage, where it keeps goroutines
+// and memory from growing with the users online. Those past it wait in
+// line and take turns (yieldAfter).
+const hintedWorkers = 4096
+
+// DefaultMaxUsers is the default of Config.MaxUsers: as many users as the
+// open-file limit affords, each costing its socket and, blocking, a Redis
+// connection (taskpool.DefaultSize).
+func DefaultMaxUsers(consumer string) int {
 	if consumer == ConsumerBlocking {
 		return taskpool.DefaultSize(2)
 	}
@@ -156,6 +188,7 @@ func (c Config) Validate() error {
 	checks := []func() *ConfigError{
 		func() *ConfigError { return checkAddr(c.Addr) },
 		func() *ConfigError { return intRange("Workers", c.Workers, 1, 100_000) },
+		func() *ConfigError { return intRange("MaxUsers", c.MaxUsers, 1, 1_000_000) },
 		func() *ConfigError { return intRange("MaxMessage", c.MaxMessage, 16, 64<<20) },
 		func() *ConfigError { return intRange("MaxPendingBytes", c.MaxPendingBytes, 64<<10, 64<<30) },
 		func() *ConfigError { return intRange("MaxQueuedBytes", c.MaxQueuedBytes, 4<<10, 1<<30) },
@@ -285,6 +318,26 @@ func shortDur(d time.Duration) string {
 	return s
 }
 
+// defaultBounds fills in Workers and MaxUsers, where they were not given,
+// for c.Consumer.
+func (c *Config) defaultBounds() {
+	if !c.workersSet {
+		c.Workers = DefaultWorkers(c.Consumer)
+	}
+	if !c.maxUsersSet {
+		c.MaxUsers = DefaultMaxUsers(c.Consumer)
+	}
+}
+
+// usersBound is how many users may be online at once: MaxUsers, and,
+// blocking, at most one per task.
+func (c Config) usersBound() int {
+	if c.Consumer == ConsumerBlocking {
+		return min(c.MaxUsers, c.Workers)
+	}
+	return c.MaxUsers
+}
+
 // withDefaults validates c and fills in the defaults of its zero fields.
 func (c Config) withDefaults() (Config, error) {
 	if err := c.Validate(); err != nil {
@@ -304,9 +357,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Consumer == "" {
 		c.Consumer = ConsumerHinted
 	}
-	if c.Workers == 0 {
-		c.Workers = DefaultWorkers(c.Consumer)
-	}
+	c.workersSet, c.maxUsersSet = c.Workers != 0, c.MaxUsers != 0
+	c.defaultBounds()
 	if c.Instance == "" {
 		c.slotted = c.ReusePort
 		c.Instance = DefaultInstance(c.Addr)

@@ -15,7 +15,7 @@ import (
 	"github.com/redpush/redpush/redisq"
 )
 
-// consume is the task of one online user: pop a batch, write it to every
+// A user's consumer: pop a batch, write it to every
 // connection of the user, ack it once a client's TCP acknowledged it
 // (confirm.go), repeat; it returns when the user's last connection is gone
 // or the server shuts down. Between pop and ack the batch lives in the
@@ -29,22 +29,12 @@ import (
 // going over the hint connection of its Redis master (redisq.Hints);
 // blocking, in BLMOVE on a connection of its own (redisq.Blocker), its
 // pops in the ackPop script on the command client.
-func (h *hub) consume(ctx context.Context, s *session) {
-	h.consumers.Add(1)
-	var b *redisq.Blocker
-	if h.hints == nil {
-		b = h.q.Blocker()
-	}
-	h.mu.Lock()
-	s.blocker = b
-	h.mu.Unlock()
-	h.run(ctx, &consumer{h: h, s: s, b: b}, true)
-}
-
+//
 // run is one task of c: the first, which starts the consumer, or one that
-// resumes it after it parked (hub.resume). The consumer ends (its session's
-// done closes) when a task returns without parking it.
-func (h *hub) run(ctx context.Context, c *consumer, first bool) {
+// goes on with it after it parked or yielded (sched). The consumer ends
+// (its session's done closes) when a task returns without parking it or
+// putting it back in line; run returns how it ended.
+func (h *hub) run(ctx context.Context, c *consumer) (how ending) {
 	h.tasks.Add(1)
 	defer h.tasks.Add(-1)
 	s := c.s
@@ -57,6 +47,7 @@ func (h *hub) run(ctx context.Context, c *consumer, first bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			h.crashed(ctx, s, v)
+			how = shuttingDown
 		}
 	}()
 	// The queue is registered before the first pop (redisq's registry: a
@@ -65,17 +56,20 @@ func (h *hub) run(ctx context.Context, c *consumer, first bool) {
 	// returning it first keeps the order. failures counts the queue's
 	// consecutive failed deliveries (redisq's dead-letter rule): past
 	// IsolateAfter, messages go one at a time.
-	if first && !h.start(ctx, c) {
-		return
+	if !c.started {
+		c.started = true
+		if !h.start(ctx, c) {
+			return shuttingDown
+		}
 	}
 	for {
-		switch c.serve(ctx) {
-		case parked:
+		switch how = c.serve(ctx); how {
+		case parked, yielded:
 			end = false
-			return
+			return how
 		case shuttingDown:
 			h.retire(ctx, s)
-			return
+			return how
 		}
 		// The user's last connection is gone, and what was delivered is
 		// acknowledged. The session leaves the hub only now: a connection
@@ -133,27 +127,41 @@ type consumer struct {
 	token                 uint64
 	tokenAt               time.Time
 	acking, ackingFlights int
-	// resumed is set by hub.resume for the task that goes on after a
-	// park: serve then keeps what it knew of the queue.
+	// resumed is set for the task that goes on after a park (hub.resume)
+	// or a yield: serve then keeps what it knew of the queue.
 	resumed bool
+	started bool // its first task readied the queue (hub.start)
+	pops    int  // pops in this task's turn (sched's yieldAfter)
 }
 
 // serve pops, delivers and acknowledges while the user is online. It
 // reports wentOffline when the user went offline with nothing held (what
 // was delivered is acknowledged, the rest requeued), shuttingDown when the
-// server shuts down, and parked when it left the consumer to wait for a
-// hint with no task (hub.park; resume goes on where it stopped).
+// server shuts down, parked when it left the consumer to wait for a hint
+// with no task (hub.park; resume goes on where it stopped), and yielded
+// when others waited for a task (sched: the consumer goes back in line,
+// with what it holds).
 func (c *consumer) serve(ctx context.Context) ending {
 	h, s := c.h, c.s
-	if !h.waitOnline(ctx, s) { // its connection may be gone before it started
+	resumed := c.resumed
+	c.resumed, c.pops = false, 0
+	// Its connection may be gone before it started. One that yielded
+	// holding batches, and whose user left meanwhile, settles them (the
+	// loop's end).
+	held := len(c.flights) > 0 || c.token != 0
+	if !held && !h.waitOnline(ctx, s) {
 		return ended(ctx)
 	}
-	if !c.resumed { // a resumed consumer knows its queue: it was hinted
+	left := held && !h.isOnline(s)
+	if !resumed { // a resumed consumer knows its queue
 		c.more, c.left = true, -1
 	}
-	c.resumed = false
 loop:
-	for {
+	for !left {
+		if c.token == 0 && c.pops >= yieldAfter && h.othersWait() {
+			c.resumed = true
+			return yielded // its turn is over: others wait for a task
+		}
 		// While batches keep coming the user is online: skip the registry
 		// lock until the queue runs dry or a delivery found nobody.
 		if !c.more && !h.waitOnline(ctx, s) {
@@ -181,6 +189,7 @@ loop:
 				c.token, c.tokenAt = h.q.NewToken(), time.Now()
 			}
 			msgs, err = c.pop(ctx, n)
+			c.pops++
 		} else {
 			if h.hints != nil {
 				if ok, again := h.park(c); ok {
@@ -321,6 +330,7 @@ const (
 	wentOffline  ending = iota // the user's last connection is gone; nothing held
 	shuttingDown               // the server shuts down
 	parked                     // waiting for a hint with no task (hub.park)
+	yielded                    // waiting in line for a task, others having waited (sched)
 )
 
 // ended is wentOffline, or shuttingDown once ctx is done.

@@ -11,8 +11,9 @@
 // that reads the request head under the handshake deadline. A request with an
 // Upgrade header is upgraded by gobwas/ws; anything else goes to a net/http
 // server fed through an in-process listener. Before the upgrade the user id is
-// validated (400, or 401 for a token) and the user's consumer is admitted to
-// the task pool (503 when full, 429 when the user holds
+// validated (400, or 401 for a token) and the user is admitted (503 past
+// Config.MaxUsers online users, or, blocking, when the task pool has no
+// room for its consumer; 429 when the user holds
 // Config.MaxConnsPerUser connections already); each refusal is counted and
 // logged at a bounded rate, and GET
 // /check gives the same verdict without upgrading, for the demo page. After
@@ -31,7 +32,10 @@
 //     consumer parks (hub.park): it holds nothing and no task, its state
 //     stays in the session, and whoever takes it out of session.parked
 //     under the hub's lock (a hint, the user's last connection leaving)
-//     starts the one task that resumes it, so there is still at most one. It hands each popped
+//     starts the one task that resumes it, so there is still at most one.
+//     Hinted tasks are scheduled (sched.go): at most Config.Workers run,
+//     the rest wait in line, and a busy consumer yields its task (with
+//     what it holds) while others wait. It hands each popped
 //     batch to every open connection of that user (writer.go: each
 //     connection's outbox, drained by a writer goroutine of its own that
 //     lives while there is something to write), waits until one writer has

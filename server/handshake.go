@@ -214,7 +214,7 @@ func refusal(err error) string {
 	if errors.Is(err, taskpool.ErrClosed) {
 		return "server is shutting down"
 	}
-	return "server is at capacity (-workers); retry later"
+	return "server is at capacity (-max-users); retry later"
 }
 
 // identify returns the user a request URI names: the subject of ?token=

@@ -30,7 +30,8 @@ func (s *Server) startHints(ctx context.Context) (stop func()) {
 	hints, err := s.q.StartHints(hctx, s.hub.hinted, lost)
 	cancel()
 	if err != nil {
-		s.log.Warn("Redis refused client tracking: consumers block in BLMOVE, one Redis connection per online user, as with -consumer blocking (size -workers for two open files per user)", "err", err)
+		s.log.Warn("Redis refused client tracking: consumers block in BLMOVE, one Redis connection and one task per online user, as with -consumer blocking (size -workers and -max-users for two open files per user)", "err", err)
+		s.blockInstead()
 		return nil
 	}
 	s.hub.hints = hints
@@ -45,6 +46,16 @@ func (s *Server) startHints(ctx context.Context) (stop func()) {
 		<-done
 		hints.Close()
 	}
+}
+
+// blockInstead makes consumers block, hinted consumption having been
+// refused: the bounds that were not given follow the mode (a task per
+// online user, two open files each).
+func (s *Server) blockInstead() {
+	s.cfg.Consumer = ConsumerBlocking
+	s.cfg.defaultBounds()
+	s.pool.Resize(s.cfg.Workers)
+	s.hub.maxUsers = s.cfg.usersBound()
 }
 
 // consumerMode is the mode consumers run in, for the start line.

@@ -269,7 +269,7 @@ func TestTokenExpiryClosesTheConnection(t *testing.T) {
 // A reconnect storm after a restart meets a full pool: the 503s tell the
 // clients to come back after 1 to 10 seconds, spread, not all after 1.
 func TestRetryAfterIsSpread(t *testing.T) {
-	g := startGateway(t, nil, server.Config{Workers: 1})
+	g := startGateway(t, nil, server.Config{MaxUsers: 1})
 	g.dialReady("holder")
 	seen := map[int]int{}
 	for i := range 40 {

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"slices"
 	"sync"
@@ -29,6 +28,7 @@ type hub struct {
 	hints *redisq.Hints
 
 	maxPerUser   int           // Config.MaxConnsPerUser; 0: unbounded (unit benchmarks)
+	maxUsers     int           // Config.usersBound: users online at once
 	writeTimeout time.Duration // Config.WriteTimeout: how long a closing connection may linger
 
 	mu      sync.Mutex
@@ -39,6 +39,7 @@ type hub struct {
 	consumers atomic.Int64 // consumers of online users: running a task, or parked
 	tasks     atomic.Int64 // consumer tasks running now
 	stopBy    atomic.Int64 // unix nanos: the shutdown's deadline for closes, 0 until closeAll
+	sched     sched        // hinted: the consumers' tasks
 	stats     Stats
 }
 
@@ -82,29 +83,44 @@ func newHub(pool *taskpool.Pool, q *redisq.Queue, enc encoder, log *slog.Logger)
 }
 
 // acquire admits one more connection of user, starting the user's consumer
-// if it has none. It fails with taskpool.ErrFull when -workers users are
-// online already, or the pool has no worker for a new user's consumer
-// (users already online are never refused for that), and with
+// if it has none. It fails with taskpool.ErrFull when maxUsers users are
+// online already (users already online are never refused for that), or,
+// blocking, the pool has no task for a new user's consumer, and with
 // errTooManyConns when the user holds maxPerUser connections.
 func (h *hub) acquire(user string) (*session, error) {
+	s, hinted, err := h.admit(user)
+	if hinted != nil {
+		h.schedule(hinted) // outside h.mu: a shut pool ends it, under h.mu
+	}
+	return s, err
+}
+
+// admit is acquire under h.mu. It returns the new consumer of a hinted
+// user, for acquire to schedule.
+func (h *hub) admit(user string) (*session, *consumer, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closing {
-		return nil, taskpool.ErrClosed
+		return nil, nil, taskpool.ErrClosed
 	}
 	s := h.users[user]
 	if h.full(s) {
-		return nil, errTooManyConns
+		return nil, nil, errTooManyConns
 	}
+	var hinted *consumer
 	if s == nil {
-		// -workers bounds the online users: with hinted consumption an
-		// idle user's consumer holds no task, so the pool alone would not.
-		if len(h.users) >= h.pool.Cap() {
-			return nil, taskpool.ErrFull
+		if len(h.users) >= h.maxUsers {
+			return nil, nil, taskpool.ErrFull
 		}
 		s = &session{user: user, wake: make(chan struct{}, 1), hint: make(chan struct{}, 1), done: make(chan struct{})}
-		if err := h.pool.Submit(func(ctx context.Context) { h.consume(ctx, s) }); err != nil {
-			return nil, err
+		c := &consumer{h: h, s: s}
+		if h.hints == nil {
+			if err := h.startBlocking(c); err != nil {
+				return nil, nil, err
+			}
+		} else {
+			hinted = c
+			h.consumers.Add(1)
 		}
 		h.users[user] = s
 		if h.relay != nil {
@@ -112,7 +128,21 @@ func (h *hub) acquire(user string) (*session, error) {
 		}
 	}
 	s.refs++
-	return s, nil
+	return s, hinted, nil
+}
+
+// startBlocking starts the blocking consumer c on a task of its own for
+// its session's life. Called with h.mu held.
+func (h *hub) startBlocking(c *consumer) error {
+	c.b = h.q.Blocker()
+	c.s.blocker = c.b
+	h.consumers.Add(1)
+	if err := h.pool.Submit(func(ctx context.Context) { h.run(ctx, c) }); err != nil {
+		c.b.Close()
+		h.consumers.Add(-1)
+		return err
+	}
+	return nil
 }
 
 // full reports whether session s (nil: none yet) holds the most
@@ -133,7 +163,7 @@ func (h *hub) admissible(user string) error {
 		return errTooManyConns
 	case h.users[user] != nil:
 		return nil
-	case len(h.users) >= h.pool.Cap():
+	case len(h.users) >= h.maxUsers:
 		return taskpool.ErrFull
 	}
 	return nil
@@ -327,34 +357,15 @@ func (h *hub) park(c *consumer) (ok, again bool) {
 	return true, false
 }
 
-// resume starts a task that goes on with the parked consumer c. The pool
-// has room (online users are at most its size, and a parked one holds no
-// task), unless tasks of sessions that left are still ending: then it
-// tries again shortly. Once the pool is closed (a shutdown) nothing can
-// resume it, and it ends in place (endParked).
+// resume gives the parked consumer c a task again (schedule; once the
+// pool is shut, a shutdown, it ends in place instead).
 func (h *hub) resume(c *consumer) {
 	c.resumed = true
-	task := func(ctx context.Context) { h.run(ctx, c, false) }
-	err := h.pool.Submit(task)
-	if errors.Is(err, taskpool.ErrFull) {
-		go func() {
-			for errors.Is(err, taskpool.ErrFull) {
-				time.Sleep(10 * time.Millisecond)
-				err = h.pool.Submit(task)
-			}
-			if err != nil {
-				h.endParked(c)
-			}
-		}()
-		return
-	}
-	if err != nil {
-		h.endParked(c)
-	}
+	h.schedule(c)
 }
 
-// endParked ends a parked consumer that no task can resume: the pool is
-// closed (a shutdown). It holds nothing; its session leaves the hub, as a
+// endParked ends a parked or new consumer that no task can run: the pool
+// is shut (a shutdown; hub.shutOut). It holds nothing; its session leaves the hub, as a
 // consumer's own end would do.
 func (h *hub) endParked(c *consumer) {
 	h.mu.Lock()

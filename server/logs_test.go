@@ -16,13 +16,13 @@ import (
 // A refused handshake is logged at info with its status, reason and the
 // client's address, so an operator sees why clients cannot connect.
 func TestRefusedHandshakesAreLoggedWithReasonAndAddress(t *testing.T) {
-	g := startGateway(t, nil, server.Config{Workers: 1, AllowedOrigins: []string{"https://app.example"}})
+	g := startGateway(t, nil, server.Config{MaxUsers: 1, AllowedOrigins: []string{"https://app.example"}})
 	auth, err := server.NewHMACAuth([]byte("a-secret-of-at-least-16-bytes"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ga := startGateway(t, nil, server.Config{Auth: auth})
-	g.dialReady("holder") // the only worker
+	g.dialReady("holder") // the only user it admits
 	for _, tc := range []struct {
 		g       *gateway
 		path    string

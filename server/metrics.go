@@ -78,7 +78,8 @@ func (s *Server) metricsHandler() http.Handler {
 	gauge("users_online", "Users with at least one connection or handshake in progress.", func() float64 { u, _ := s.hub.counts(); return float64(u) })
 	gauge("consumers_running", "Consumers of online users: running a task, or parked waiting for a hint (hinted consumption).", func() float64 { return float64(s.hub.consumers.Load()) })
 	gauge("consumer_tasks_running", "Consumer tasks running now (a parked consumer holds none).", func() float64 { return float64(s.hub.tasks.Load()) })
-	gauge("pool_capacity", "Size of the consumer pool (-workers).", func() float64 { return float64(s.pool.Cap()) })
+	gauge("pool_capacity", "Consumer tasks that may run at once (-workers).", func() float64 { return float64(s.pool.Cap()) })
+	gauge("users_capacity", "Users that may be online at once (-max-users; blocking, -workers too).", func() float64 { return float64(s.hub.maxUsers) })
 	gauge("redis_up", "1 while consumers reach Redis, 0 during an outage.", func() float64 {
 		if s.hub.health.down.Load() {
 			return 0

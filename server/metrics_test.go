@@ -28,9 +28,12 @@ func metric(t *testing.T, g *gateway, series string) float64 {
 }
 
 func TestMetricsFollowAConnectPushDisconnect(t *testing.T) {
-	g := startGateway(t, nil, server.Config{Workers: 7, Format: server.FormatRaw})
+	g := startGateway(t, nil, server.Config{Workers: 7, MaxUsers: 9, Format: server.FormatRaw})
 	if v := metric(t, g, "redpush_pool_capacity"); v != 7 {
 		t.Fatalf("pool capacity %v", v)
+	}
+	if v := metric(t, g, "redpush_users_capacity"); v != 9 {
+		t.Fatalf("users capacity %v", v)
 	}
 	c := g.dialReady("m")
 	g.awaitConsumers(1, 5*time.Second)
@@ -129,13 +132,13 @@ func TestRefusalsAreCountedByStatus(t *testing.T) {
 	const key = "a-secret-of-at-least-16-bytes"
 	auth, err := server.NewHMACAuth([]byte(key))
 	must(t, err)
-	g := startGateway(t, nil, server.Config{Auth: auth, Workers: 1, AllowedOrigins: []string{"https://app.example"}})
+	g := startGateway(t, nil, server.Config{Auth: auth, MaxUsers: 1, AllowedOrigins: []string{"https://app.example"}})
 	token := func(user string) string {
 		tok, err := server.Sign([]byte(key), user, time.Minute)
 		must(t, err)
 		return tok
 	}
-	hc, err := testutil.TryDial(g.addr, "/?token="+token("holder")) // the only worker
+	hc, err := testutil.TryDial(g.addr, "/?token="+token("holder")) // the only user it admits
 	must(t, err)
 	testutil.NewClient(t, hc).MustRead()
 	// Each status is refused a different number of times, so a swap of

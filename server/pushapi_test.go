@@ -107,8 +107,8 @@ func TestPushAPIAnswers503FastWhenRedisIsDown(t *testing.T) {
 // GET /check gives the verdict of a handshake with the same query, without
 // upgrading, admitting or counting it as a refusal.
 func TestCheckGivesTheHandshakesVerdict(t *testing.T) {
-	g := startGateway(t, nil, server.Config{Workers: 1, AllowedOrigins: []string{"https://app.example"}})
-	g.dialReady("holder") // the only worker
+	g := startGateway(t, nil, server.Config{MaxUsers: 1, AllowedOrigins: []string{"https://app.example"}})
+	g.dialReady("holder") // the only user it admits
 	base := "http://" + g.addr + "/check"
 	for _, tc := range []struct {
 		query  string

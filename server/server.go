@@ -90,8 +90,23 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	}
 	s.hub = newHub(s.pool, q, encoder{format: cfg.Format}, s.log)
 	s.hub.maxPerUser = cfg.MaxConnsPerUser
+	s.hub.maxUsers = cfg.usersBound()
 	s.hub.writeTimeout = cfg.WriteTimeout
 	return s, nil
+}
+
+// usersBoundFrom says, for the start line, what bounds the users online
+// at once (hub.maxUsers).
+func (s *Server) usersBoundFrom() string {
+	switch {
+	case s.cfg.Consumer == ConsumerBlocking && s.cfg.Workers < s.cfg.MaxUsers:
+		return "-workers: blocking, each online user holds a task"
+	case s.cfg.maxUsersSet:
+		return "-max-users"
+	case s.cfg.Consumer == ConsumerBlocking:
+		return "the open-file limit (ulimit -n): two files per user, its socket and its Redis connection, 200 kept for the rest"
+	}
+	return "the open-file limit (ulimit -n): a file per user, its socket, 200 kept for the rest"
 }
 
 // Run listens on Config.Addr and serves until ctx is cancelled.
@@ -193,7 +208,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(acceptDone)
 		s.acceptLoop(ln)
 	}()
-	s.log.Info("redpush listening", "addr", ln.Addr().String(), "workers", s.pool.Cap(), "consumer", s.consumerMode(),
+	s.log.Info("redpush listening", "addr", ln.Addr().String(), "max_users", s.hub.maxUsers, "max_users_from", s.usersBoundFrom(), "workers", s.pool.Cap(), "consumer", s.consumerMode(),
 		"instance", s.cfg.Instance, "redis", s.clients.Topology, "format", s.cfg.Format, "tls", s.cfg.TLS != nil, "auth", s.cfg.Auth != nil)
 	if s.cfg.Auth == nil {
 		s.log.Warn("NO AUTHENTICATION: clients name their user in ?user_id=, so any client can read any user's messages; set -jwt-secret or -jwt-public-key in production")

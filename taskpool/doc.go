@@ -6,7 +6,10 @@
 // returns [ErrFull] instead of waiting, so the caller can answer HTTP 503
 // before the WebSocket upgrade and the accept loop never hangs.
 //
-// Entry points: [New], [Pool.Submit], [Pool.Shutdown]. Every task receives a
+// The server queues hinted consumers that find the pool busy in a line of
+// its own (server/sched.go), so that a wait never blocks its caller.
+//
+// Entry points: [New], [Pool.Submit], [Pool.Resize], [Pool.Shutdown]. Every task receives a
 // context that Shutdown cancels; Shutdown then waits, up to its deadline, for
 // the tasks to return.
 //

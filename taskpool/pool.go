@@ -68,6 +68,9 @@ func (p *Pool) Submit(task func(ctx context.Context)) error {
 func (p *Pool) Cap() int     { return p.ants.Cap() }
 func (p *Pool) Running() int { return p.ants.Running() }
 
+// Resize changes the pool's size (Cap); running tasks are not stopped.
+func (p *Pool) Resize(n int) { p.ants.Tune(n) }
+
 // Shutdown cancels the context of every task and waits up to timeout for
 // them to return. ants' Release alone would not stop a running task.
 func (p *Pool) Shutdown(timeout time.Duration) error {

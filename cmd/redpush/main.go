@@ -78,10 +78,13 @@ func run(args []string) int {
 		log.Warn("embedded in-memory Redis for the quick start: messages live only as long as this process; "+o.embeddedNote(),
 			"addr", mr.Addr(), "try", fmt.Sprintf("redis-cli -p %s LPUSH %s hi", mr.Port(), demoKey(o.cfg.KeyPattern)))
 	}
-	if o.cfg.Workers == 0 {
-		o.cfg.Workers = server.DefaultWorkers(o.cfg.Consumer)
+	// Blocking consumers (by choice, or where Redis refuses hinted
+	// consumption) hold a Redis connection each: at most one per task.
+	blockers := o.cfg.Workers
+	if blockers == 0 {
+		blockers = server.DefaultWorkers(server.ConsumerBlocking)
 	}
-	clients, err := redisq.Dial(ctx, url, o.cfg.Workers)
+	clients, err := redisq.Dial(ctx, url, blockers)
 	if err != nil {
 		return fail(err)
 	}

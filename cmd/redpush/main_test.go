@@ -216,6 +216,7 @@ func TestStartErrorsAreOneLineAndExit2(t *testing.T) {
 		{"bad format", nil, []string{"-redis", down, "-format", "xml"}, []string{"-format", `"xml"`, "swoole, raw or json"}},
 		{"bad pattern", nil, []string{"-redis", down, "-key-pattern", "bad"}, []string{"-key-pattern", "%s"}},
 		{"negative workers", nil, []string{"-redis", down, "-workers", "-5"}, []string{"-workers", "-5", "0 for the default", "1 to"}},
+		{"negative max users", nil, []string{"-redis", down, "-max-users", "-1"}, []string{"-max-users", "-1", "0 for the default", "1 to 1000000"}},
 		{"absurd instance ttl", nil, []string{"-redis", down, "-instance-ttl", "1ms"}, []string{"-instance-ttl", "1ms", "1s to"}},
 		{"origin without scheme", nil, []string{"-redis", down, "-allowed-origins", "foo"}, []string{"-allowed-origins", `"foo"`, "scheme://host[:port]"}},
 		{"origin with a path", nil, []string{"-redis", down, "-allowed-origins", "https://a.example/app"}, []string{"-allowed-origins", "scheme://host[:port]"}},
