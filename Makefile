@@ -10,11 +10,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test deps vet compose-check build run fuzz bench bench-scale bench-compare chaos clean
 
+# The server's tests run twice: with the epoll reactor (Linux's default)
+# and with a goroutine per connection (the portable build, forced by the
+# redpush_goroutines tag).
 test: deps vet compose-check build
 	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -tags redpush_goroutines ./server
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags redpush_goroutines ./server
 
 # Debian's packages, installed only if missing; apt-get update first, as a
 # fresh machine has no package lists.

@@ -7,13 +7,14 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
 )
 
-// conn is one upgraded WebSocket connection. Its reader goroutine owns the
-// read side; writes from any goroutine go through write, which holds wmu, so
+// conn is one upgraded WebSocket connection. Its reader (its goroutine,
+// or a reactor task at a time) owns the read side; writes from any goroutine go through write, which holds wmu, so
 // one frame sequence is on the wire at a time (gobwas/ws does no locking).
 type conn struct {
 	fd    uint64 // per-process, never reused
@@ -53,11 +54,26 @@ type conn struct {
 	wmu    sync.Mutex
 	closed bool   // under wmu: the socket is closed, writes fail
 	why    string // under wmu: why the server closed it, for the log
+
+	// expire ends the connection when its token expires; nil without
+	// authentication.
+	expire *time.Timer
+
+	// The reactor's (reactor_linux.go), when it reads the connection:
+	// rx is set under wmu (nil: a goroutine reads it), w is where it
+	// stands, rd its frame reader, raw its socket, lastRead when bytes
+	// last came (unix nanos), pinged whether it was pinged since.
+	rx       *reactor
+	w        watch
+	rd       *frameReader
+	raw      syscall.RawConn
+	lastRead atomic.Int64
+	pinged   atomic.Bool
 }
 
 // write sends p, which holds whole frames, under the write lock and
 // deadline. A failed write ends the connection: a partial frame cannot be
-// continued, and the reader goroutine is woken to unregister it. It fails
+// continued, and the reader is woken to unregister it. It fails
 // with ErrConnClosed, having tried nothing, when the connection was closed
 // already.
 func (c *conn) write(p []byte) error {
@@ -136,7 +152,8 @@ func (c *conn) close() {
 
 // closeLocked ends the connection once, for the server's reason why: no
 // write goes out any more, and the socket is half-closed (FIN after what
-// was written) and its reader woken, which lingers and then closes it.
+// was written) and its reader woken (its goroutine, or the reactor: it
+// stops reading), which lingers (endConn) and then closes it.
 //
 // Closing the socket at once would lose what it still holds for the client.
 // A client that stopped reading for a while still has megabytes on their way
@@ -151,12 +168,17 @@ func (c *conn) closeLocked(why string) {
 		return
 	}
 	c.markClosedLocked(why)
-	if !halfClose(c.nc) {
+	if halfClose(c.nc) {
+		c.wire.fin.Store(true)
+	} else {
 		c.shutLocked() // cannot half-close, or broken already: nothing to wait for
-		return
 	}
-	c.wire.fin.Store(true)
-	_ = c.nc.SetReadDeadline(time.Now()) // wake the reader
+	// Wake the reader: its goroutine, or the reactor.
+	if c.rx != nil {
+		c.rx.stop(c)
+	} else {
+		_ = c.nc.SetReadDeadline(time.Now())
+	}
 }
 
 // halfClose sends FIN after what was written: on a TCP socket, or below

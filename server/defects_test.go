@@ -333,3 +333,39 @@ func TestMessageThatAlwaysFailsIsDeadLettered(t *testing.T) {
 		t.Fatalf("redpush_dead_lettered_total = %v", v)
 	}
 }
+
+// Clients that stop in the middle of a frame hold no reader: with far more
+// of them than the reactor has reader tasks, another client's ping and
+// message are answered at once, and each stalled one is ended an idle
+// timeout after its frame began.
+func TestStalledFramesHoldUpNoOne(t *testing.T) {
+	const idle = 2 * time.Second
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, IdleTimeout: idle})
+	stalled := make([]*testutil.Client, 64)
+	for i := range stalled {
+		stalled[i] = g.dialReady(fmt.Sprint("stall", i))
+		sendPartial(t, stalled[i], 1000, make([]byte, 10))
+	}
+	began := time.Now()
+	c := g.dialReady("talker")
+	if err := ws.WriteFrame(c.Conn, ws.MaskFrame(ws.NewPingFrame([]byte("there?")))); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Conn.SetReadDeadline(time.Now().Add(idle / 2))
+	if f, err := ws.ReadFrame(c.Conn); err != nil || f.Header.OpCode != ws.OpPong {
+		t.Fatalf("got %+v (%v), want the pong within %v", f.Header, err, idle/2)
+	}
+	c.Send("hi")
+	if got, _, err := c.Read(idle / 2); err != nil || got != "hello" {
+		t.Fatalf("reply %q (%v), want hello within %v", got, err, idle/2)
+	}
+	for i, s := range stalled {
+		_ = s.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, s.Conn); err != nil {
+			t.Fatalf("stalled client %d: %v, want the server to end it", i, err)
+		}
+	}
+	if took := time.Since(began); took < idle-time.Second/2 {
+		t.Fatalf("stalled clients ended after %v, before the idle timeout %v", took, idle)
+	}
+}

@@ -18,8 +18,13 @@
 // logged at a bounded rate, and GET
 // /check gives the same verdict without upgrading, for the demo page. After
 // the upgrade the goroutine sends the greeting ("hello;\n", or
-// {"event":"hello"} in json format), registers the connection under its
-// user, and becomes the connection's reader.
+// {"event":"hello"} in json format) and registers the connection under its
+// user. On Linux it then hands a plain TCP connection to the reactor
+// (reactor_linux.go: an epoll set, reader tasks that feed each readable
+// connection's frameReader, an idle sweep) and ends; a TLS connection, or
+// any in the portable build (reactor_other.go, or -tags
+// redpush_goroutines), is read by the goroutine itself (readLoop). Either
+// way endConn ends it.
 //
 // Shutdown: /readyz turns 503 first; the listener stays open while clients
 // are closed with 1001 and consumers requeue, so new clients get a 503 with

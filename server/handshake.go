@@ -256,15 +256,29 @@ func userFromQuery(vals url.Values) (string, error) {
 	return user, nil
 }
 
-// serveConn runs an upgraded connection: greeting, registration, reading,
-// then unregistration and the original's close log line.
+// serveConn runs an upgraded connection: greeting, registration, reading
+// (by the reactor, or by this goroutine), then endConn.
 func (s *Server) serveConn(c *conn) {
+	if !s.openConn(c) {
+		return
+	}
+	if s.rx != nil && s.rx.add(c) {
+		return // the reactor reads it from now on, and ends it
+	}
+	br := bufio.NewReaderSize(c.nc, 256)
+	err := s.readLoop(c, br)
+	s.endConn(c, br, err)
+}
+
+// openConn greets c and registers it (false: it was refused, and is
+// closed).
+func (s *Server) openConn(c *conn) bool {
 	// The greeting goes out before the connection is registered, so it is
 	// the first frame even when messages are waiting.
 	if err := c.write(s.greet.hello); err != nil {
 		s.hub.release(c.sess, nil)
 		c.close()
-		return
+		return false
 	}
 	if err := s.hub.attach(c); err != nil {
 		s.hub.release(c.sess, nil)
@@ -274,22 +288,30 @@ func (s *Server) serveConn(c *conn) {
 		}
 		c.closeWith(code, err.Error(), time.Now().Add(time.Second))
 		c.close() // no reader to linger: this one never began
-		return
+		return false
 	}
 	s.log.Debug("client open", "fd", c.fd, "user", c.user, "remote", c.nc.RemoteAddr())
 	if !c.until.IsZero() {
 		// The token stops being valid while the connection is open: the
 		// connection ends with it, as a new handshake would be refused.
-		expire := time.AfterFunc(time.Until(c.until), func() {
+		c.expire = time.AfterFunc(time.Until(c.until), func() {
 			c.closeWith(ws.StatusPolicyViolation, "token expired", time.Now().Add(time.Second))
 		})
-		defer expire.Stop()
 	}
-	br := bufio.NewReaderSize(c.nc, 256)
-	err := s.readLoop(c, br)
+	return true
+}
+
+// endConn ends c once its reading ended with err: it leaves the hub, then,
+// if the server closed it, lingers (reading and dropping from r) so that
+// the client can take what is on its way, and logs the original's close
+// line.
+func (s *Server) endConn(c *conn, r io.Reader, err error) {
+	if c.expire != nil {
+		c.expire.Stop()
+	}
 	s.hub.release(c.sess, c)
 	if c.gone.Load() && !errors.Is(err, io.EOF) {
-		c.linger(br) // the server ended it: let the client take what is on its way
+		c.linger(r) // the server ended it: let the client take what is on its way
 	}
 	c.close()
 	s.log.Info(fmt.Sprintf("client-%d is closed", c.fd), "fd", c.fd, "user", c.user, "reason", closeReason(err, c))

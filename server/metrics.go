@@ -75,6 +75,8 @@ func (s *Server) metricsHandler() http.Handler {
 	gauge("partial_message_bytes", "Bytes the partial messages of all clients hold now (bounded by -max-pending-bytes).",
 		func() float64 { return float64(s.partial.held.Load()) })
 	gauge("connections", "Open WebSocket connections.", func() float64 { _, c := s.hub.counts(); return float64(c) })
+	gauge("reactor_connections", "Connections read by the epoll reactor, without a goroutine each (Linux; the rest: TLS, or the portable build).",
+		func() float64 { return float64(s.rx.count()) })
 	gauge("users_online", "Users with at least one connection or handshake in progress.", func() float64 { u, _ := s.hub.counts(); return float64(u) })
 	gauge("consumers_running", "Consumers of online users: running a task, or parked waiting for a hint (hinted consumption).", func() float64 { return float64(s.hub.consumers.Load()) })
 	gauge("consumer_tasks_running", "Consumer tasks running now (a parked consumer holds none).", func() float64 { return float64(s.hub.tasks.Load()) })

@@ -2,11 +2,11 @@ package server
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -35,16 +35,29 @@ func (e *closeErr) String() string {
 	return strings.TrimSpace(fmt.Sprintf("%s sent close %d %s", who, e.code, e.reason))
 }
 
-// readLoop reads the client's frames until the connection ends and returns
-// why. It answers pings, answers every data message with "hello" (the
-// original's on-message reply), pings a silent peer and closes it when it
-// stays silent, and enforces RFC 6455 and the message size limit: gobwas/ws
-// neither checks nor unmasks what ws.ReadHeader returns.
+// readLoop reads the client's frames on the connection's goroutine until
+// the connection ends and returns why: the portable model, and the one of
+// TLS connections (see reactor for the other). It pings a silent peer
+// and closes it when it stays silent; frameReader does the rest.
 func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
-	r := frameReader{c: c, br: br, max: s.cfg.MaxMessage, idle: s.cfg.IdleTimeout, reply: s.greet.reply, budget: &s.partial,
-		rate: frameRate{max: s.cfg.MaxMessageRate}}
-	err := r.run()
+	r := s.newFrameReader(c, c.write)
+	err := r.run(br, s.cfg.IdleTimeout)
+	s.readEnded(c, r, err)
+	return err
+}
+
+// newFrameReader is the frame reader of c, answering through send.
+func (s *Server) newFrameReader(c *conn, send func([]byte) error) *frameReader {
+	return &frameReader{c: c, max: s.cfg.MaxMessage, reply: s.greet.reply, send: send, budget: &s.partial,
+		rate: frameRate{max: s.cfg.MaxMessageRate}, state: ws.StateServerSide}
+}
+
+// readEnded is the reader's part of the end of c: what its partial
+// message held goes back to the budget, and a close it decided (or the
+// client's, echoed) is sent.
+func (s *Server) readEnded(c *conn, r *frameReader, err error) {
 	r.budget.release(len(r.msg))
+	r.msg = nil
 	var ce *closeErr
 	if errors.As(err, &ce) {
 		reason := ce.reason
@@ -61,21 +74,40 @@ func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
 		}
 		c.closeWith(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 	}
-	return err
 }
 
+// frameReader is the read side of one connection as a state machine fed
+// with bytes (feed), however they are split: between frames, gathering a
+// frame's header, or reading its payload. It answers pings and every data
+// message (with reply, the original's on-message "hello"), and enforces
+// RFC 6455 and the limits: gobwas/ws neither checks nor unmasks frames. It
+// never reads by itself, so either a goroutine blocked on the socket
+// (readLoop) or a reactor task with the bytes of one readable event can
+// drive it.
 type frameReader struct {
 	c     *conn
-	br    *bufio.Reader
 	max   int
-	idle  time.Duration
-	reply []byte // the frame that answers each data message
+	reply []byte             // the frame that answers each data message
+	send  func([]byte) error // writes an answer (pong, reply)
 	state ws.State
 	msg   []byte    // the data message being assembled; its length is held in budget
 	op    ws.OpCode // its opcode (text or binary)
 
 	budget *partialBudget
 	rate   frameRate
+
+	// The frame being read: hn bytes of its header so far, then the
+	// header h and done bytes of its payload (inPayload). A control
+	// frame's payload gathers in ctl (at most 125 bytes).
+	hdr       [ws.MaxHeaderSize]byte
+	hn        int
+	h         ws.Header
+	inPayload bool
+	done      int64
+	ctl       []byte
+	// since is when the frame being read began (unix nanos), 0 between
+	// frames: all of a frame must arrive within the idle timeout.
+	since atomic.Int64
 }
 
 // frameRate bounds the frames a client sends per second
@@ -117,80 +149,155 @@ func (b *partialBudget) take(n int) bool {
 
 func (b *partialBudget) release(n int) { b.held.Add(-int64(n)) }
 
-// readChunk is the most a message buffer grows ahead of the bytes that
-// arrive.
-const readChunk = 4096
-
-func (r *frameReader) run() error {
-	r.state = ws.StateServerSide
+// feed handles the client bytes p: every frame they complete is acted
+// on, a frame they leave incomplete is kept for the next call. An error
+// ends the connection: a *closeErr says with which close.
+func (r *frameReader) feed(p []byte) error {
 	for {
-		if err := r.awaitFrame(); err != nil {
-			return err
+		if !r.inPayload {
+			if len(p) == 0 {
+				return nil
+			}
+			n, complete, err := r.header(p)
+			p = p[n:]
+			if err != nil || !complete {
+				return err
+			}
+			if err := r.begin(); err != nil {
+				return err
+			}
 		}
-		// The frame has begun: all of it must arrive within the idle timeout.
-		_ = r.c.nc.SetReadDeadline(time.Now().Add(r.idle))
-		if r.c.gone.Load() { // closed meanwhile: the deadline above replaced its wake-up
-			return ErrConnClosed
+		if r.done < r.h.Length {
+			if len(p) == 0 {
+				return nil
+			}
+			k := int(min(int64(len(p)), r.h.Length-r.done))
+			if err := r.payload(p[:k]); err != nil {
+				return err
+			}
+			p = p[k:]
+			if r.done < r.h.Length {
+				return nil
+			}
 		}
-		if err := r.readFrame(); err != nil {
+		if err := r.complete(); err != nil {
 			return err
 		}
 	}
 }
 
-// awaitFrame waits for the first byte of the next frame without consuming
-// it, so that a deadline here leaves the stream intact: after half the idle
-// timeout the peer is pinged (RFC 6455 §5.5.2), after all of it closed.
-func (r *frameReader) awaitFrame() error {
-	pinged := false
-	for {
-		wait := r.idle / 2
-		_ = r.c.nc.SetReadDeadline(time.Now().Add(wait))
-		if r.c.gone.Load() { // the server closed it: its wake-up may have been overwritten
-			return ErrConnClosed
-		}
-		_, err := r.br.Peek(1)
-		if err == nil {
-			return nil
-		}
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() || r.c.gone.Load() {
-			return err // broken, or woken because the server closed it
-		}
-		if pinged {
-			return &closeErr{code: ws.StatusGoingAway, reason: "idle timeout"}
-		}
-		if err := r.c.write(framePing); err != nil {
-			return err
-		}
-		pinged = true
+// mid reports whether a frame has begun and not ended.
+func (r *frameReader) mid() bool { return r.hn > 0 }
+
+// header gathers the frame header's bytes from p; once it has all of them
+// (complete) it parses it into r.h. n is how many bytes of p it took.
+func (r *frameReader) header(p []byte) (n int, complete bool, err error) {
+	if r.hn == 0 {
+		r.since.Store(time.Now().UnixNano())
 	}
+	for {
+		need := headerSize(r.hdr[:r.hn])
+		if r.hn == need {
+			break
+		}
+		if n == len(p) {
+			return n, false, nil
+		}
+		k := copy(r.hdr[r.hn:need], p[n:])
+		r.hn += k
+		n += k
+	}
+	b := r.hdr[:r.hn]
+	h := ws.Header{Fin: b[0]&0x80 != 0, Rsv: (b[0] & 0x70) >> 4, OpCode: ws.OpCode(b[0] & 0x0f), Masked: b[1]&0x80 != 0}
+	rest := b[2:]
+	switch l := b[1] & 0x7f; l {
+	case 126:
+		h.Length, rest = int64(binary.BigEndian.Uint16(rest)), rest[2:]
+	case 127:
+		if rest[0]&0x80 != 0 {
+			// A 64-bit length with its top bit set (2^63 and more): RFC
+			// 6455 §5.2 forbids it. Lengths below that but over the limit
+			// get 1009.
+			return n, false, &closeErr{code: ws.StatusProtocolError, reason: ws.ErrHeaderLengthMSB.Error()}
+		}
+		h.Length, rest = int64(binary.BigEndian.Uint64(rest)), rest[8:]
+	default:
+		h.Length = int64(l)
+	}
+	if h.Masked {
+		copy(h.Mask[:], rest)
+	}
+	r.h = h
+	return n, true, nil
 }
 
-func (r *frameReader) readFrame() error {
-	h, err := ws.ReadHeader(r.br)
-	if errors.Is(err, ws.ErrHeaderLengthMSB) {
-		// A 64-bit length with its top bit set (2^63 and more): RFC 6455
-		// §5.2 forbids it. Lengths below that but over the limit get 1009.
-		return &closeErr{code: ws.StatusProtocolError, reason: err.Error()}
+// headerSize is the size of the header whose first bytes are b: 2 until
+// the second byte says more.
+func headerSize(b []byte) int {
+	if len(b) < 2 {
+		return 2
 	}
-	if err != nil {
-		return err
+	n := 2
+	if b[1]&0x80 != 0 {
+		n += 4
 	}
+	switch b[1] & 0x7f {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	return n
+}
+
+// begin checks the header just read against the rate, RFC 6455 and the
+// message limit, and starts reading its payload.
+func (r *frameReader) begin() error {
+	h := r.h
 	if !r.rate.allow(time.Now()) {
 		return &closeErr{code: ws.StatusPolicyViolation, reason: "too many frames per second (-max-message-rate)"}
 	}
 	if err := ws.CheckHeader(h, r.state); err != nil {
 		return &closeErr{code: ws.StatusProtocolError, reason: err.Error()}
 	}
-	if h.OpCode.IsControl() {
-		return r.control(h)
-	}
-	if h.Length > int64(r.max-len(r.msg)) {
+	if !h.OpCode.IsControl() && h.Length > int64(r.max-len(r.msg)) {
 		return &closeErr{code: ws.StatusMessageTooBig, reason: "message too big"}
 	}
-	if err := r.readPayload(h); err != nil {
-		return err
+	r.inPayload, r.done = true, 0
+	return nil
+}
+
+// payload takes p, bytes of the current frame's payload, unmasked: a data
+// frame's into the message, from the budget (a buffer grows by what
+// arrives, never by what a header declares: 14 bytes declaring 64 KiB pin
+// nothing), a control frame's into ctl.
+func (r *frameReader) payload(p []byte) error {
+	if r.h.OpCode.IsControl() {
+		start := len(r.ctl)
+		r.ctl = append(r.ctl, p...)
+		ws.Cipher(r.ctl[start:], r.h.Mask, int(r.done))
+		r.done += int64(len(p))
+		return nil
+	}
+	if !r.budget.take(len(p)) {
+		return &closeErr{code: ws.StatusPolicyViolation, reason: "server busy: too many partial messages"}
+	}
+	start := len(r.msg)
+	r.msg = append(r.msg, p...)
+	ws.Cipher(r.msg[start:], r.h.Mask, int(r.done)) // §5.3: the mask runs over the frame's payload
+	r.done += int64(len(p))
+	return nil
+}
+
+// complete acts on the frame just read in full.
+func (r *frameReader) complete() error {
+	h := r.h
+	r.inPayload, r.hn = false, 0
+	r.since.Store(0)
+	if h.OpCode.IsControl() {
+		p := r.ctl
+		r.ctl = r.ctl[:0]
+		return r.control(h, p)
 	}
 	if h.OpCode != ws.OpContinuation {
 		r.op = h.OpCode
@@ -210,48 +317,14 @@ func (r *frameReader) readFrame() error {
 		// RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
 		return &closeErr{code: ws.StatusInvalidFramePayloadData, reason: "invalid UTF-8 in text message"}
 	}
-	return r.c.write(r.reply)
+	return r.send(r.reply)
 }
 
-// readPayload appends the frame's payload to the message as it arrives, a
-// read at a time, taking each read's bytes from the budget: a header alone
-// (14 bytes declaring 64 KiB) pins no more than one chunk of capacity.
-func (r *frameReader) readPayload(h ws.Header) error {
-	for done := 0; done < int(h.Length); {
-		start := len(r.msg)
-		want := min(int(h.Length)-done, readChunk)
-		r.msg = slices.Grow(r.msg, want)
-		n, err := r.br.Read(r.msg[start : start+want])
-		if n > 0 {
-			if !r.budget.take(n) {
-				r.msg = r.msg[:start]
-				return &closeErr{code: ws.StatusPolicyViolation, reason: "server busy: too many partial messages"}
-			}
-			r.msg = r.msg[:start+n]
-			ws.Cipher(r.msg[start:], h.Mask, done) // §5.3: the mask runs over the frame's payload
-			done += n
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) && done < int(h.Length) {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-	return nil
-}
-
-// control handles ping, pong and close (RFC 6455 §5.5).
-func (r *frameReader) control(h ws.Header) error {
-	var arr [ws.MaxControlFramePayloadSize]byte
-	p := arr[:h.Length]
-	if _, err := io.ReadFull(r.br, p); err != nil {
-		return err
-	}
-	ws.Cipher(p, h.Mask, 0)
+// control handles ping, pong and close (RFC 6455 §5.5), p the payload.
+func (r *frameReader) control(h ws.Header, p []byte) error {
 	switch h.OpCode {
 	case ws.OpPing:
-		return r.c.write(ws.MustCompileFrame(ws.NewPongFrame(p)))
+		return r.send(ws.MustCompileFrame(ws.NewPongFrame(p)))
 	case ws.OpPong:
 		return nil
 	}
@@ -270,4 +343,64 @@ func (r *frameReader) control(h ws.Header) error {
 		return &closeErr{code: ws.StatusProtocolError, reason: err.Error()}
 	}
 	return &closeErr{code: code, reason: reason, byPeer: true}
+}
+
+// run drives r from br on the connection's goroutine until the connection
+// ends, and returns why. Between frames it waits for the next one's first
+// byte without consuming it, so that a deadline there leaves the stream
+// intact: after half of idle the peer is pinged (RFC 6455 §5.5.2), after
+// all of it closed. A frame that has begun must end within idle.
+func (r *frameReader) run(br *bufio.Reader, idle time.Duration) error {
+	var buf [512]byte
+	for {
+		if !r.mid() {
+			if err := r.awaitFrame(br, idle); err != nil {
+				return err
+			}
+		}
+		deadline := time.Now().Add(idle)
+		if since := r.since.Load(); since != 0 {
+			deadline = time.Unix(0, since).Add(idle)
+		}
+		_ = r.c.nc.SetReadDeadline(deadline)
+		if r.c.gone.Load() { // closed meanwhile: the deadline above replaced its wake-up
+			return ErrConnClosed
+		}
+		n, err := br.Read(buf[:])
+		if ferr := r.feed(buf[:n]); ferr != nil {
+			return ferr
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) && r.mid() {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+}
+
+// awaitFrame waits for the first byte of the next frame (run).
+func (r *frameReader) awaitFrame(br *bufio.Reader, idle time.Duration) error {
+	pinged := false
+	for {
+		_ = r.c.nc.SetReadDeadline(time.Now().Add(idle / 2))
+		if r.c.gone.Load() { // the server closed it: its wake-up may have been overwritten
+			return ErrConnClosed
+		}
+		_, err := br.Peek(1)
+		if err == nil {
+			return nil
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || r.c.gone.Load() {
+			return err // broken, or woken because the server closed it
+		}
+		if pinged {
+			return &closeErr{code: ws.StatusGoingAway, reason: "idle timeout"}
+		}
+		if err := r.c.write(framePing); err != nil {
+			return err
+		}
+		pinged = true
+	}
 }

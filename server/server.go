@@ -38,6 +38,9 @@ type Server struct {
 	refusals refusalLog
 	greet    greetings
 	partial  partialBudget // the bytes of all partial messages
+	// rx reads plain TCP connections without a goroutine each (Linux;
+	// nil elsewhere, and with -tags redpush_goroutines).
+	rx *reactor
 }
 
 // DemoUser is the user of the README's examples and of the quick start's
@@ -93,6 +96,14 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	s.hub.maxUsers = cfg.usersBound()
 	s.hub.writeTimeout = cfg.WriteTimeout
 	return s, nil
+}
+
+// readerMode says, for the start line, what reads the connections.
+func (s *Server) readerMode() string {
+	if s.rx != nil {
+		return "epoll reactor (TLS connections: a goroutine each)"
+	}
+	return "a goroutine per connection"
 }
 
 // usersBoundFrom says, for the start line, what bounds the users online
@@ -203,12 +214,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := s.newHTTPServer()
 	go func() { _ = hs.Serve(s.httpLn) }()
 
+	if s.rx, err = newReactor(s); err != nil {
+		s.log.Warn("no reactor: a goroutine reads each connection", "err", err)
+	}
+	if s.rx != nil {
+		defer s.rx.close() // after the shutdown: every connection ended
+	}
 	acceptDone := make(chan struct{})
 	go func() {
 		defer close(acceptDone)
 		s.acceptLoop(ln)
 	}()
-	s.log.Info("redpush listening", "addr", ln.Addr().String(), "max_users", s.hub.maxUsers, "max_users_from", s.usersBoundFrom(), "workers", s.pool.Cap(), "consumer", s.consumerMode(),
+	s.log.Info("redpush listening", "addr", ln.Addr().String(), "reader", s.readerMode(), "max_users", s.hub.maxUsers, "max_users_from", s.usersBoundFrom(), "workers", s.pool.Cap(), "consumer", s.consumerMode(),
 		"instance", s.cfg.Instance, "redis", s.clients.Topology, "format", s.cfg.Format, "tls", s.cfg.TLS != nil, "auth", s.cfg.Auth != nil)
 	if s.cfg.Auth == nil {
 		s.log.Warn("NO AUTHENTICATION: clients name their user in ?user_id=, so any client can read any user's messages; set -jwt-secret or -jwt-public-key in production")

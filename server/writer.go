@@ -61,7 +61,9 @@ func (t *ticket) finish(tried, written bool, m mark) {
 		t.mu.Unlock()
 	}
 	if written && t.wrote.CompareAndSwap(false, true) {
-		t.m.observePopToWrite(t.popped)
+		if !t.popped.IsZero() { // zero: an answer (post), not a batch
+			t.m.observePopToWrite(t.popped)
+		}
 		t.once.Do(func() { close(t.done) })
 	}
 	if t.left.Add(-1) == 0 {
@@ -142,6 +144,19 @@ func (c *conn) send(t *ticket) {
 	if start {
 		go c.drain()
 	}
+}
+
+// post queues frame for c without waiting for it to be written: the
+// reactor's answers (pong, reply, ping), which must not hold up a reader
+// task. It fails when c is closing.
+func (c *conn) post(frame []byte) error {
+	if c.gone.Load() {
+		return ErrConnClosed
+	}
+	buf := getBuf()
+	*buf = append((*buf)[:0], frame...)
+	c.send(newTicket(buf, 1, time.Time{}, c.m))
+	return nil
 }
 
 // closeTooSlow closes c with 1008 and reason, on another goroutine: a
