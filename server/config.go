@@ -127,8 +127,7 @@ type Config struct {
 
 // DefaultWorkers is the default of Config.Workers. Blocking, a task per
 // online user: as many as the open-file limit affords, each user costing
-// its socket and a Redis connection. Hinted, a task per user with
-// messages on their way: hintedWorkers.
+// its socket and a Redis connection. Hinted: hintedWorkers.
 func DefaultWorkers(consumer string) int {
 	if consumer == ConsumerBlocking {
 		return taskpool.DefaultSize(2)
@@ -136,13 +135,11 @@ func DefaultWorkers(consumer string) int {
 	return hintedWorkers
 }
 
-// hintedWorkers bounds the hinted consumers that run at once. A task is
-// held while its user's messages are popped, written and confirmed: at a
-// steady 2,000 msg/s over 5,000 users a few dozen run at once (the
-// metric redpush_consumer_tasks_running); the bound matters when every
-// queue fills at once, after a Redis outage, where it keeps goroutines
-// and memory from growing with the users online. Those past it wait in
-// line and take turns (yieldAfter).
+// hintedWorkers bounds the hinted consumers that work at once (pop,
+// encode, hand to a connection, acknowledge: CPU and Redis round trips).
+// A consumer waiting for a client or for Redis to come back holds no slot
+// (sched), so the bound matters when many queues fill at once, after an
+// outage: those past it wait in line and take turns (yieldAfter).
 const hintedWorkers = 4096
 
 // DefaultMaxUsers is the default of Config.MaxUsers: as many users as the

@@ -59,6 +59,7 @@ func (h *hub) run(ctx context.Context, c *consumer) (how ending) {
 	if !c.started {
 		c.started = true
 		if !h.start(ctx, c) {
+			h.retire(ctx, s) // shutting down
 			return shuttingDown
 		}
 	}
@@ -92,8 +93,8 @@ func (h *hub) run(ctx context.Context, c *consumer) (how ending) {
 	}
 }
 
-// endConsumer is the end of c, by its last task or, parked, in place
-// (endParked): its session's done closes.
+// endConsumer is the end of c, by its last task: its session's done
+// closes.
 func (h *hub) endConsumer(c *consumer) {
 	if c.b != nil {
 		c.b.Close()
@@ -118,7 +119,7 @@ type consumer struct {
 	left     int64 // hinted: how many messages the queue held after the last pop; -1: unknown
 	hinted   bool  // hinted: a hint came since the last pop
 	slowAcks bool  // the last wait for a confirmation timed out: do not wait again until one comes
-	failures int   // see consume
+	failures int   // consecutive failed deliveries of its queue (see run)
 	// token is the AckPop token to send again: its call timed out waiting
 	// for a pooled connection, which does not prove that an earlier
 	// attempt of go-redis's did not run (redisq.Queue.AckPopToken);
@@ -228,7 +229,7 @@ loop:
 				}
 				c.more, c.left = true, -1
 			}
-			if !c.bo.wait(ctx) {
+			if !h.backoff(ctx, &c.bo) {
 				break
 			}
 			continue
@@ -252,7 +253,7 @@ loop:
 			// twice) before popping again, never ack it unseen.
 			c.dropFlights(len(c.flights))
 			c.more, c.left = true, -1
-			if !h.requeue(ctx, s.user) || !c.bo.wait(ctx) {
+			if !h.requeue(ctx, s.user) || !h.backoff(ctx, &c.bo) {
 				return shuttingDown
 			}
 			continue
@@ -275,7 +276,9 @@ loop:
 			c.flights = append(c.flights, flight{n: len(msgs)}) // popped, not delivered: goes back with the rest
 			break
 		}
+		h.pause() // a stalled write holds no slot
 		f, written, tried := h.deliver(s, msgs, time.Now())
+		h.unpause()
 		if !written {
 			// Nobody took it: it goes back with what is still held, once
 			// that settled (what was confirmed meanwhile is acknowledged).
@@ -393,6 +396,8 @@ func (c *consumer) awaitHint(ctx context.Context) {
 		defer t.Stop()
 		round = t.C
 	}
+	c.h.pause()
+	defer c.h.unpause()
 	select {
 	case <-c.s.hint:
 		c.more, c.hinted = true, true
@@ -499,6 +504,8 @@ func (c *consumer) awaitProgress(ctx context.Context, done int, within time.Dura
 	if within > 0 {
 		deadline = time.Now().Add(within)
 	}
+	c.h.pause() // a slow client holds no slot
+	defer c.h.unpause()
 	var pause time.Duration
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -536,6 +543,8 @@ func (c *consumer) settleAll(ctx context.Context) {
 		return
 	}
 	h := c.h
+	h.pause()
+	defer h.unpause()
 	deadline := time.Now().Add(2*h.writeTimeout + time.Second)
 	var pause time.Duration
 	for {
@@ -713,7 +722,7 @@ func (h *hub) retry(ctx context.Context, op func() error) bool {
 			return true
 		}
 		h.redisFailed(err)
-		if !bo.wait(ctx) {
+		if !h.backoff(ctx, &bo) {
 			return false
 		}
 	}
@@ -745,6 +754,14 @@ func (h *hub) requeueFailed(ctx context.Context, user string) int {
 		return 0
 	}
 	return failures
+}
+
+// backoff waits for bo's next delay without holding a slot (sched); it
+// reports false if ctx ended first.
+func (h *hub) backoff(ctx context.Context, bo *backoff) bool {
+	h.pause()
+	defer h.unpause()
+	return bo.wait(ctx)
 }
 
 // backoff is a capped exponential delay with jitter, so that thousands of

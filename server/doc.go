@@ -37,10 +37,12 @@
 //     consumer parks (hub.park): it holds nothing and no task, its state
 //     stays in the session, and whoever takes it out of session.parked
 //     under the hub's lock (a hint, the user's last connection leaving)
-//     starts the one task that resumes it, so there is still at most one.
-//     Hinted tasks are scheduled (sched.go): at most Config.Workers run,
-//     the rest wait in line, and a busy consumer yields its task (with
-//     what it holds) while others wait. It hands each popped
+//     schedules the one consumer to go on, so there is still at most one.
+//     Hinted consumers are scheduled (sched.go): at most Config.Workers
+//     work at once, each holding a slot; one that waits (for a client, for
+//     Redis) gives its slot up; the rest wait in line, and a busy consumer
+//     yields its slot (with what it holds) while others wait. The consumer
+//     hands each popped
 //     batch to every open connection of that user (writer.go: each
 //     connection's outbox, drained by a writer goroutine of its own that
 //     lives while there is something to write), waits until one writer has

@@ -22,12 +22,7 @@ import (
 // every byte it took from the shared partial-message budget, and close
 // only with a code RFC 6455 allows a server to send.
 func FuzzFrameReader(f *testing.F) {
-	frame := func(fin bool, op ws.OpCode, p string) []byte {
-		var b bytes.Buffer
-		_ = ws.WriteFrame(&b, ws.MaskFrame(ws.NewFrame(op, fin, []byte(p))))
-		return b.Bytes()
-	}
-	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	frame, cat := clientFrame, catFrames
 	for _, seed := range [][]byte{
 		frame(true, ws.OpText, "hi"),
 		cat(frame(false, ws.OpText, "a"), frame(true, ws.OpContinuation, "b")),
@@ -69,6 +64,15 @@ func FuzzFrameReader(f *testing.F) {
 		}
 	})
 }
+
+// clientFrame is a masked frame as a client sends it.
+func clientFrame(fin bool, op ws.OpCode, p string) []byte {
+	var b bytes.Buffer
+	_ = ws.WriteFrame(&b, ws.MaskFrame(ws.NewFrame(op, fin, []byte(p))))
+	return b.Bytes()
+}
+
+func catFrames(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
 // serverCloseCodes are the codes the reader sends for a client's fault.
 var serverCloseCodes = map[ws.StatusCode]bool{

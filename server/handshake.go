@@ -124,7 +124,8 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 // the user id (or token) when the request line arrives (400 or 401, before
 // any Redis call), the Origin among the headers (403), then admit, once the
 // headers are valid (429 when the user holds too many connections, 503 when
-// the pool is full or a shutdown began). Each refusal is counted and logged.
+// -max-users are online, blocking when the pool has no task for its
+// consumer, or when a shutdown began). Each refusal is counted and logged.
 func (s *Server) upgrader(remote net.Addr, id *identity, admit func() error) ws.Upgrader {
 	reject := func(status int, reason string, header ws.HandshakeHeader) error {
 		s.refuse(status, reason, remote)

@@ -54,8 +54,9 @@ func (s *Server) startHints(ctx context.Context) (stop func()) {
 func (s *Server) blockInstead() {
 	s.cfg.Consumer = ConsumerBlocking
 	s.cfg.defaultBounds()
-	s.pool.Resize(s.cfg.Workers)
+	s.pool.Resize(poolSize(s.cfg))
 	s.hub.maxUsers = s.cfg.usersBound()
+	s.hub.workers = s.cfg.Workers
 }
 
 // consumerMode is the mode consumers run in, for the start line.

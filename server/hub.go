@@ -29,6 +29,7 @@ type hub struct {
 
 	maxPerUser   int           // Config.MaxConnsPerUser; 0: unbounded (unit benchmarks)
 	maxUsers     int           // Config.usersBound: users online at once
+	workers      int           // Config.Workers: hinted consumers working at once (sched)
 	writeTimeout time.Duration // Config.WriteTimeout: how long a closing connection may linger
 
 	mu      sync.Mutex
@@ -39,7 +40,8 @@ type hub struct {
 	consumers atomic.Int64 // consumers of online users: running a task, or parked
 	tasks     atomic.Int64 // consumer tasks running now
 	stopBy    atomic.Int64 // unix nanos: the shutdown's deadline for closes, 0 until closeAll
-	sched     sched        // hinted: the consumers' tasks
+	sched     sched        // hinted: the consumers' slots
+	strays    atomic.Int64 // consumers run outside the pool once it was shut (shutOut)
 	stats     Stats
 }
 
@@ -58,7 +60,7 @@ type session struct {
 	dead     bool // under hub.mu: its consumer panicked; no connection attaches any more
 	// parked is the consumer while it waits for a hint with no task
 	// (hinted consumption, an empty queue, nothing held): under hub.mu;
-	// whoever takes it out starts a task that resumes it (hub.resume).
+	// whoever takes it out schedules it to go on (hub.resume).
 	parked *consumer
 	wake   chan struct{} // the consumer waits on it for connections
 	hint   chan struct{} // hinted: the queue was written to
@@ -357,21 +359,11 @@ func (h *hub) park(c *consumer) (ok, again bool) {
 	return true, false
 }
 
-// resume gives the parked consumer c a task again (schedule; once the
-// pool is shut, a shutdown, it ends in place instead).
+// resume goes on with the parked consumer c (schedule: at once, or in
+// line).
 func (h *hub) resume(c *consumer) {
 	c.resumed = true
 	h.schedule(c)
-}
-
-// endParked ends a parked or new consumer that no task can run: the pool
-// is shut (a shutdown; hub.shutOut). It holds nothing; its session leaves the hub, as a
-// consumer's own end would do.
-func (h *hub) endParked(c *consumer) {
-	h.mu.Lock()
-	h.dropSession(c.s)
-	h.mu.Unlock()
-	h.endConsumer(c)
 }
 
 // cameBack reports whether s, whose connections all went, has an open one

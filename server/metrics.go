@@ -80,7 +80,8 @@ func (s *Server) metricsHandler() http.Handler {
 	gauge("users_online", "Users with at least one connection or handshake in progress.", func() float64 { u, _ := s.hub.counts(); return float64(u) })
 	gauge("consumers_running", "Consumers of online users: running a task, or parked waiting for a hint (hinted consumption).", func() float64 { return float64(s.hub.consumers.Load()) })
 	gauge("consumer_tasks_running", "Consumer tasks running now (a parked consumer holds none).", func() float64 { return float64(s.hub.tasks.Load()) })
-	gauge("pool_capacity", "Consumer tasks that may run at once (-workers).", func() float64 { return float64(s.pool.Cap()) })
+	gauge("pool_capacity", "Consumers that may work at once (-workers).", func() float64 { return float64(s.hub.workers) })
+	gauge("consumers_waiting", "Consumers waiting for one of the -workers slots (hinted consumption).", func() float64 { return float64(s.hub.waiting()) })
 	gauge("users_capacity", "Users that may be online at once (-max-users; blocking, -workers too).", func() float64 { return float64(s.hub.maxUsers) })
 	gauge("redis_up", "1 while consumers reach Redis, 0 during an outage.", func() float64 {
 		if s.hub.health.down.Load() {
@@ -96,7 +97,7 @@ func (s *Server) metricsHandler() http.Handler {
 		"400": s.stats.refused400.Load, "401": s.stats.refused401.Load,
 		"403": s.stats.refused403.Load, "429": s.stats.refused429.Load, "503": s.stats.refused503.Load,
 	} {
-		counter("handshakes_refused_total", "WebSocket handshakes refused, by HTTP status (429: too many connections of one user; 503: pool full or shutting down).",
+		counter("handshakes_refused_total", "WebSocket handshakes refused, by HTTP status (429: too many connections of one user; 503: -max-users online, no task for a blocking consumer, or shutting down).",
 			prometheus.Labels{"status": status}, func() float64 { return float64(c()) })
 	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})

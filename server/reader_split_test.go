@@ -47,12 +47,7 @@ func feedAll(in []byte, pieces []int) (answers [][]byte, end string, held int64)
 // it answers the same, ends the same way, and holds the same message, as
 // when they come at once.
 func FuzzFrameReaderSplits(f *testing.F) {
-	frame := func(fin bool, op ws.OpCode, p string) []byte {
-		var b bytes.Buffer
-		_ = ws.WriteFrame(&b, ws.MaskFrame(ws.NewFrame(op, fin, []byte(p))))
-		return b.Bytes()
-	}
-	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	frame, cat := clientFrame, catFrames
 	long := string(bytes.Repeat([]byte("x"), 300)) // a 16-bit length
 	for _, seed := range [][]byte{
 		cat(frame(true, ws.OpText, "hi"), frame(true, ws.OpPing, "p")),

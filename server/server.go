@@ -83,7 +83,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, clients: clients, q: q, greet: greetingsFor(cfg.Format)}
 	s.partial.max = cfg.MaxPendingBytes
 	s.pool, err = taskpool.New(taskpool.Config{
-		Size: cfg.Workers,
+		Size: poolSize(cfg),
 		PanicHandler: func(v any) {
 			s.log.Error("consumer panicked", "panic", v)
 		},
@@ -94,6 +94,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	s.hub = newHub(s.pool, q, encoder{format: cfg.Format}, s.log)
 	s.hub.maxPerUser = cfg.MaxConnsPerUser
 	s.hub.maxUsers = cfg.usersBound()
+	s.hub.workers = cfg.Workers
 	s.hub.writeTimeout = cfg.WriteTimeout
 	return s, nil
 }
@@ -104,6 +105,18 @@ func (s *Server) readerMode() string {
 		return "epoll reactor (TLS connections: a goroutine each)"
 	}
 	return "a goroutine per connection"
+}
+
+// poolSize is how many goroutines the task pool may run. Blocking, a
+// consumer holds one for its session: Workers bounds them. Hinted, Workers
+// bounds the consumers that work at once (sched), but a consumer waiting
+// for a slow client keeps its goroutine, so the pool holds one per online
+// user.
+func poolSize(cfg Config) int {
+	if cfg.Consumer == ConsumerBlocking {
+		return cfg.Workers
+	}
+	return max(cfg.usersBound(), cfg.Workers)
 }
 
 // usersBoundFrom says, for the start line, what bounds the users online
@@ -225,7 +238,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(acceptDone)
 		s.acceptLoop(ln)
 	}()
-	s.log.Info("redpush listening", "addr", ln.Addr().String(), "reader", s.readerMode(), "max_users", s.hub.maxUsers, "max_users_from", s.usersBoundFrom(), "workers", s.pool.Cap(), "consumer", s.consumerMode(),
+	s.log.Info("redpush listening", "addr", ln.Addr().String(), "reader", s.readerMode(), "max_users", s.hub.maxUsers, "max_users_from", s.usersBoundFrom(), "workers", s.hub.workers, "consumer", s.consumerMode(),
 		"instance", s.cfg.Instance, "redis", s.clients.Topology, "format", s.cfg.Format, "tls", s.cfg.TLS != nil, "auth", s.cfg.Auth != nil)
 	if s.cfg.Auth == nil {
 		s.log.Warn("NO AUTHENTICATION: clients name their user in ?user_id=, so any client can read any user's messages; set -jwt-secret or -jwt-public-key in production")
@@ -317,6 +330,7 @@ func (s *Server) shutdown(ln net.Listener, hs *http.Server, acceptDone <-chan st
 	s.hub.closeAll(ws.StatusGoingAway, "server shutting down", time.Now().Add(min(time.Second, s.cfg.ShutdownTimeout/2)))
 	// Consumers notice within one BLMOVE round and requeue what they hold.
 	err := s.pool.Shutdown(time.Until(deadline))
+	s.hub.awaitStrays(deadline)
 	_ = ln.Close()
 	<-acceptDone
 	waitGroup(&s.conns, deadline)

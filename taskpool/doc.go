@@ -3,11 +3,10 @@
 // pool, like $server->task() hands work to a task worker.
 //
 // Unlike Swoole's task queue, a full pool refuses at once: [Pool.Submit]
-// returns [ErrFull] instead of waiting, so the caller can answer HTTP 503
-// before the WebSocket upgrade and the accept loop never hangs.
-//
-// The server queues hinted consumers that find the pool busy in a line of
-// its own (server/sched.go), so that a wait never blocks its caller.
+// returns [ErrFull] instead of waiting, so that a caller never hangs. The
+// server answers HTTP 503 before the WebSocket upgrade when a blocking
+// consumer finds no task; hinted consumers are bounded by slots of the
+// server's own (server/sched.go), and the pool only runs their goroutines.
 //
 // Entry points: [New], [Pool.Submit], [Pool.Resize], [Pool.Shutdown]. Every task receives a
 // context that Shutdown cancels; Shutdown then waits, up to its deadline, for
