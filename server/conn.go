@@ -69,6 +69,8 @@ type conn struct {
 	raw      syscall.RawConn
 	lastRead atomic.Int64
 	pinged   atomic.Bool
+	// idleClosing is set when the idle sweep closes it: once.
+	idleClosing atomic.Bool
 }
 
 // write sends p, which holds whole frames, under the write lock and

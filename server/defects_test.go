@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -341,7 +342,7 @@ func TestMessageThatAlwaysFailsIsDeadLettered(t *testing.T) {
 func TestStalledFramesHoldUpNoOne(t *testing.T) {
 	const idle = 2 * time.Second
 	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, IdleTimeout: idle})
-	stalled := make([]*testutil.Client, 64)
+	stalled := make([]*testutil.Client, 4*runtime.GOMAXPROCS(0)+16) // more than the reactor's reader tasks
 	for i := range stalled {
 		stalled[i] = g.dialReady(fmt.Sprint("stall", i))
 		sendPartial(t, stalled[i], 1000, make([]byte, 10))

@@ -54,9 +54,12 @@
 //     saying it cannot take it: 1003, 1007, 1008, 1009). A consumer that panics is
 //     recovered: requeue, session dropped, connections closed 1011.
 //   - Writes to a socket are serialised by the connection's write lock: the
-//     writer's batches (all that is queued, in one writev) and the reader's
-//     pongs, pings and close frames take it in turn, each under the write
-//     deadline. A client that stops reading holds up neither its user's
+//     writer's batches (all that is queued, in one writev), the
+//     consumer's direct writes, and the close frames take it in turn, each
+//     under the write deadline. The goroutine reader writes its pongs,
+//     replies and pings itself; the reactor queues them in the outbox
+//     (conn.post), and stops reading a connection whose outbox holds more
+//     than maxAnswers until it drained (watch: paused). A client that stops reading holds up neither its user's
 //     other connections nor the consumer; it is closed after
 //     Config.WriteTimeout, or when its outbox stays over
 //     Config.MaxQueuedBytes. Once a shutdown began, every write is bounded

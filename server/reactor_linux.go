@@ -9,7 +9,9 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -54,6 +56,7 @@ type reactor struct {
 
 	loopDone, sweepDone chan struct{}
 	stopSweep           chan struct{}
+	closed              atomic.Bool // epfd is closed: no more epoll calls (its number may be reused)
 }
 
 // readersPerCPU sizes the reader pool: tasks never block (reads are
@@ -112,17 +115,21 @@ func (x *reactor) add(c *conn) bool {
 	c.raw = raw
 	c.rd = x.s.newFrameReader(c, c.post)
 	c.lastRead.Store(time.Now().UnixNano())
-	c.wmu.Lock()
-	if c.closed { // the server closed it meanwhile: its goroutine ends it
-		c.wmu.Unlock()
-		return false
-	}
-	c.rx = x
-	c.wmu.Unlock()
+	// Counted and in the table before a close can reach it through c.rx:
+	// such a close ends it (end: forget, Done).
 	x.s.conns.Add(1)
 	x.mu.Lock()
 	x.conns[c.fd] = c
 	x.mu.Unlock()
+	c.wmu.Lock()
+	if c.closed { // the server closed it meanwhile: its goroutine ends it
+		c.wmu.Unlock()
+		x.forget(c)
+		x.s.conns.Done()
+		return false
+	}
+	c.rx = x
+	c.wmu.Unlock()
 	if err := x.ctl(c, unix.EPOLL_CTL_ADD); err != nil {
 		x.s.log.Warn("epoll refused a connection; a goroutine reads it", "err", err)
 		if c.w.stop() { // nobody else ends it: its goroutine does
@@ -141,6 +148,9 @@ func (x *reactor) add(c *conn) bool {
 // event; with EPOLL_CTL_DEL it removes it. It fails once c's net.Conn is
 // closed: its descriptor may belong to another socket by then.
 func (x *reactor) ctl(c *conn, op int) error {
+	if x.closed.Load() {
+		return net.ErrClosed
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT,
 		Fd: int32(uint32(c.fd)), Pad: int32(uint32(c.fd >> 32))}
 	var cerr error
@@ -186,6 +196,12 @@ func (x *reactor) loop() {
 // read is a reader task: it reads what c's socket holds, feeds it to c's
 // frameReader, and arms the socket again, or ends c.
 func (x *reactor) read(c *conn) {
+	defer func() {
+		if v := recover(); v != nil { // a bug: the connection ends, the process goes on
+			x.s.log.Error("reader task panicked; its connection is closed", "user", c.user, "panic", v, "stack", string(debug.Stack()))
+			x.end(c, &closeErr{code: ws.StatusInternalServerError, reason: "internal error"})
+		}
+	}()
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
 	buf := *bp
@@ -198,6 +214,9 @@ func (x *reactor) read(c *conn) {
 				x.end(c, ferr)
 				return
 			}
+			if c.answersPiled() {
+				break // read no more until they are written (rearm pauses)
+			}
 		}
 		switch {
 		case errors.Is(err, unix.EINTR):
@@ -206,7 +225,7 @@ func (x *reactor) read(c *conn) {
 			x.rearm(c)
 			return
 		case err != nil:
-			x.end(c, err)
+			x.end(c, &net.OpError{Op: "read", Net: "tcp", Source: c.nc.LocalAddr(), Addr: c.nc.RemoteAddr(), Err: os.NewSyscallError("read", err)})
 			return
 		case n == 0:
 			if c.rd.mid() {
@@ -235,15 +254,38 @@ func (c *conn) readRaw(buf []byte) (n int, err error) {
 }
 
 // rearm arms c's socket for its next readable event, or ends c when the
-// server closed it meanwhile (watch.rearm).
+// server closed it meanwhile (watch.rearm). While c's answers pile up (a
+// client that sends and does not read) it pauses c instead: the outbox
+// writer resumes it once they are written.
 func (x *reactor) rearm(c *conn) {
-	if !c.w.rearm() {
+	if c.answersPiled() {
+		if !c.w.pause() {
+			x.end(c, ErrConnClosed)
+			return
+		}
+		if c.answersPiled() || !c.w.resume() {
+			return // the writer resumes it
+		}
+	} else if !c.w.rearm() {
 		x.end(c, ErrConnClosed)
 		return
 	}
+	x.arm(c)
+}
+
+// arm puts c's socket, armed (watch), back in the epoll set.
+func (x *reactor) arm(c *conn) {
 	if err := x.ctl(c, unix.EPOLL_CTL_MOD); err != nil && c.w.stop() {
 		// Not closed by the server (that one ends it): an epoll failure.
 		x.end(c, err)
+	}
+}
+
+// resume arms c again if it was paused: its outbox writer wrote what was
+// queued (writer.go).
+func (x *reactor) resume(c *conn) {
+	if c.w.resume() {
+		x.arm(c)
 	}
 }
 
@@ -264,6 +306,12 @@ func (x *reactor) end(c *conn, err error) {
 	_ = x.ctl(c, unix.EPOLL_CTL_DEL) // fails if closed already: then it left the set by itself
 	go func() {
 		defer x.s.conns.Done()
+		if _, ok := err.(*closeErr); ok {
+			// The answers to what came before the close (a reply, a
+			// pong) go out before its close frame, as on the goroutine
+			// path, where each was written before the next frame was read.
+			c.flushOutbox(time.Now().Add(min(x.s.cfg.WriteTimeout, time.Second)))
+		}
 		x.s.readEnded(c, c.rd, err)
 		x.s.endConn(c, c.nc, err)
 	}()
@@ -321,8 +369,10 @@ func (x *reactor) sweep(now time.Time) {
 		c.pinged.Store(true)
 		_ = c.post(framePing)
 	}
-	for _, c := range idle { // its close frame may wait on a stalled socket: not here
-		go c.closeWith(ws.StatusGoingAway, "idle timeout", time.Now().Add(min(x.s.cfg.WriteTimeout, time.Second)))
+	for _, c := range idle { // its close frame may wait on a stalled socket: not here, and once
+		if c.idleClosing.CompareAndSwap(false, true) {
+			go c.closeWith(ws.StatusGoingAway, "idle timeout", time.Now().Add(min(x.s.cfg.WriteTimeout, time.Second)))
+		}
 	}
 	for _, c := range late {
 		if c.w.claim() { // not while a reader task has it: bytes came
@@ -349,6 +399,7 @@ func (x *reactor) close() {
 	_, _ = unix.Write(x.stopw, one)
 	<-x.loopDone
 	_ = x.pool.ReleaseTimeout(time.Second)
+	x.closed.Store(true) // connections that outlived the shutdown's deadline end without it
 	unix.Close(x.stopw)
 	unix.Close(x.epfd)
 }

@@ -11,4 +11,5 @@ func newReactor(*Server) (*reactor, error) { return nil, nil }
 func (x *reactor) add(*conn) bool { return false }
 func (x *reactor) stop(*conn)     {}
 func (x *reactor) count() int     { return 0 }
+func (x *reactor) resume(*conn)   {}
 func (x *reactor) close()         {}

@@ -3,8 +3,11 @@
 package server_test
 
 import (
+	"bytes"
 	"fmt"
 	"runtime"
+	"runtime/pprof"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +42,37 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 		g.push(fmt.Sprint("idle", u), "still there")
 		if got := c.MustRead(); got != "still there" {
 			t.Fatalf("user %d got %q", u, got)
+		}
+	}
+}
+
+func goroutinesIn(fn string) int {
+	var b bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	return strings.Count(b.String(), fn)
+}
+
+// A client that is silent and does not read, while a push to it is
+// stalled: the reactor's idle close is tried once, not once per idle sweep
+// (each would wait on its write lock; the goroutine path's reader waits
+// in its ping instead). Sampled over several sweeps. Seen
+// failing (found by review) in the reactor: 24 goroutines in 4 s.
+func TestAnIdleCloseIsTriedOnce(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Format: server.FormatRaw, IdleTimeout: time.Second, WriteTimeout: 6 * time.Second})
+	testutil.DialBuffer(t, g.addr, "stuck", 4096)
+	for range 8 {
+		g.push("stuck", strings.Repeat("x", 1<<20)) // never read: a write stalls, holding the write lock
+	}
+	const closing = "server.(*conn).closeWith"
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := goroutinesIn(closing); n == 0 {
+			return fmt.Errorf("no close yet")
+		}
+		return nil
+	})
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if n := goroutinesIn(closing); n > 1 {
+			t.Fatalf("%d goroutines close one stalled connection", n)
 		}
 	}
 }

@@ -296,7 +296,7 @@ func (r *frameReader) complete() error {
 	r.since.Store(0)
 	if h.OpCode.IsControl() {
 		p := r.ctl
-		r.ctl = r.ctl[:0]
+		r.ctl = nil // an idle connection keeps no buffer
 		return r.control(h, p)
 	}
 	if h.OpCode != ws.OpContinuation {
@@ -309,10 +309,7 @@ func (r *frameReader) complete() error {
 	r.state = r.state.Clear(ws.StateFragmented)
 	valid := r.op != ws.OpText || utf8.Valid(r.msg)
 	r.budget.release(len(r.msg))
-	r.msg = r.msg[:0]
-	if cap(r.msg) > 4096 { // idle connections should not keep a big buffer
-		r.msg = nil
-	}
+	r.msg = nil // an idle connection keeps no buffer
 	if !valid {
 		// RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
 		return &closeErr{code: ws.StatusInvalidFramePayloadData, reason: "invalid UTF-8 in text message"}

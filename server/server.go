@@ -28,7 +28,7 @@ type Server struct {
 	hub     *hub
 	httpLn  *connListener
 	nextFD  atomic.Uint64
-	conns   sync.WaitGroup // connection goroutines
+	conns   sync.WaitGroup // connection goroutines, and connections the reactor reads
 	stats   counters
 	served  atomic.Bool
 	// stopping is set when a shutdown begins: /readyz answers 503 from

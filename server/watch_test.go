@@ -37,6 +37,23 @@ func TestWatchTransitions(t *testing.T) {
 	if d.claim() || !d.rearm() {
 		t.Fatal("a claim leaves a watch that a reader has alone")
 	}
+	var p watch
+	p.fire()
+	if !p.pause() || p.fire() || p.claim() {
+		t.Fatal("paused: no event, no idle claim")
+	}
+	if !p.resume() || p.resume() || !p.fire() {
+		t.Fatal("resumed once, it is armed again")
+	}
+	if p.stop() || p.pause() {
+		t.Fatal("a reader whose connection's end was asked must not pause")
+	}
+	var q watch
+	q.fire()
+	q.pause()
+	if !q.stop() || q.resume() {
+		t.Fatal("stopping a paused watch ends it")
+	}
 	var f watch
 	f.fire()
 	f.finish()

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"sync"
@@ -31,6 +32,7 @@ import (
 type ticket struct {
 	buf    *[]byte // the frames; back to bufPool when every connection is done
 	popped time.Time
+	own    bool // buf is not the pool's (post)
 	m      *metrics
 	left   atomic.Int32 // connections not done with it
 	wrote  atomic.Bool  // some connection wrote it
@@ -68,7 +70,9 @@ func (t *ticket) finish(tried, written bool, m mark) {
 	}
 	if t.left.Add(-1) == 0 {
 		t.once.Do(func() { close(t.done) })
-		putBuf(t.buf)
+		if !t.own {
+			putBuf(t.buf)
+		}
 	}
 }
 
@@ -148,15 +152,44 @@ func (c *conn) send(t *ticket) {
 
 // post queues frame for c without waiting for it to be written: the
 // reactor's answers (pong, reply, ping), which must not hold up a reader
-// task. It fails when c is closing.
+// task. It fails when c is closing. Its buffer is its own, of its size:
+// a pooled one would hold 4 KiB for a 7-byte answer.
 func (c *conn) post(frame []byte) error {
 	if c.gone.Load() {
 		return ErrConnClosed
 	}
-	buf := getBuf()
-	*buf = append((*buf)[:0], frame...)
-	c.send(newTicket(buf, 1, time.Time{}, c.m))
+	buf := bytes.Clone(frame)
+	t := newTicket(&buf, 1, time.Time{}, c.m)
+	t.own = true
+	c.send(t)
 	return nil
+}
+
+// maxAnswers is how many answers may wait in a connection's outbox before
+// the reactor stops reading it (watch.pause): a client that sends and
+// does not read is pushed back by TCP, not queued for by the server.
+const maxAnswers = 64
+
+// answersPiled reports whether more than maxAnswers batches or answers
+// wait in c's outbox.
+func (c *conn) answersPiled() bool {
+	c.out.mu.Lock()
+	defer c.out.mu.Unlock()
+	return len(c.out.queue) > maxAnswers
+}
+
+// flushOutbox waits until what c's outbox holds is written (or failed),
+// or until deadline.
+func (c *conn) flushOutbox(deadline time.Time) {
+	for time.Now().Before(deadline) {
+		c.out.mu.Lock()
+		idle := c.out.closed || (!c.out.writing && len(c.out.queue) == 0)
+		c.out.mu.Unlock()
+		if idle {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // closeTooSlow closes c with 1008 and reason, on another goroutine: a
@@ -205,6 +238,9 @@ func (c *conn) drain() {
 		if len(o.queue) == 0 || o.closed {
 			o.writing = false
 			o.mu.Unlock()
+			if c.w.state.Load() == watchPaused { // its answers are written: read on
+				c.rx.resume(c)
+			}
 			return
 		}
 		batch := o.queue
