@@ -61,8 +61,10 @@ type conn struct {
 
 	// The reactor's (reactor_linux.go), when it reads the connection:
 	// rx is set under wmu (nil: a goroutine reads it), w is where it
-	// stands, rd its frame reader, raw its socket, lastRead when bytes
-	// last came (unix nanos), pinged whether it was pinged since.
+	// stands, rd its frame reader while a frame or message is being read
+	// (nil between them: only its reader task touches it), raw its
+	// socket, lastRead when bytes last came (unix nanos), pinged whether
+	// it was pinged since.
 	rx       *reactor
 	w        watch
 	rd       *frameReader
@@ -71,6 +73,7 @@ type conn struct {
 	pinged   atomic.Bool
 	// idleClosing is set when the idle sweep closes it: once.
 	idleClosing atomic.Bool
+	rs          readState // its reading's state between frame readers
 }
 
 // write sends p, which holds whole frames, under the write lock and

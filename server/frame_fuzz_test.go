@@ -46,7 +46,7 @@ func FuzzFrameReader(f *testing.F) {
 		budget := &partialBudget{max: 1 << 12}
 		c := &conn{nc: server, writeTimeout: time.Second, m: newMetrics()}
 		r := &frameReader{c: c, max: 1 << 10, reply: framePing, send: c.write, budget: budget,
-			rate: frameRate{max: 1 << 20}, state: ws.StateServerSide}
+			rs: &readState{rate: frameRate{max: 1 << 20}}, state: ws.StateServerSide}
 		err := r.run(bufio.NewReaderSize(server, 256), 10*time.Second)
 		if len(r.msg) > r.max {
 			t.Fatalf("holds %d bytes of message, limit %d", len(r.msg), r.max)

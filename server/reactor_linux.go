@@ -113,7 +113,6 @@ func (x *reactor) add(c *conn) bool {
 		return false
 	}
 	c.raw = raw
-	c.rd = x.s.newFrameReader(c, c.post)
 	c.lastRead.Store(time.Now().UnixNano())
 	// Counted and in the table before a close can reach it through c.rx:
 	// such a close ends it (end: forget, Done).
@@ -210,6 +209,9 @@ func (x *reactor) read(c *conn) {
 		if n > 0 {
 			c.lastRead.Store(time.Now().UnixNano())
 			c.pinged.Store(false)
+			if c.rd == nil {
+				c.rd = x.s.newFrameReader(c, c.post)
+			}
 			if ferr := c.rd.feed(buf[:n]); ferr != nil {
 				x.end(c, ferr)
 				return
@@ -228,7 +230,7 @@ func (x *reactor) read(c *conn) {
 			x.end(c, &net.OpError{Op: "read", Net: "tcp", Source: c.nc.LocalAddr(), Addr: c.nc.RemoteAddr(), Err: os.NewSyscallError("read", err)})
 			return
 		case n == 0:
-			if c.rd.mid() {
+			if c.rd != nil && c.rd.mid() {
 				x.end(c, io.ErrUnexpectedEOF)
 			} else {
 				x.end(c, io.EOF)
@@ -258,6 +260,10 @@ func (c *conn) readRaw(buf []byte) (n int, err error) {
 // client that sends and does not read) it pauses c instead: the outbox
 // writer resumes it once they are written.
 func (x *reactor) rearm(c *conn) {
+	if c.rd != nil && c.rd.idle() { // between frames: an idle connection holds no reader
+		c.rd.giveBack()
+		c.rd = nil
+	}
 	if c.answersPiled() {
 		if !c.w.pause() {
 			x.end(c, ErrConnClosed)
@@ -326,9 +332,13 @@ func (x *reactor) forget(c *conn) {
 }
 
 // sweepEvery is how often the idle sweep runs: an eighth of the idle
-// timeout, between 10 ms and a second.
+// timeout, between 10 and 100 ms. Often, so that the pings of clients
+// that connected together (a reconnect storm) go out in many small
+// bursts: a sweep a second sent them in bursts of thousands, and the
+// pongs came back the same way, which showed in the pushes' tail latency
+// (redpush-bench compare, 10,000 users at 2,000 msg/s: p99.9 11 → 52 ms).
 func (x *reactor) sweepEvery() time.Duration {
-	return min(max(x.idle/8, 10*time.Millisecond), time.Second)
+	return min(max(x.idle/8, 10*time.Millisecond), 100*time.Millisecond)
 }
 
 func (x *reactor) sweepLoop() {
@@ -353,7 +363,7 @@ func (x *reactor) sweep(now time.Time) {
 	half, full := now.Add(-x.idle/2).UnixNano(), now.Add(-x.idle).UnixNano()
 	x.mu.Lock()
 	for _, c := range x.conns {
-		switch since := c.rd.since.Load(); {
+		switch since := c.rs.since.Load(); {
 		case since != 0:
 			if since < full {
 				late = append(late, c)

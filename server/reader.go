@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -46,18 +47,49 @@ func (s *Server) readLoop(c *conn, br *bufio.Reader) error {
 	return err
 }
 
-// newFrameReader is the frame reader of c, answering through send.
+// newFrameReader is a frame reader of c, answering through send.
 func (s *Server) newFrameReader(c *conn, send func([]byte) error) *frameReader {
-	return &frameReader{c: c, max: s.cfg.MaxMessage, reply: s.greet.reply, send: send, budget: &s.partial,
-		rate: frameRate{max: s.cfg.MaxMessageRate}, state: ws.StateServerSide}
+	r := readerPool.Get().(*frameReader)
+	c.rs.rate.max = s.cfg.MaxMessageRate
+	*r = frameReader{c: c, max: s.cfg.MaxMessage, reply: s.greet.reply, send: send, budget: &s.partial,
+		rs: &c.rs, state: ws.StateServerSide}
+	return r
+}
+
+// readerPool keeps frame readers between connections: the reactor lends
+// one to a connection only while bytes come (reactor.read), so that an
+// idle connection holds none.
+var readerPool = sync.Pool{New: func() any { return new(frameReader) }}
+
+// idle reports whether r is between frames and messages: it holds nothing
+// that the next bytes need, and may go back to the pool (giveBack).
+func (r *frameReader) idle() bool {
+	return r.hn == 0 && !r.inPayload && !r.state.Fragmented() && len(r.msg) == 0
+}
+
+// giveBack returns r to the pool; the caller drops it.
+func (r *frameReader) giveBack() {
+	*r = frameReader{}
+	readerPool.Put(r)
+}
+
+// readState is what of a connection's reading outlives its frame reader:
+// the frame rate's window, and when the frame being read began (unix
+// nanos, 0 between frames: all of a frame must arrive within the idle
+// timeout; the reactor's sweep reads it).
+type readState struct {
+	rate  frameRate
+	since atomic.Int64
 }
 
 // readEnded is the reader's part of the end of c: what its partial
 // message held goes back to the budget, and a close it decided (or the
 // client's, echoed) is sent.
 func (s *Server) readEnded(c *conn, r *frameReader, err error) {
-	r.budget.release(len(r.msg))
-	r.msg = nil
+	if r != nil {
+		r.budget.release(len(r.msg))
+		r.giveBack()
+	}
 	var ce *closeErr
 	if errors.As(err, &ce) {
 		reason := ce.reason
@@ -94,7 +126,7 @@ type frameReader struct {
 	op    ws.OpCode // its opcode (text or binary)
 
 	budget *partialBudget
-	rate   frameRate
+	rs     *readState
 
 	// The frame being read: hn bytes of its header so far, then the
 	// header h and done bytes of its payload (inPayload). A control
@@ -105,9 +137,6 @@ type frameReader struct {
 	inPayload bool
 	done      int64
 	ctl       []byte
-	// since is when the frame being read began (unix nanos), 0 between
-	// frames: all of a frame must arrive within the idle timeout.
-	since atomic.Int64
 }
 
 // frameRate bounds the frames a client sends per second
@@ -193,7 +222,7 @@ func (r *frameReader) mid() bool { return r.hn > 0 }
 // (complete) it parses it into r.h. n is how many bytes of p it took.
 func (r *frameReader) header(p []byte) (n int, complete bool, err error) {
 	if r.hn == 0 {
-		r.since.Store(time.Now().UnixNano())
+		r.rs.since.Store(time.Now().UnixNano())
 	}
 	for {
 		need := headerSize(r.hdr[:r.hn])
@@ -254,7 +283,7 @@ func headerSize(b []byte) int {
 // message limit, and starts reading its payload.
 func (r *frameReader) begin() error {
 	h := r.h
-	if !r.rate.allow(time.Now()) {
+	if !r.rs.rate.allow(time.Now()) {
 		return &closeErr{code: ws.StatusPolicyViolation, reason: "too many frames per second (-max-message-rate)"}
 	}
 	if err := ws.CheckHeader(h, r.state); err != nil {
@@ -293,7 +322,7 @@ func (r *frameReader) payload(p []byte) error {
 func (r *frameReader) complete() error {
 	h := r.h
 	r.inPayload, r.hn = false, 0
-	r.since.Store(0)
+	r.rs.since.Store(0)
 	if h.OpCode.IsControl() {
 		p := r.ctl
 		r.ctl = nil // an idle connection keeps no buffer
@@ -356,7 +385,7 @@ func (r *frameReader) run(br *bufio.Reader, idle time.Duration) error {
 			}
 		}
 		deadline := time.Now().Add(idle)
-		if since := r.since.Load(); since != 0 {
+		if since := r.rs.since.Load(); since != 0 {
 			deadline = time.Unix(0, since).Add(idle)
 		}
 		_ = r.c.nc.SetReadDeadline(deadline)

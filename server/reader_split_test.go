@@ -13,7 +13,7 @@ import (
 // it stopped.
 func feedAll(in []byte, pieces []int) (answers [][]byte, end string, held int64) {
 	budget := &partialBudget{max: 1 << 12}
-	r := &frameReader{max: 1 << 10, reply: []byte("reply"), budget: budget, rate: frameRate{max: 1 << 20},
+	r := &frameReader{max: 1 << 10, reply: []byte("reply"), budget: budget, rs: &readState{rate: frameRate{max: 1 << 20}},
 		state: ws.StateServerSide, send: func(p []byte) error {
 			answers = append(answers, bytes.Clone(p))
 			return nil
