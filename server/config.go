@@ -136,9 +136,9 @@ func DefaultWorkers(consumer string) int {
 }
 
 // hintedWorkers bounds the hinted consumers that work at once (pop,
-// encode, hand to a connection, acknowledge: CPU and Redis round trips).
-// A consumer waiting for a client or for Redis to come back holds no slot
-// (sched), so the bound matters when many queues fill at once, after an
+// encode, acknowledge: CPU and Redis round trips). A consumer that writes
+// to its connections (a write may stall on a full socket), or waits for a
+// client or for Redis to come back, holds no slot (sched), so the bound matters when many queues fill at once, after an
 // outage: those past it wait in line and take turns (yieldAfter).
 const hintedWorkers = 4096
 

@@ -50,6 +50,7 @@ func (h *hub) run(ctx context.Context, c *consumer) (how ending) {
 			how = shuttingDown
 		}
 	}()
+	ctx = context.WithValue(ctx, consumerKey{}, c)
 	// The queue is registered before the first pop (redisq's registry: a
 	// dead instance's lists are found there). A previous consumer of this
 	// user could not requeue its last batch only if Redis was down;
@@ -276,9 +277,7 @@ loop:
 			c.flights = append(c.flights, flight{n: len(msgs)}) // popped, not delivered: goes back with the rest
 			break
 		}
-		h.pause() // a stalled write holds no slot
-		f, written, tried := h.deliver(s, msgs, time.Now())
-		h.unpause()
+		f, written, tried := h.deliver(s, msgs, time.Now(), c)
 		if !written {
 			// Nobody took it: it goes back with what is still held, once
 			// that settled (what was confirmed meanwhile is acknowledged).
@@ -396,8 +395,8 @@ func (c *consumer) awaitHint(ctx context.Context) {
 		defer t.Stop()
 		round = t.C
 	}
-	c.h.pause()
-	defer c.h.unpause()
+	c.pause()
+	defer c.unpause()
 	select {
 	case <-c.s.hint:
 		c.more, c.hinted = true, true
@@ -504,8 +503,8 @@ func (c *consumer) awaitProgress(ctx context.Context, done int, within time.Dura
 	if within > 0 {
 		deadline = time.Now().Add(within)
 	}
-	c.h.pause() // a slow client holds no slot
-	defer c.h.unpause()
+	c.pause() // a slow client holds no slot
+	defer c.unpause()
 	var pause time.Duration
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -543,8 +542,8 @@ func (c *consumer) settleAll(ctx context.Context) {
 		return
 	}
 	h := c.h
-	h.pause()
-	defer h.unpause()
+	c.pause()
+	defer c.unpause()
 	deadline := time.Now().Add(2*h.writeTimeout + time.Second)
 	var pause time.Duration
 	for {
@@ -634,7 +633,7 @@ func (h *hub) deliverUser(user string, msgs []string) {
 	s := h.users[user]
 	h.mu.Unlock()
 	if s != nil {
-		h.deliver(s, msgs, time.Now())
+		h.deliver(s, msgs, time.Now(), nil)
 	}
 }
 
@@ -644,8 +643,9 @@ func (h *hub) deliverUser(user string, msgs []string) {
 // tried says whether any connection got as far as writing them: if none
 // did (the user left meanwhile), their going back is no failure of theirs.
 // It does not wait for the other connections: a tab that stops reading
-// holds up no one.
-func (h *hub) deliver(s *session, msgs []string, popped time.Time) (f flight, written, tried bool) {
+// holds up no one. A consumer c (nil: the relay) gives up its slot while
+// it writes, once the batch is encoded: a write may stall on a full socket.
+func (h *hub) deliver(s *session, msgs []string, popped time.Time, c *consumer) (f flight, written, tried bool) {
 	conns := h.connsOf(s)
 	if len(conns) == 0 {
 		return f, false, false
@@ -653,6 +653,10 @@ func (h *hub) deliver(s *session, msgs []string, popped time.Time) (f flight, wr
 	f.n = len(msgs)
 	buf := getBuf()
 	*buf = h.enc.appendFrames((*buf)[:0], s.user, h.q.Key(s.user), msgs)
+	if c != nil {
+		c.pause()
+		defer c.unpause()
+	}
 	if len(conns) == 1 {
 		if end, written, tried, ok := conns[0].writeNow(*buf); ok {
 			if written {
@@ -759,10 +763,23 @@ func (h *hub) requeueFailed(ctx context.Context, user string) int {
 // backoff waits for bo's next delay without holding a slot (sched); it
 // reports false if ctx ended first.
 func (h *hub) backoff(ctx context.Context, bo *backoff) bool {
-	h.pause()
-	defer h.unpause()
+	if c, ok := ctx.Value(consumerKey{}).(*consumer); ok {
+		c.pause()
+		defer c.unpause()
+	}
 	return bo.wait(ctx)
 }
+
+// consumerKey carries, in the context of a consumer's task, the consumer:
+// hub methods that wait on its behalf (backoff) give up its slot.
+type consumerKey struct{}
+
+// pause gives up c's slot while it waits (hub.pause); unpause takes one
+// again. Always deferred: a panic while it waits (recovered by run) must
+// find the slot taken again, or the task's end would give it up twice (a
+// review found the count drifting below zero).
+func (c *consumer) pause()   { c.h.pause() }
+func (c *consumer) unpause() { c.h.unpause() }
 
 // backoff is a capped exponential delay with jitter, so that thousands of
 // consumers do not hit a recovering Redis in step.

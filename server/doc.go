@@ -32,7 +32,8 @@
 // closes first: the other processes on the port take the new clients.
 //
 // Concurrency contract:
-//   - Each user has at most one consumer per process (a task of the pool). It
+//   - Each user has at most one consumer per process (run by a task of the
+//     pool; at a shutdown, by a goroutine the shutdown waits for). It
 //     is the only goroutine that pops the user's queue. Hinted, an idle
 //     consumer parks (hub.park): it holds nothing and no task, its state
 //     stays in the session, and whoever takes it out of session.parked

@@ -298,6 +298,7 @@ func (x *reactor) arm(c *conn) {
 // queued (writer.go).
 func (x *reactor) resume(c *conn) {
 	if c.w.resume() {
+		c.lastRead.Store(time.Now().UnixNano()) // the pause was no silence of the client's
 		x.arm(c)
 	}
 }
@@ -392,6 +393,9 @@ func (x *reactor) sweep(sh *shard, now time.Time) {
 	half, full := now.Add(-x.idle/2).UnixNano(), now.Add(-x.idle).UnixNano()
 	sh.mu.Lock()
 	for _, c := range sh.conns {
+		if c.w.state.Load() == watchPaused {
+			continue // not read while its answers wait: not silent (the outbox bounds it)
+		}
 		switch since := c.rs.since.Load(); {
 		case since != 0:
 			if since < full {

@@ -10,10 +10,10 @@ import (
 )
 
 // sched bounds the hinted consumers that work at once to -workers
-// (hub.workers): a consumer holds a slot while it pops, writes and
-// acknowledges, and gives it up while it waits (for a client's TCP
-// acknowledgement, a stalled write, a hint while it holds batches, a
-// backoff while Redis fails): a waiting consumer keeps its goroutine, not
+// (hub.workers): a consumer holds a slot while it pops, encodes and
+// acknowledges, and gives it up while it writes or waits (a write may
+// stall on a full socket; a client's TCP acknowledgement, a hint while it
+// holds batches, a backoff while Redis fails): a waiting consumer keeps its goroutine, not
 // its slot, so that one slow client or one failing Redis master holds up
 // no other user. A consumer that needs a slot to start or go on (a new
 // user, a hint to a parked one) when all are taken waits in line, oldest
@@ -58,7 +58,9 @@ func (h *hub) submit(c *consumer) {
 	task := func(ctx context.Context) { h.drive(ctx, c) }
 	err := h.pool.Submit(task)
 	if errors.Is(err, taskpool.ErrFull) {
+		h.strays.Add(1) // a shutdown that shuts the pool meanwhile waits for it
 		go func() {
+			defer h.strays.Add(-1)
 			for errors.Is(err, taskpool.ErrFull) {
 				time.Sleep(time.Millisecond)
 				err = h.pool.Submit(task)
@@ -78,7 +80,8 @@ func (h *hub) submit(c *consumer) {
 // on. A consumer that needs a new goroutine was new or parked, or yielded
 // holding batches: it runs to its end under a done context (it settles
 // and requeues what it holds) on a goroutine that the shutdown waits for
-// (hub.strays).
+// (hub.strays, awaitStrays; so does a consumer whose submission is
+// retried).
 func (h *hub) shutOut(c *consumer) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

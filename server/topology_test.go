@@ -199,6 +199,14 @@ func coreDelivery(t *testing.T, g *gateway, users []string) {
 		}
 		u := users[0]
 		tab2 := g.dialReady(u)
+		// The greeting goes out before the connection is registered: a
+		// push must wait for that, or it may reach the first tab alone.
+		testutil.Eventually(t, 5*time.Second, func() error {
+			if n := g.srv.Snapshot().Conns; n != len(users)+1 {
+				return fmt.Errorf("%d connections registered, want %d", n, len(users)+1)
+			}
+			return nil
+		})
 		g.push(u, "both")
 		expect(t, conns[u], []string{"both"})
 		expect(t, tab2, []string{"both"})

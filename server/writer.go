@@ -248,6 +248,9 @@ func (c *conn) drain() {
 		o.bytes = 0
 		o.overSince = time.Time{}
 		o.mu.Unlock()
+		if c.w.state.Load() == watchPaused { // what was queued is taken: read on while it is written
+			c.rx.resume(c)
+		}
 
 		n, end, err := c.writeBatch(batch)
 		// A connection closed before its turn did not try: its user
