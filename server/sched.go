@@ -13,9 +13,9 @@ import (
 // (hub.workers): a consumer holds a slot while it pops, encodes and
 // acknowledges, and gives it up while it writes or waits (a write may
 // stall on a full socket; a client's TCP acknowledgement, a hint while it
-// holds batches, a backoff while Redis fails): a waiting consumer keeps its goroutine, not
-// its slot, so that one slow client or one failing Redis master holds up
-// no other user. A consumer that needs a slot to start or go on (a new
+// holds batches, a backoff while Redis fails): a waiting consumer keeps
+// its goroutine, not its slot, so that one slow client or one failing
+// Redis master holds up no other user. A consumer that needs a slot to start or go on (a new
 // user, a hint to a parked one) when all are taken waits in line, oldest
 // first, without blocking its caller (the hint reader schedules); one
 // whose wait ended waits for a slot on its goroutine (waiters, served
