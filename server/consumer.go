@@ -32,8 +32,8 @@ import (
 //
 // run is one task of c: the first, which starts the consumer, or one that
 // goes on with it after it parked or yielded (sched). The consumer ends
-// (its session's done closes) when a task returns without parking it or
-// putting it back in line; run returns how it ended.
+// (endConsumer) when a task returns without parking it or putting it back
+// in line; run returns how it ended.
 func (h *hub) run(ctx context.Context, c *consumer) (how ending) {
 	h.tasks.Add(1)
 	defer h.tasks.Add(-1)
@@ -94,14 +94,16 @@ func (h *hub) run(ctx context.Context, c *consumer) (how ending) {
 	}
 }
 
-// endConsumer is the end of c, by its last task: its session's done
-// closes.
+// endConsumer is the end of c, by its last task: its Blocker closes, and,
+// blocking, its session's done.
 func (h *hub) endConsumer(c *consumer) {
 	if c.b != nil {
 		c.b.Close()
 	}
 	h.consumers.Add(-1)
-	close(c.s.done)
+	if c.s.done != nil {
+		close(c.s.done)
+	}
 }
 
 // consumer is the state of one user's consumer between two Redis calls.

@@ -63,8 +63,8 @@ type session struct {
 	// whoever takes it out schedules it to go on (hub.resume).
 	parked *consumer
 	wake   chan struct{} // the consumer waits on it for connections
-	hint   chan struct{} // hinted: the queue was written to
-	done   chan struct{} // closed when the consumer returned
+	hint   chan struct{} // hinted: the queue was written to (nil when blocking)
+	done   chan struct{} // blocking: closed when the consumer returned (nil when hinted)
 }
 
 // Stats counts what the consumers did since start.
@@ -114,7 +114,7 @@ func (h *hub) admit(user string) (*session, *consumer, error) {
 		if len(h.users) >= h.maxUsers {
 			return nil, nil, taskpool.ErrFull
 		}
-		s = &session{user: user, wake: make(chan struct{}, 1), hint: make(chan struct{}, 1), done: make(chan struct{})}
+		s = h.newSession(user)
 		c := &consumer{h: h, s: s}
 		if h.hints == nil {
 			if err := h.startBlocking(c); err != nil {
@@ -145,6 +145,18 @@ func (h *hub) startBlocking(c *consumer) error {
 		return err
 	}
 	return nil
+}
+
+// newSession is the session of a user coming online. Each channel costs
+// ~100 bytes an online user: a session has only those its mode uses.
+func (h *hub) newSession(user string) *session {
+	s := &session{user: user, wake: make(chan struct{}, 1)}
+	if h.hints != nil {
+		s.hint = make(chan struct{}, 1)
+	} else {
+		s.done = make(chan struct{}) // interrupt waits on it
+	}
+	return s
 }
 
 // full reports whether session s (nil: none yet) holds the most
