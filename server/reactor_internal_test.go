@@ -19,7 +19,9 @@ import (
 // it; once the client reads, it is read again. Seen failing (found by
 // review): closed with 1001 "idle timeout" after -idle-timeout.
 func TestAPausedConnectionIsNotIdle(t *testing.T) {
-	const idle = time.Second
+	// Long enough for the steps below, on a loaded machine, to end before
+	// the client, silent until it pings, would be closed as idle.
+	const idle = 3 * time.Second
 	srv, _, addr := serveInternal(t, Config{Format: FormatRaw, IdleTimeout: idle, WriteTimeout: 30 * time.Second, MaxQueuedBytes: 1 << 30})
 	cl := testutil.DialBuffer(t, addr, "slow", 4096)
 	if got := cl.MustRead(); got != "hello;\n" {
@@ -66,7 +68,7 @@ func TestAPausedConnectionIsNotIdle(t *testing.T) {
 		}
 		return nil
 	})
-	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+	for end := time.Now().Add(2 * idle); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if c.gone.Load() {
 			t.Fatalf("a paused connection was closed: %s", c.closedBecause())
 		}
