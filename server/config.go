@@ -22,12 +22,13 @@ type Config struct {
 	// Addr is where Run listens, host:port. Default "0.0.0.0:9502", as the
 	// original.
 	Addr string
-	// Workers is how many consumer tasks run at once (Swoole's
+	// Workers is how many consumers work at once (Swoole's
 	// task_worker_num), 1 to 100,000. Blocking, each online user's
 	// consumer holds a task for its whole session, so Workers also bounds
-	// online users; hinted, a consumer holds a task only while it has
-	// messages to move, and one that finds every task busy waits in line.
-	// Default (0) DefaultWorkers(Consumer).
+	// online users; hinted, a consumer holds one of Workers slots while it
+	// pops, encodes and acknowledges, not while it writes or waits, and
+	// one that finds every slot taken waits in line (sched.go). Default
+	// (0) DefaultWorkers(Consumer).
 	Workers int
 	// MaxUsers is how many users can be online at once on this process,
 	// 1 to 1,000,000; a new user beyond it gets HTTP 503. Each costs at
@@ -138,8 +139,9 @@ func DefaultWorkers(consumer string) int {
 // hintedWorkers bounds the hinted consumers that work at once (pop,
 // encode, acknowledge: CPU and Redis round trips). A consumer that writes
 // to its connections (a write may stall on a full socket), or waits for a
-// client or for Redis to come back, holds no slot (sched), so the bound matters when many queues fill at once, after an
-// outage: those past it wait in line and take turns (yieldAfter).
+// client or for Redis to come back, holds no slot (sched), so the bound
+// matters when many queues fill at once, after an outage: those past it
+// wait in line and take turns (yieldAfter).
 const hintedWorkers = 4096
 
 // DefaultMaxUsers is the default of Config.MaxUsers: as many users as the

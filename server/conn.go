@@ -14,8 +14,9 @@ import (
 )
 
 // conn is one upgraded WebSocket connection. Its reader (its goroutine,
-// or a reactor task at a time) owns the read side; writes from any goroutine go through write, which holds wmu, so
-// one frame sequence is on the wire at a time (gobwas/ws does no locking).
+// or a reactor task at a time) owns the read side; writes from any
+// goroutine go through write, which holds wmu, so one frame sequence is on
+// the wire at a time (gobwas/ws does no locking).
 type conn struct {
 	fd    uint64 // per-process, never reused
 	user  string

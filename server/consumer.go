@@ -50,7 +50,6 @@ func (h *hub) run(ctx context.Context, c *consumer) (how ending) {
 			how = shuttingDown
 		}
 	}()
-	ctx = context.WithValue(ctx, consumerKey{}, c)
 	// The queue is registered before the first pop (redisq's registry: a
 	// dead instance's lists are found there). A previous consumer of this
 	// user could not requeue its last batch only if Redis was down;
@@ -279,7 +278,7 @@ loop:
 			c.flights = append(c.flights, flight{n: len(msgs)}) // popped, not delivered: goes back with the rest
 			break
 		}
-		f, written, tried := h.deliver(s, msgs, time.Now(), c)
+		f, written, tried := h.deliver(s, msgs, time.Now(), true)
 		if !written {
 			// Nobody took it: it goes back with what is still held, once
 			// that settled (what was confirmed meanwhile is acknowledged).
@@ -397,8 +396,8 @@ func (c *consumer) awaitHint(ctx context.Context) {
 		defer t.Stop()
 		round = t.C
 	}
-	c.pause()
-	defer c.unpause()
+	c.h.pause()
+	defer c.h.unpause()
 	select {
 	case <-c.s.hint:
 		c.more, c.hinted = true, true
@@ -505,8 +504,8 @@ func (c *consumer) awaitProgress(ctx context.Context, done int, within time.Dura
 	if within > 0 {
 		deadline = time.Now().Add(within)
 	}
-	c.pause() // a slow client holds no slot
-	defer c.unpause()
+	c.h.pause() // a slow client holds no slot
+	defer c.h.unpause()
 	var pause time.Duration
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -544,8 +543,8 @@ func (c *consumer) settleAll(ctx context.Context) {
 		return
 	}
 	h := c.h
-	c.pause()
-	defer c.unpause()
+	h.pause()
+	defer h.unpause()
 	deadline := time.Now().Add(2*h.writeTimeout + time.Second)
 	var pause time.Duration
 	for {
@@ -635,7 +634,7 @@ func (h *hub) deliverUser(user string, msgs []string) {
 	s := h.users[user]
 	h.mu.Unlock()
 	if s != nil {
-		h.deliver(s, msgs, time.Now(), nil)
+		h.deliver(s, msgs, time.Now(), false)
 	}
 }
 
@@ -645,9 +644,10 @@ func (h *hub) deliverUser(user string, msgs []string) {
 // tried says whether any connection got as far as writing them: if none
 // did (the user left meanwhile), their going back is no failure of theirs.
 // It does not wait for the other connections: a tab that stops reading
-// holds up no one. A consumer c (nil: the relay) gives up its slot while
-// it writes, once the batch is encoded: a write may stall on a full socket.
-func (h *hub) deliver(s *session, msgs []string, popped time.Time, c *consumer) (f flight, written, tried bool) {
+// holds up no one. A consumer (consumer: not the relay) gives up its slot
+// while it writes, once the batch is encoded: a write may stall on a full
+// socket.
+func (h *hub) deliver(s *session, msgs []string, popped time.Time, consumer bool) (f flight, written, tried bool) {
 	conns := h.connsOf(s)
 	if len(conns) == 0 {
 		return f, false, false
@@ -655,9 +655,9 @@ func (h *hub) deliver(s *session, msgs []string, popped time.Time, c *consumer) 
 	f.n = len(msgs)
 	buf := getBuf()
 	*buf = h.enc.appendFrames((*buf)[:0], s.user, h.q.Key(s.user), msgs)
-	if c != nil {
-		c.pause()
-		defer c.unpause()
+	if consumer {
+		h.pause()
+		defer h.unpause()
 	}
 	if len(conns) == 1 {
 		if end, written, tried, ok := conns[0].writeNow(*buf); ok {
@@ -763,25 +763,13 @@ func (h *hub) requeueFailed(ctx context.Context, user string) int {
 }
 
 // backoff waits for bo's next delay without holding a slot (sched); it
-// reports false if ctx ended first.
+// reports false if ctx ended first. Called by consumer tasks only, as are
+// the retries that use it.
 func (h *hub) backoff(ctx context.Context, bo *backoff) bool {
-	if c, ok := ctx.Value(consumerKey{}).(*consumer); ok {
-		c.pause()
-		defer c.unpause()
-	}
+	h.pause()
+	defer h.unpause()
 	return bo.wait(ctx)
 }
-
-// consumerKey carries, in the context of a consumer's task, the consumer:
-// hub methods that wait on its behalf (backoff) give up its slot.
-type consumerKey struct{}
-
-// pause gives up c's slot while it waits (hub.pause); unpause takes one
-// again. Always deferred: a panic while it waits (recovered by run) must
-// find the slot taken again, or the task's end would give it up twice (a
-// review found the count drifting below zero).
-func (c *consumer) pause()   { c.h.pause() }
-func (c *consumer) unpause() { c.h.unpause() }
 
 // backoff is a capped exponential delay with jitter, so that thousands of
 // consumers do not hit a recovering Redis in step.

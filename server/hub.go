@@ -487,7 +487,6 @@ func (h *hub) backlog() int64 {
 	return n
 }
 
-// onlineUsers lists the users with a session here.
 // sessions returns the sessions of the users online here.
 func (h *hub) sessions() []*session {
 	h.mu.Lock()
@@ -513,6 +512,7 @@ func (h *hub) goneSince(sessions []*session) []string {
 	return gone
 }
 
+// onlineUsers lists the users with a session here.
 func (h *hub) onlineUsers() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -150,8 +150,10 @@ func (h *hub) popLine() *consumer {
 }
 
 // pause gives up the calling consumer's slot while it waits (sched); its
-// end, unpause, takes one again. Blocking consumers are not scheduled:
-// both do nothing.
+// end, unpause, takes one again. Always deferred: a panic while it waits
+// (recovered by run) must find the slot taken again, or the task's end
+// would give it up twice (a review found the count drifting below zero).
+// Blocking consumers are not scheduled: both do nothing.
 func (h *hub) pause() {
 	if h.hints == nil {
 		return

@@ -32,7 +32,7 @@ import (
 type ticket struct {
 	buf    *[]byte // the frames; back to bufPool when every connection is done
 	popped time.Time
-	own    bool // buf is not the pool's (post)
+	answer bool // an answer (post): buf is its own, not the pool's, and nothing was popped
 	m      *metrics
 	left   atomic.Int32 // connections not done with it
 	wrote  atomic.Bool  // some connection wrote it
@@ -63,14 +63,14 @@ func (t *ticket) finish(tried, written bool, m mark) {
 		t.mu.Unlock()
 	}
 	if written && t.wrote.CompareAndSwap(false, true) {
-		if !t.popped.IsZero() { // zero: an answer (post), not a batch
+		if !t.answer {
 			t.m.observePopToWrite(t.popped)
 		}
 		t.once.Do(func() { close(t.done) })
 	}
 	if t.left.Add(-1) == 0 {
 		t.once.Do(func() { close(t.done) })
-		if !t.own {
+		if !t.answer {
 			putBuf(t.buf)
 		}
 	}
@@ -160,7 +160,7 @@ func (c *conn) post(frame []byte) error {
 	}
 	buf := bytes.Clone(frame)
 	t := newTicket(&buf, 1, time.Time{}, c.m)
-	t.own = true
+	t.answer = true
 	c.send(t)
 	return nil
 }
@@ -176,6 +176,14 @@ func (c *conn) answersPiled() bool {
 	c.out.mu.Lock()
 	defer c.out.mu.Unlock()
 	return len(c.out.queue) > maxAnswers
+}
+
+// readOn lets the reactor read c again if it paused it for its answers
+// (watch.pause): the writer took them.
+func (c *conn) readOn() {
+	if c.w.state.Load() == watchPaused {
+		c.rx.resume(c)
+	}
 }
 
 // flushOutbox waits until what c's outbox holds is written (or failed),
@@ -238,9 +246,7 @@ func (c *conn) drain() {
 		if len(o.queue) == 0 || o.closed {
 			o.writing = false
 			o.mu.Unlock()
-			if c.w.state.Load() == watchPaused { // its answers are written: read on
-				c.rx.resume(c)
-			}
+			c.readOn() // its answers are written
 			return
 		}
 		batch := o.queue
@@ -248,9 +254,7 @@ func (c *conn) drain() {
 		o.bytes = 0
 		o.overSince = time.Time{}
 		o.mu.Unlock()
-		if c.w.state.Load() == watchPaused { // what was queued is taken: read on while it is written
-			c.rx.resume(c)
-		}
+		c.readOn() // what was queued is taken: read on while it is written
 
 		n, end, err := c.writeBatch(batch)
 		// A connection closed before its turn did not try: its user
