@@ -105,7 +105,9 @@
 // Several instances: the ack script publishes each acknowledged batch on the
 // user's relay channel ([Queue.RelayChannel], [ParseRelay]) when another
 // instance serves the user ("{Q}:instances", kept with the registry); a token fences
-// it so that a go-redis retry cannot ack a batch nobody delivered. An
+// it so that a go-redis retry cannot ack a batch nobody delivered. On a
+// Cluster with SPUBLISH the relay is sharded pub/sub, subscribed on one
+// connection per master, one slot per SSUBSCRIBE ([Relays]). An
 // instance that died for good is found by its expired heartbeat
 // ([Queue.Heartbeat], [Queue.ReclaimDead]). Two live processes never share
 // an instance id: each claims it at start and renews the claim every second

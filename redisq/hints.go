@@ -291,7 +291,8 @@ func (h *Hints) ackCommand(buf []byte, user string, acks Acks, moves int, token 
 	q := h.q
 	return resp3.AppendCommand(buf, "EVALSHA", ackPop.Hash(), "4", q.Key(user), q.ProcessingKey(user), q.fenceKey(user), q.instancesKey(user),
 		strconv.Itoa(moves), q.instance, q.RelayChannel(user), strconv.FormatUint(token, 10),
-		strconv.Itoa(acks.Oldest), strconv.Itoa(acks.Held), strconv.FormatInt(FenceLife.Milliseconds(), 10))
+		strconv.Itoa(acks.Oldest), strconv.Itoa(acks.Held), strconv.FormatInt(FenceLife.Milliseconds(), 10),
+		q.publishCommand())
 }
 
 // popped reads the replies of a pop: the script's (the messages it

@@ -191,10 +191,21 @@ func (p *pipe) isObsolete() bool {
 // dial opens a connection to the server and sets it up: RESP3, auth, db,
 // tracking, the ack script.
 func (p *pipe) dial(ctx context.Context) (*link, error) {
-	if err := p.srv.Ping(ctx).Err(); errors.Is(err, redis.ErrClosed) {
+	return dialLink(ctx, p.srv, p.name, [][]string{
+		{"CLIENT", "TRACKING", "on", "BCAST", "PREFIX", p.prefix, "NOLOOP"},
+		{"SCRIPT", "LOAD", ackPopSource},
+	})
+}
+
+// dialLink opens a RESP3 connection to srv with srv's dial options and
+// credentials, names it, selects srv's database, and runs setup; it fails
+// with redis.ErrClosed if srv was closed (a cluster node that left the
+// slot map).
+func dialLink(ctx context.Context, srv *redis.Client, name string, setup [][]string) (*link, error) {
+	if err := srv.Ping(ctx).Err(); errors.Is(err, redis.ErrClosed) {
 		return nil, err
 	}
-	opt := p.srv.Options()
+	opt := srv.Options()
 	nc, err := opt.Dialer(ctx, opt.Network, opt.Addr)
 	if err != nil {
 		return nil, err
@@ -218,12 +229,11 @@ func (p *pipe) dial(ctx context.Context) (*link, error) {
 		}
 		hello = append(hello, "AUTH", user, pass)
 	}
-	cmds := [][]string{append(hello, "SETNAME", p.name)}
+	cmds := [][]string{append(hello, "SETNAME", name)}
 	if opt.DB != 0 {
 		cmds = append(cmds, []string{"SELECT", strconv.Itoa(opt.DB)})
 	}
-	cmds = append(cmds, []string{"CLIENT", "TRACKING", "on", "BCAST", "PREFIX", p.prefix, "NOLOOP"},
-		[]string{"SCRIPT", "LOAD", ackPopSource}, []string{"INFO", "server"})
+	cmds = append(append(cmds, setup...), []string{"INFO", "server"})
 	var buf []byte
 	for _, c := range cmds {
 		buf = resp3.AppendCommand(buf, c...)

@@ -55,6 +55,7 @@ type Queue struct {
 	noWakeLog  sync.Once
 	log        *slog.Logger
 	token      atomic.Uint64         // the last ackPop token; starts at random
+	sharded    atomic.Bool           // relays use SPUBLISH (SubscribeRelays)
 	claim      atomic.Pointer[Claim] // set by Claim: guards the processing lists
 	refusedID  atomic.Int64          // unix nanos until which CLIENT ID is not asked again (refused)
 	refusedLog atomic.Int64          // unix nanos of the last "CLIENT ID refused" line
@@ -112,7 +113,8 @@ func (q *Queue) leased(ctx context.Context) (context.Context, context.CancelFunc
 // ARGV[3] (a channel is not a key, so it is not in KEYS), so that other
 // instances holding connections of the same user write it to them too:
 // "<origin instance>\n" then each message, oldest first, as
-// "<length>:<bytes>" (binary safe). It publishes only when the set KEYS[4]
+// "<length>:<bytes>" (binary safe), with ARGV[8]: PUBLISH, or SPUBLISH on a
+// Cluster that has it (Relays). It publishes only when the set KEYS[4]
 // of the instances serving the user (registry.go) names another instance
 // than ARGV[2]: with the user online here alone, which is the common case,
 // a publication would reach only this instance's own subscription, to be
@@ -155,7 +157,7 @@ if acked > 0 then
       parts[#parts + 1] = #held[i] .. ':' .. held[i]
     end
     if redis.call('SCARD', KEYS[4]) > redis.call('SISMEMBER', KEYS[4], ARGV[2]) then
-      redis.call('PUBLISH', ARGV[3], table.concat(parts))
+      redis.call(ARGV[8], ARGV[3], table.concat(parts))
     end
   end
 end
@@ -336,7 +338,7 @@ func (q *Queue) AckPopToken(ctx context.Context, user string, acks Acks, n int, 
 	defer cancel()
 	keys := []string{q.Key(user), q.ProcessingKey(user), q.fenceKey(user), q.instancesKey(user)}
 	msgs, err := ackPop.Run(ctx, q.cmd, keys, n, q.instance, q.RelayChannel(user), token, acks.Oldest, acks.Held,
-		FenceLife.Milliseconds()).StringSlice()
+		FenceLife.Milliseconds(), q.publishCommand()).StringSlice()
 	var rerr redis.Error
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -351,6 +353,14 @@ func (q *Queue) AckPopToken(ctx context.Context, user string, acks Acks, n int, 
 // e.g. "{user_42_messages}:ack:host-9502".
 func (q *Queue) fenceKey(user string) string {
 	return "{" + q.Key(user) + "}:ack:" + q.instance
+}
+
+// publishCommand is how the ack script publishes a relay.
+func (q *Queue) publishCommand() string {
+	if q.sharded.Load() {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
 }
 
 // RelayChannel is the pub/sub channel on which acknowledged batches of user

@@ -4,8 +4,6 @@ import (
 	"context"
 	"sync"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/redpush/redpush/redisq"
 )
 
@@ -19,10 +17,11 @@ import (
 // one; relayed copies are best effort, as Redis pub/sub is: a connection
 // that is on a different instance than its user's consumer can miss a
 // message published while its instance was (re)subscribing or not yet in
-// the user's set of instances, or during a Redis outage.
+// the user's set of instances, or during a Redis outage. On a Cluster the
+// relays are sharded (SPUBLISH, redisq.Relays).
 type relay struct {
 	hub      *hub
-	ps       *redis.PubSub
+	ps       *redisq.Relays
 	instance string
 	dirty    chan struct{} // wakes sync when want changed
 
@@ -47,12 +46,18 @@ type relayQueue struct {
 	batches [][]string
 }
 
-func newRelay(ctx context.Context, h *hub, client redis.UniversalClient, instance string) *relay {
-	r := &relay{hub: h, ps: client.Subscribe(ctx), instance: instance, dirty: make(chan struct{}, 1),
+// newRelay subscribes to relays; it must run before the first
+// acknowledgement (SubscribeRelays decides how the ack script publishes).
+func newRelay(ctx context.Context, h *hub, instance string) (*relay, error) {
+	ps, err := h.q.SubscribeRelays(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := &relay{hub: h, ps: ps, instance: instance, dirty: make(chan struct{}, 1),
 		want: make(map[string]string), changed: make(map[string]struct{}), queues: make(map[string]*relayQueue)}
 	go r.run()
 	go r.sync(ctx)
-	return r
+	return r, nil
 }
 
 // watch asks for the relay channel of a user who came online here. It is
@@ -85,9 +90,9 @@ func (r *relay) poke() {
 }
 
 // sync brings the subscription in line with want, in one SUBSCRIBE and one
-// UNSUBSCRIBE for every change that piled up meanwhile. go-redis records a
-// channel even when the command fails and resubscribes when it reconnects,
-// so a failure needs no retry here.
+// UNSUBSCRIBE for every change that piled up meanwhile. A channel is
+// recorded even when the command fails, and subscribed again when the
+// connection comes back, so a failure needs no retry here.
 func (r *relay) sync(ctx context.Context) {
 	have := make(map[string]bool)
 	for {
@@ -135,7 +140,7 @@ func (r *relay) diff(have map[string]bool) (add, drop []string) {
 // holds up only its own user's relays, and a user's batches are written in
 // the order they were published.
 func (r *relay) run() {
-	for msg := range r.ps.Channel() {
+	for msg := range r.ps.Messages() {
 		origin, msgs, err := redisq.ParseRelay(msg.Payload)
 		if err != nil || origin == r.instance || len(msgs) == 0 {
 			continue

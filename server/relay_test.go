@@ -51,16 +51,17 @@ func everyConnectionGetsEveryMessage(t *testing.T, producer redis.UniversalClien
 		if n, err := producer.SCard(t.Context(), "{user_"+user+"_messages}:instances").Result(); err != nil || n != int64(len(gws)) {
 			return fmt.Errorf("%d instances serve the user (%v), want %d", n, err, len(gws))
 		}
-		var n int64
-		for _, node := range nodes {
-			subs, err := node.PubSubNumSub(t.Context(), channel).Result()
-			if err != nil {
-				return err
-			}
-			n += subs[channel]
+		plain, sharded, err := relaySubscribers(t, nodes, channel)
+		if err != nil {
+			return err
 		}
-		if n != int64(len(gws)) {
-			return fmt.Errorf("%d subscribers, want %d", n, len(gws))
+		// On a Cluster that has it, sharded pub/sub only (SSUBSCRIBE; a
+		// plain PUBLISH would cross every node of the cluster bus).
+		if shardedRelays(t, producer) {
+			plain, sharded = sharded, plain
+		}
+		if plain != int64(len(gws)) || sharded != 0 {
+			return fmt.Errorf("%d subscribers of the expected kind and %d of the other, want %d and 0", plain, sharded, len(gws))
 		}
 		return nil
 	})
@@ -87,6 +88,37 @@ func everyConnectionGetsEveryMessage(t *testing.T, producer redis.UniversalClien
 			}
 		}
 	}
+}
+
+// shardedRelays reports whether gateways on the Redis of producer relay
+// with sharded pub/sub: on a Cluster that knows SPUBLISH.
+func shardedRelays(t *testing.T, producer redis.UniversalClient) bool {
+	if _, cluster := producer.(*redis.ClusterClient); !cluster {
+		return false
+	}
+	info, err := producer.Do(t.Context(), "COMMAND", "INFO", "SPUBLISH").Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(info) == 1 && info[0] != nil
+}
+
+// relaySubscribers counts the subscribers of channel over nodes: plain
+// (SUBSCRIBE) and sharded (SSUBSCRIBE).
+func relaySubscribers(t *testing.T, nodes []*redis.Client, channel string) (plain, sharded int64, err error) {
+	for _, node := range nodes {
+		subs, err := node.PubSubNumSub(t.Context(), channel).Result()
+		if err != nil {
+			return 0, 0, err
+		}
+		shard, err := node.PubSubShardNumSub(t.Context(), channel).Result()
+		if err != nil {
+			return 0, 0, err
+		}
+		plain += subs[channel]
+		sharded += shard[channel]
+	}
+	return plain, sharded, nil
 }
 
 // A user online on one instance only: its acknowledged batches are not

@@ -218,7 +218,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(keepAliveDone)
 		s.keepAlive(kctx)
 	}()
-	s.hub.relay = newRelay(ctx, s.hub, s.clients.Command, s.cfg.Instance)
+	if s.hub.relay, err = newRelay(ctx, s.hub, s.cfg.Instance); err != nil {
+		return fmt.Errorf("%w: subscribing to relays: %w", ErrStart, err)
+	}
 	defer s.hub.relay.close()
 	if stop := s.startHints(ctx); stop != nil {
 		defer stop()

@@ -24,14 +24,36 @@ func TestOnRedisCluster(t *testing.T) {
 
 	t.Run("relay across instances", func(t *testing.T) {
 		h := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "cl-b", Format: server.FormatRaw})
-		var nodes []*redis.Client
-		for _, n := range cl.Nodes {
-			nodes = append(nodes, n.Client())
-		}
+		nodes := clusterNodes(cl)
 		// A fresh user: relays cross the cluster bus with a lag of up to
 		// ~40 ms here, so a new subscriber of a user who was just busy can
 		// also get batches popped a moment before it subscribed.
 		everyConnectionGetsEveryMessage(t, rc, nodes, "fresh", g, h)
+	})
+
+	t.Run("sharded relays come back slot by slot", func(t *testing.T) {
+		// Two users whose queues are on one master in two slots: a
+		// subscription that resubscribes both in one SSUBSCRIBE (go-redis's
+		// PubSub, v9.23) is refused with CROSSSLOT after a reconnect.
+		u1, u2, master := usersInTwoSlotsOfOneMaster(t, cl)
+		a := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "sh-a", Format: server.FormatRaw})
+		b := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "sh-b", Format: server.FormatRaw})
+		nodes := clusterNodes(cl)
+		everyConnectionGetsEveryMessage(t, rc, nodes, u1, a, b)
+		everyConnectionGetsEveryMessage(t, rc, nodes, u2, a, b)
+		killed := killClients(t, master.Client(), "name=redpush-relay-sh-b ")
+		if killed != 1 {
+			t.Fatalf("killed %d relay connections of sh-b on %s, want 1 (one per master)", killed, master.Addr())
+		}
+		everyConnectionGetsEveryMessage(t, rc, nodes, u1, a, b)
+		everyConnectionGetsEveryMessage(t, rc, nodes, u2, a, b)
+
+		// A slot moves to another master: Redis drops the shard channels
+		// of a slot its node gives up, and the subscriptions follow it.
+		to := cl.MoveSlotOf(t, "user_"+u1+"_messages")
+		t.Logf("moved %s's slot from %s to %s", u1, master.Addr(), to)
+		everyConnectionGetsEveryMessage(t, rc, nodes, u1, a, b)
+		everyConnectionGetsEveryMessage(t, rc, nodes, u2, a, b)
 	})
 
 	t.Run("slot moves while delivering", func(t *testing.T) {
@@ -231,4 +253,71 @@ func expect(t *testing.T, c *testutil.Client, want []string) {
 			t.Fatalf("got %q, want %q", got, w)
 		}
 	}
+}
+
+// A Cluster without sharded pub/sub (Redis < 7: here SPUBLISH is renamed
+// away): relays fall back to PUBLISH and SUBSCRIBE, and still flow.
+func TestOnAClusterWithoutShardedPubSub(t *testing.T) {
+	cl := testutil.StartCluster(t, "--rename-command", "SPUBLISH", "spublish-hidden-by-the-test")
+	rc := cl.Client()
+	if shardedRelays(t, rc) {
+		t.Fatal("the cluster still knows SPUBLISH")
+	}
+	a := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "ns-a", Format: server.FormatRaw})
+	b := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "ns-b", Format: server.FormatRaw})
+	everyConnectionGetsEveryMessage(t, rc, clusterNodes(cl), "plain", a, b)
+}
+
+// usersInTwoSlotsOfOneMaster returns two users whose queues live on the
+// same master in different slots, and that master.
+func usersInTwoSlotsOfOneMaster(t *testing.T, cl *testutil.Cluster) (string, string, *testutil.Redis) {
+	t.Helper()
+	key := func(u string) string { return "user_" + u + "_messages" }
+	first := map[string]string{} // master → first user found there
+	for i := range 1000 {
+		u := fmt.Sprint("sh", i)
+		m := cl.MasterOf(key(u))
+		prev, ok := first[m]
+		if !ok {
+			first[m] = u
+			continue
+		}
+		rc := cl.Nodes[0].Client()
+		if rc.ClusterKeySlot(t.Context(), key(prev)).Val() == rc.ClusterKeySlot(t.Context(), key(u)).Val() {
+			continue
+		}
+		for _, n := range cl.Nodes {
+			if n.Addr() == m {
+				return prev, u, n
+			}
+		}
+	}
+	t.Fatal("no two users in two slots of one master")
+	return "", "", nil
+}
+
+func clusterNodes(cl *testutil.Cluster) []*redis.Client {
+	var nodes []*redis.Client
+	for _, n := range cl.Nodes {
+		nodes = append(nodes, n.Client())
+	}
+	return nodes
+}
+
+// killClients kills the clients of node whose CLIENT LIST line contains
+// match, and says how many.
+func killClients(t *testing.T, node *redis.Client, match string) int {
+	t.Helper()
+	n := 0
+	for _, line := range strings.Split(node.ClientList(t.Context()).Val(), "\n") {
+		if !strings.Contains(line, match) {
+			continue
+		}
+		id, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
+		if err := node.Do(t.Context(), "CLIENT", "KILL", "ID", id).Err(); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	return n
 }

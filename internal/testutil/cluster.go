@@ -22,8 +22,9 @@ type Cluster struct {
 
 // StartCluster starts three cluster-enabled redis-servers on free loopback
 // ports, joins them with `redis-cli --cluster create`, and waits until every
-// node reports cluster_state:ok.
-func StartCluster(t testing.TB) *Cluster {
+// node reports cluster_state:ok. Each node also gets the redis-server
+// arguments extra.
+func StartCluster(t testing.TB, extra ...string) *Cluster {
 	t.Helper()
 	dir := t.TempDir()
 	c := &Cluster{t: t}
@@ -31,9 +32,9 @@ func StartCluster(t testing.TB) *Cluster {
 	for i := range addrs {
 		n := startRedisWith(t, func() []string {
 			bus := strconv.Itoa(FreePort(t))
-			return []string{"--cluster-enabled", "yes", "--cluster-port", bus,
+			return append([]string{"--cluster-enabled", "yes", "--cluster-port", bus,
 				"--cluster-config-file", filepath.Join(dir, "nodes-"+bus+".conf"),
-				"--dir", dir, "--cluster-node-timeout", "5000"}
+				"--dir", dir, "--cluster-node-timeout", "5000"}, extra...)
 		})
 		c.Nodes = append(c.Nodes, n)
 		addrs[i] = n.Addr()
