@@ -107,7 +107,7 @@
 // instance serves the user ("{Q}:instances", kept with the registry); a token fences
 // it so that a go-redis retry cannot ack a batch nobody delivered. On a
 // Cluster with SPUBLISH the relay is sharded pub/sub, subscribed on one
-// connection per master, one slot per SSUBSCRIBE ([Relays]). An
+// connection per master, one channel per SSUBSCRIBE ([Relays]). An
 // instance that died for good is found by its expired heartbeat
 // ([Queue.Heartbeat], [Queue.ReclaimDead]). Two live processes never share
 // an instance id: each claims it at start and renews the claim every second

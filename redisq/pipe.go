@@ -134,6 +134,7 @@ type link struct {
 	r     *resp3.Reader // what the handshake read ahead stays in its buffer
 	id    int64         // CLIENT ID
 	runID string        // the server's run_id: a restart or another server has another
+	last  string        // the last setup command's reply, if a string
 }
 
 // run serves one connection after another until close.
@@ -189,18 +190,29 @@ func (p *pipe) isObsolete() bool {
 }
 
 // dial opens a connection to the server and sets it up: RESP3, auth, db,
-// tracking, the ack script.
+// tracking, the ack script; INFO names the server's run_id (fence).
 func (p *pipe) dial(ctx context.Context) (*link, error) {
-	return dialLink(ctx, p.srv, p.name, [][]string{
+	l, err := dialLink(ctx, p.srv, p.name, [][]string{
 		{"CLIENT", "TRACKING", "on", "BCAST", "PREFIX", p.prefix, "NOLOOP"},
 		{"SCRIPT", "LOAD", ackPopSource},
+		{"INFO", "server"},
 	})
+	if err != nil {
+		return nil, err
+	}
+	if l.runID = infoField(l.last, "run_id"); l.runID == "" {
+		_ = l.nc.Close()
+		return nil, fmt.Errorf("%w: INFO did not name the server's run_id", resp3.ErrProtocol)
+	}
+	return l, nil
 }
 
 // dialLink opens a RESP3 connection to srv with srv's dial options and
-// credentials, names it, selects srv's database, and runs setup; it fails
-// with redis.ErrClosed if srv was closed (a cluster node that left the
-// slot map).
+// credentials, names it, selects srv's database, and runs setup (the last
+// command's reply, if a string, is kept in link.last); it fails with
+// redis.ErrClosed if srv was closed (a cluster node that left the slot
+// map). ctx bounds it all: a server that stops answering mid-handshake
+// does not hold it longer.
 func dialLink(ctx context.Context, srv *redis.Client, name string, setup [][]string) (*link, error) {
 	if err := srv.Ping(ctx).Err(); errors.Is(err, redis.ErrClosed) {
 		return nil, err
@@ -210,12 +222,11 @@ func dialLink(ctx context.Context, srv *redis.Client, name string, setup [][]str
 	if err != nil {
 		return nil, err
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = nc.SetDeadline(dl)
-	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
 	user, pass := opt.Username, opt.Password
 	if opt.CredentialsProviderContext != nil {
 		if user, pass, err = opt.CredentialsProviderContext(ctx); err != nil {
+			stop()
 			_ = nc.Close()
 			return nil, err
 		}
@@ -233,23 +244,26 @@ func dialLink(ctx context.Context, srv *redis.Client, name string, setup [][]str
 	if opt.DB != 0 {
 		cmds = append(cmds, []string{"SELECT", strconv.Itoa(opt.DB)})
 	}
-	cmds = append(append(cmds, setup...), []string{"INFO", "server"})
+	cmds = append(cmds, setup...)
 	var buf []byte
 	for _, c := range cmds {
 		buf = resp3.AppendCommand(buf, c...)
 	}
 	l := &link{nc: nc, r: resp3.NewReader(nc)}
-	if err := l.handshake(buf, len(cmds)); err != nil {
+	err = l.handshake(buf, len(cmds))
+	if !stop() && err == nil {
+		err = ctx.Err() // ctx ended as the handshake did: nc is closed
+	}
+	if err != nil {
 		_ = nc.Close()
 		return nil, err
 	}
-	_ = nc.SetDeadline(time.Time{})
 	return l, nil
 }
 
 // handshake writes the setup commands and reads their n replies; the first
-// is HELLO's map, which names the connection's id, the last INFO's, which
-// names the server's run_id. Pushes that come meanwhile are dropped: the
+// is HELLO's map, which names the connection's id; the last is kept in
+// l.last if it is a string. Pushes that come meanwhile are dropped: the
 // sweep after connecting covers them.
 func (l *link) handshake(buf []byte, n int) error {
 	if _, err := l.nc.Write(buf); err != nil {
@@ -270,13 +284,12 @@ func (l *link) handshake(buf []byte, n int) error {
 			l.id = helloID(v)
 		}
 		if i == n-1 {
-			info, _ := v.(string)
-			l.runID = infoField(info, "run_id")
+			l.last, _ = v.(string)
 		}
 		i++
 	}
-	if l.id == 0 || l.runID == "" {
-		return fmt.Errorf("%w: HELLO or INFO did not name the connection's id and the server's run_id", resp3.ErrProtocol)
+	if l.id == 0 {
+		return fmt.Errorf("%w: HELLO did not name the connection's id", resp3.ErrProtocol)
 	}
 	return nil
 }

@@ -330,6 +330,8 @@ func (q *Queue) NewToken() uint64 { return q.token.Add(1) }
 // of acknowledging more, or popping again. go-redis returns the error of
 // its last attempt, so a redis.ErrPoolTimeout does not prove that an
 // earlier attempt of the same call did not run: repeat it with its token.
+// What it acknowledges is relayed to other instances as SubscribeRelays
+// chose (PUBLISH, or SPUBLISH on a Cluster): call that first.
 func (q *Queue) AckPopToken(ctx context.Context, user string, acks Acks, n int, token uint64) ([]string, error) {
 	ctx, cancel, err := q.leased(ctx)
 	if err != nil {

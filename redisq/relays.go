@@ -2,9 +2,11 @@ package redisq
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -25,11 +27,16 @@ type Relayed struct {
 // script SPUBLISHes instead (sharded pub/sub, Redis 7.0: the relay channel
 // carries the queue's hash tag, so only the master of the user's slot and
 // its replicas see it) and Relays subscribes with SSUBSCRIBE on one
-// connection per master ([shardConn]). go-redis cannot hold those: its
+// connection per master, one channel per command ([shardConn]). go-redis
+// cannot hold those: its
 // PubSub talks to one node, and after a reconnect it resubscribes every
 // shard channel in one SSUBSCRIBE, which Redis refuses (CROSSSLOT) as soon
 // as they span two slots (go-redis issues 3133 and 3806, v9.23). A cluster
-// without SPUBLISH (Redis < 7) keeps the plain PubSub and PUBLISH.
+// where a master lacks SPUBLISH (Redis < 7) keeps the plain PubSub and
+// PUBLISH. The choice is made once, at start: after the cluster's Redis
+// is upgraded to 7, restart the instances together (an instance started
+// before relays with PUBLISH, one started after with SPUBLISH, and they
+// do not hear each other).
 //
 // Relays are best effort, as Redis pub/sub is: a publication made while a
 // subscription is being (re)made is missed.
@@ -40,46 +47,46 @@ type Relays struct {
 }
 
 // SubscribeRelays starts the instance's relay subscription, with no
-// channel yet. On a Cluster it first asks whether SPUBLISH exists, and
-// from then on the ack script publishes with it; it must therefore run
-// before the first acknowledgement.
-func (q *Queue) SubscribeRelays(ctx context.Context) (*Relays, error) {
-	cc, ok := q.cmd.(*redis.ClusterClient)
-	if ok {
-		sharded, err := hasCommand(ctx, cc, "spublish")
-		if err != nil {
-			return nil, err
+// channel yet. On a Cluster it first asks every master whether it knows
+// SPUBLISH, and if all do, the ack script publishes with it from then on;
+// it must therefore run before the first acknowledgement. A cluster where
+// one does not, or that does not answer COMMAND INFO (an ACL), keeps plain
+// pub/sub.
+func (q *Queue) SubscribeRelays(ctx context.Context) *Relays {
+	if cc, ok := q.cmd.(*redis.ClusterClient); ok {
+		if err := allKnow(ctx, cc, "spublish"); err != nil {
+			q.log.Info("relays use plain pub/sub on this cluster", "why", err)
+		} else {
+			q.sharded.Store(true)
+			sh := newShardRelays(cc, "redpush-relay-"+q.instance, q.log)
+			return &Relays{sh: sh, out: sh.out}
 		}
-		ok = sharded
 	}
-	if !ok {
-		ps := q.cmd.Subscribe(ctx)
-		out := make(chan Relayed, 128)
-		go func() {
-			defer close(out)
-			for m := range ps.Channel() {
-				out <- Relayed{Channel: m.Channel, Payload: m.Payload}
-			}
-		}()
-		return &Relays{ps: ps, out: out}, nil
-	}
-	q.sharded.Store(true)
-	sh := newShardRelays(cc, "redpush-relay-"+q.instance, q.log)
-	return &Relays{sh: sh, out: sh.out}, nil
+	ps := q.cmd.Subscribe(ctx)
+	out := make(chan Relayed, 128)
+	go func() {
+		defer close(out)
+		for m := range ps.Channel() {
+			out <- Relayed{Channel: m.Channel, Payload: m.Payload}
+		}
+	}()
+	return &Relays{ps: ps, out: out}
 }
 
-// hasCommand reports whether Redis knows the command (COMMAND INFO answers
-// a null for an unknown one).
-func hasCommand(ctx context.Context, c redis.UniversalClient, name string) (bool, error) {
-	v, err := c.Do(ctx, "COMMAND", "INFO", name).Slice()
-	if err != nil {
-		return false, err
-	}
-	return len(v) == 1 && v[0] != nil, nil
+// allKnow fails unless every master of cc knows the command (COMMAND INFO
+// answers a null for an unknown one).
+func allKnow(ctx context.Context, cc *redis.ClusterClient, name string) error {
+	return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		v, err := c.Do(ctx, "COMMAND", "INFO", name).Slice()
+		if err != nil {
+			return err
+		}
+		if len(v) != 1 || v[0] == nil {
+			return fmt.Errorf("%s does not know %s", c.Options().Addr, name)
+		}
+		return nil
+	})
 }
-
-// Sharded reports whether relays use sharded pub/sub (SPUBLISH).
-func (r *Relays) Sharded() bool { return r.sh != nil }
 
 // Subscribe adds channels. A failure to reach Redis needs no retry: the
 // channels are kept and subscribed again when the connection comes back.
@@ -113,11 +120,14 @@ func (r *Relays) Close() error {
 }
 
 // shardRelays places each wanted channel on the connection of the master
-// of its slot. A connection that breaks, is refused (MOVED after a slot
-// moved, a failover), or is told by Redis that a channel left its node (a
-// "sunsubscribe" push when the node gives the slot up) hands its channels
-// back; they are placed again, after a backoff, on the master the cluster
-// client then names (its slot map reloaded).
+// of its slot. A channel whose SSUBSCRIBE Redis refuses (MOVED: its slot
+// moved), or that Redis drops (a "sunsubscribe" push when its node gives
+// the slot up), goes back to be placed again; so do all the channels of a
+// connection that breaks or cannot be made (a master down, a failover).
+// They are placed again after a backoff, on the master the cluster client
+// then names; the backoff grows until a subscription is confirmed, so a
+// master that stays down, or a slot map that has not caught up yet (the
+// client reloads it in the background), is not redialled in a tight loop.
 type shardRelays struct {
 	cc   *redis.ClusterClient
 	name string
@@ -128,12 +138,16 @@ type shardRelays struct {
 	life context.Context // ends at close: dials give up
 	end  context.CancelFunc
 	wg   sync.WaitGroup
+	// confirmed is set by a connection that read a subscription's
+	// confirmation: placing works again, and the backoff starts over.
+	confirmed atomic.Bool
 
 	mu       sync.Mutex
 	want     map[string]*shardConn // wanted channel → its connection; nil: waiting to be placed
 	conns    map[string]*shardConn // by master address
 	homeless int                   // wanted channels without a connection
 	closed   bool
+	refused  time.Time // when a refused dial was last logged
 }
 
 func newShardRelays(cc *redis.ClusterClient, name string, log *slog.Logger) *shardRelays {
@@ -208,7 +222,8 @@ func (s *shardRelays) place(ctx context.Context, chans []string) bool {
 	return all
 }
 
-// lost takes back channels that c no longer holds: they are placed again.
+// lost takes back channels that c no longer holds, to be placed again;
+// connGone: c's connection is gone with them.
 func (s *shardRelays) lost(c *shardConn, chans []string, connGone bool) {
 	s.mu.Lock()
 	if connGone && s.conns[c.addr] == c {
@@ -228,6 +243,20 @@ func (s *shardRelays) lost(c *shardConn, chans []string, connGone bool) {
 	}
 }
 
+// refusedDial logs, once a minute, that Redis refuses the relay
+// connection's setup (an ACL): its relays wait until it accepts.
+func (s *shardRelays) refusedDial(addr string, err error) {
+	s.mu.Lock()
+	due := time.Since(s.refused) >= refusedLogEvery
+	if due {
+		s.refused = time.Now()
+	}
+	s.mu.Unlock()
+	if due {
+		s.log.Warn("Redis refuses the relay subscription; relayed copies to this instance wait until it accepts", "addr", addr, "err", err)
+	}
+}
+
 func (s *shardRelays) poke() {
 	select {
 	case s.kick <- struct{}{}:
@@ -235,9 +264,9 @@ func (s *shardRelays) poke() {
 	}
 }
 
-// rehome places homeless channels again, after a backoff that grows while
-// placing fails or the placed connections break at once, and after asking
-// the cluster client to reload its slot map (the old one sent them there).
+// rehome places homeless channels again, after the backoff, and after
+// asking the cluster client to reload its slot map (the old one sent them
+// where they are not).
 func (s *shardRelays) rehome() {
 	defer s.wg.Done()
 	var bo backoffDelay
@@ -247,31 +276,26 @@ func (s *shardRelays) rehome() {
 			return
 		case <-s.kick:
 		}
-		for {
-			if !bo.sleep(s.stop) {
-				return
-			}
-			s.cc.ReloadState(context.Background())
-			s.mu.Lock()
-			var chans []string
-			for ch, c := range s.want {
-				if c == nil {
-					chans = append(chans, ch)
-				}
-			}
-			s.mu.Unlock()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			done := s.place(ctx, chans)
-			cancel()
-			if done {
-				break
-			}
+		if s.confirmed.Swap(false) {
+			bo.reset()
 		}
+		if !bo.sleep(s.stop) {
+			return
+		}
+		s.cc.ReloadState(context.Background())
 		s.mu.Lock()
-		if s.homeless == 0 {
-			bo.reset() // settled; a kick pending means it did not
+		var chans []string
+		for ch, c := range s.want {
+			if c == nil {
+				chans = append(chans, ch)
+			}
 		}
 		s.mu.Unlock()
+		ctx, cancel := context.WithTimeout(s.life, 5*time.Second)
+		if !s.place(ctx, chans) {
+			s.poke()
+		}
+		cancel()
 	}
 }
 
@@ -295,25 +319,34 @@ func (s *shardRelays) close() {
 }
 
 // shardConn is one connection to one master that holds SSUBSCRIBEs, one
-// command per channel (one slot each). It lives as long as its connection:
-// when that breaks, or Redis answers an error (MOVED: the channel's slot
-// is elsewhere now), every channel goes back to shardRelays, and a new
-// shardConn is made for the next placement on that master.
+// command per channel (a command's channels must share a slot). It lives
+// as long as its connection: when that breaks, or cannot be made, every
+// channel goes back to shardRelays, and the next placement on that master
+// makes a new shardConn. Each command it sends gets one answer, in order:
+// a confirmation push ("ssubscribe", "sunsubscribe"), a PONG, or an error
+// reply; sent lists the commands whose answer was not read, so that an
+// error reply (MOVED) is known to be about one channel, and a
+// "sunsubscribe" push that answers none is Redis dropping a channel.
 type shardConn struct {
 	s    *shardRelays
 	srv  *redis.Client
 	addr string
 
-	mu     sync.Mutex
-	chans  map[string]struct{} // held, or to subscribe once connected
-	unsubs map[string]int      // SUNSUBSCRIBEs whose confirmation was not read
-	nc     net.Conn            // nil until connected, and once gone
-	gone   bool
+	mu    sync.Mutex
+	chans map[string]struct{} // held, or to subscribe once connected
+	sent  []sentCmd           // commands whose answer was not read, oldest first
+	nc    net.Conn            // nil until connected, and once gone
+	gone  bool
+}
+
+// sentCmd is a command of a shardConn awaiting its answer.
+type sentCmd struct {
+	cmd     string // SSUBSCRIBE, SUNSUBSCRIBE or PING
+	channel string
 }
 
 func newShardConn(s *shardRelays, srv *redis.Client) *shardConn {
-	c := &shardConn{s: s, srv: srv, addr: srv.Options().Addr,
-		chans: map[string]struct{}{}, unsubs: map[string]int{}}
+	c := &shardConn{s: s, srv: srv, addr: srv.Options().Addr, chans: map[string]struct{}{}}
 	s.wg.Add(1)
 	go c.run()
 	return c
@@ -338,18 +371,20 @@ func (c *shardConn) drop(ch string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.chans, ch)
-	if c.nc != nil {
-		c.unsubs[ch]++
-		c.send("SUNSUBSCRIBE", ch)
-	}
+	c.send("SUNSUBSCRIBE", ch)
 }
 
 // send writes one command if connected; a failed write breaks the
 // connection, which the reader then sees. Under c.mu.
-func (c *shardConn) send(args ...string) {
+func (c *shardConn) send(cmd, channel string) {
 	if c.nc == nil {
 		return
 	}
+	args := []string{cmd}
+	if channel != "" {
+		args = append(args, channel)
+	}
+	c.sent = append(c.sent, sentCmd{cmd, channel})
 	_ = c.nc.SetWriteDeadline(time.Now().Add(pingTimeout))
 	if _, err := c.nc.Write(resp3.AppendCommand(nil, args...)); err != nil {
 		_ = c.nc.Close()
@@ -376,6 +411,9 @@ func (c *shardConn) run() {
 		return
 	default:
 	}
+	if isRefusal(err) {
+		c.s.refusedDial(c.addr, err)
+	}
 	c.s.log.Debug("relay subscription to a cluster master ended; resubscribing its channels", "addr", c.addr, "err", err)
 	c.s.lost(c, chans, true)
 }
@@ -395,11 +433,12 @@ func (c *shardConn) serve() error {
 		_ = l.nc.Close()
 		return errPipeDown
 	}
+	c.nc = l.nc
 	var buf []byte
 	for ch := range c.chans {
 		buf = resp3.AppendCommand(buf, "SSUBSCRIBE", ch)
+		c.sent = append(c.sent, sentCmd{"SSUBSCRIBE", ch})
 	}
-	c.nc = l.nc
 	if len(buf) > 0 {
 		_ = l.nc.SetWriteDeadline(time.Now().Add(pingTimeout))
 		if _, err := l.nc.Write(buf); err != nil {
@@ -408,13 +447,13 @@ func (c *shardConn) serve() error {
 		}
 	}
 	c.mu.Unlock()
+	c.s.wg.Add(1)
 	go c.keepAlive(l.nc)
 	return c.read(l)
 }
 
-// read hands messages on until the connection ends. An error reply ends
-// it too: it answers one of the SSUBSCRIBEs (MOVED, CROSSSLOT after a slot
-// moved), and the channels are placed again from a fresh slot map.
+// read hands messages on and matches answers to commands until the
+// connection ends.
 func (c *shardConn) read(l *link) error {
 	for {
 		_ = l.nc.SetReadDeadline(time.Now().Add(pingEvery + pingTimeout))
@@ -422,33 +461,73 @@ func (c *shardConn) read(l *link) error {
 		if err != nil {
 			return err
 		}
-		switch v := v.(type) {
-		case resp3.Error:
-			return v
-		case resp3.Push:
-			c.pushed(v)
+		if p, ok := v.(resp3.Push); ok {
+			c.pushed(p)
+			continue
+		}
+		if err := c.answered(v); err != nil {
+			return err
 		}
 	}
 }
 
+// answered takes a reply (PONG or an error) as the answer to the oldest
+// command sent. An SSUBSCRIBE refused (MOVED: the slot is on another
+// master now) hands its channel back; anything else refused, or a reply
+// that answers nothing, ends the connection.
+func (c *shardConn) answered(v any) error {
+	c.mu.Lock()
+	if len(c.sent) == 0 {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: a reply to no command: %v", resp3.ErrProtocol, v)
+	}
+	cmd := c.sent[0]
+	c.sent = c.sent[1:]
+	rerr, failed := v.(resp3.Error)
+	_, held := c.chans[cmd.channel]
+	if failed && cmd.cmd == "SSUBSCRIBE" && held {
+		delete(c.chans, cmd.channel)
+	}
+	c.mu.Unlock()
+	switch {
+	case !failed:
+		return nil
+	case cmd.cmd == "SSUBSCRIBE":
+		c.s.log.Debug("relay subscription refused; placing it again", "channel", cmd.channel, "err", rerr)
+		if held {
+			c.s.lost(c, []string{cmd.channel}, false)
+		}
+		return nil
+	case cmd.cmd == "SUNSUBSCRIBE":
+		return nil // it is not subscribed here in any case
+	default:
+		return rerr
+	}
+}
+
 func (c *shardConn) pushed(p resp3.Push) {
-	if len(p.Vals) < 2 {
+	if len(p.Vals) < 1 {
 		return
 	}
 	ch, _ := p.Vals[0].(string)
 	switch p.Kind {
 	case "smessage":
+		if len(p.Vals) < 2 {
+			return
+		}
 		payload, _ := p.Vals[1].(string)
 		select {
 		case c.s.out <- Relayed{Channel: ch, Payload: payload}:
 		case <-c.s.stop:
 		}
+	case "ssubscribe":
+		c.mu.Lock()
+		c.take("SSUBSCRIBE", ch)
+		c.mu.Unlock()
+		c.s.confirmed.Store(true)
 	case "sunsubscribe":
 		c.mu.Lock()
-		if c.unsubs[ch] > 0 { // the answer to our SUNSUBSCRIBE
-			if c.unsubs[ch]--; c.unsubs[ch] == 0 {
-				delete(c.unsubs, ch)
-			}
+		if c.take("SUNSUBSCRIBE", ch) { // the answer to ours
 			c.mu.Unlock()
 			return
 		}
@@ -461,9 +540,20 @@ func (c *shardConn) pushed(p resp3.Push) {
 	}
 }
 
+// take removes the oldest sent command if it is cmd for channel; false if
+// it is not (a push that answers no command). Under c.mu.
+func (c *shardConn) take(cmd, channel string) bool {
+	if len(c.sent) == 0 || c.sent[0] != (sentCmd{cmd, channel}) {
+		return false
+	}
+	c.sent = c.sent[1:]
+	return true
+}
+
 // keepAlive PINGs every pingEvery, so that read's deadline passes only
 // when the server stopped answering (a partition, a host gone).
 func (c *shardConn) keepAlive(nc net.Conn) {
+	defer c.s.wg.Done()
 	t := time.NewTicker(pingEvery)
 	defer t.Stop()
 	for {
@@ -477,7 +567,7 @@ func (c *shardConn) keepAlive(nc net.Conn) {
 			c.mu.Unlock()
 			return
 		}
-		c.send("PING")
+		c.send("PING", "")
 		c.mu.Unlock()
 	}
 }

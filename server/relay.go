@@ -48,16 +48,12 @@ type relayQueue struct {
 
 // newRelay subscribes to relays; it must run before the first
 // acknowledgement (SubscribeRelays decides how the ack script publishes).
-func newRelay(ctx context.Context, h *hub, instance string) (*relay, error) {
-	ps, err := h.q.SubscribeRelays(ctx)
-	if err != nil {
-		return nil, err
-	}
-	r := &relay{hub: h, ps: ps, instance: instance, dirty: make(chan struct{}, 1),
+func newRelay(ctx context.Context, h *hub, instance string) *relay {
+	r := &relay{hub: h, ps: h.q.SubscribeRelays(ctx), instance: instance, dirty: make(chan struct{}, 1),
 		want: make(map[string]string), changed: make(map[string]struct{}), queues: make(map[string]*relayQueue)}
 	go r.run()
 	go r.sync(ctx)
-	return r, nil
+	return r
 }
 
 // watch asks for the relay channel of a user who came online here. It is

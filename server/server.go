@@ -218,9 +218,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(keepAliveDone)
 		s.keepAlive(kctx)
 	}()
-	if s.hub.relay, err = newRelay(ctx, s.hub, s.cfg.Instance); err != nil {
-		return fmt.Errorf("%w: subscribing to relays: %w", ErrStart, err)
-	}
+	s.hub.relay = newRelay(ctx, s.hub, s.cfg.Instance)
 	defer s.hub.relay.close()
 	if stop := s.startHints(ctx); stop != nil {
 		defer stop()

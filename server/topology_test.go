@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,11 +50,24 @@ func TestOnRedisCluster(t *testing.T) {
 		everyConnectionGetsEveryMessage(t, rc, nodes, u2, a, b)
 
 		// A slot moves to another master: Redis drops the shard channels
-		// of a slot its node gives up, and the subscriptions follow it.
+		// of a slot its node gives up, and the subscriptions follow it;
+		// the connection that holds the other slot's channel stays (a
+		// refused SSUBSCRIBE, MOVED while the client's slot map lags, is
+		// about its one channel).
+		held := clientIDs(t, master.Client(), "name=redpush-relay-sh-b ")
 		to := cl.MoveSlotOf(t, "user_"+u1+"_messages")
 		t.Logf("moved %s's slot from %s to %s", u1, master.Addr(), to)
 		everyConnectionGetsEveryMessage(t, rc, nodes, u1, a, b)
 		everyConnectionGetsEveryMessage(t, rc, nodes, u2, a, b)
+		if now := clientIDs(t, master.Client(), "name=redpush-relay-sh-b "); !slices.Equal(held, now) {
+			t.Errorf("the relay connection on %s was %v before the move and %v after: moving %s's slot reconnected %s's", master.Addr(), held, now, u1, u2)
+		}
+	})
+
+	t.Run("blocking consumers relay sharded too", func(t *testing.T) {
+		a := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "bl-a", Format: server.FormatRaw, Consumer: server.ConsumerBlocking})
+		b := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "bl-b", Format: server.FormatRaw, Consumer: server.ConsumerBlocking})
+		everyConnectionGetsEveryMessage(t, rc, clusterNodes(cl), "blu", a, b)
 	})
 
 	t.Run("slot moves while delivering", func(t *testing.T) {
@@ -268,6 +282,56 @@ func TestOnAClusterWithoutShardedPubSub(t *testing.T) {
 	everyConnectionGetsEveryMessage(t, rc, clusterNodes(cl), "plain", a, b)
 }
 
+// A Cluster whose ACL forbids @dangerous (INFO, CLIENT KILL: hinted
+// consumption falls back to blocking): sharded relays need none of it.
+func TestOnAClusterWithoutDangerousCommands(t *testing.T) {
+	cl := testutil.StartCluster(t)
+	rc := cl.Client()
+	for _, n := range cl.Nodes {
+		if err := n.Client().Do(t.Context(), "ACL", "SETUSER", "lim", "on", ">pw", "~*", "&*", "+@all", "-@dangerous").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url := "redis://lim:pw@" + cl.Nodes[0].Addr() + "?addr=" + cl.Nodes[1].Addr() + "&addr=" + cl.Nodes[2].Addr()
+	a := startGatewayAt(t, url, rc, server.Config{Instance: "acl-a", Format: server.FormatRaw})
+	b := startGatewayAt(t, url, rc, server.Config{Instance: "acl-b", Format: server.FormatRaw})
+	everyConnectionGetsEveryMessage(t, rc, clusterNodes(cl), "aclu", a, b)
+}
+
+// A master that is gone for good (no replica here): its relay connection
+// is tried again with a growing backoff, not in a tight loop.
+func TestADeadMasterIsNotRedialledInALoop(t *testing.T) {
+	cl := testutil.StartCluster(t)
+	rc := cl.Client()
+	users := cl.UsersOnEachMaster("dm", func(u string) string { return "user_" + u + "_messages" })
+	g := startGatewayAt(t, cl.URL(), rc, server.Config{Instance: "dm", Format: server.FormatRaw})
+	for _, u := range users {
+		g.dialReady(u)
+	}
+	dead := cl.MasterOf("user_" + users[0] + "_messages")
+	channel := "{user_" + users[0] + "_messages}:relay"
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if _, n, err := relaySubscribers(t, clusterNodes(cl), channel); err != nil || n != 1 {
+			return fmt.Errorf("%d sharded subscribers (%v), want 1", n, err)
+		}
+		return nil
+	})
+	for _, n := range cl.Nodes {
+		if n.Addr() == dead {
+			n.Stop()
+		}
+	}
+	// Over 4 s the backoff (50 ms, 100, 200, … 2 s) allows about 7
+	// attempts; at a constant 50 ms, dozens.
+	const ended = "relay subscription to a cluster master ended"
+	time.Sleep(4 * time.Second) // the window whose attempts are counted
+	if n := strings.Count(g.logs.String(), ended); n > 12 {
+		t.Errorf("%d attempts in 4 s to reach a dead master: the backoff does not grow", n)
+	} else {
+		t.Logf("%d attempts in 4 s to reach a dead master", n)
+	}
+}
+
 // usersInTwoSlotsOfOneMaster returns two users whose queues live on the
 // same master in different slots, and that master.
 func usersInTwoSlotsOfOneMaster(t *testing.T, cl *testutil.Cluster) (string, string, *testutil.Redis) {
@@ -308,16 +372,25 @@ func clusterNodes(cl *testutil.Cluster) []*redis.Client {
 // match, and says how many.
 func killClients(t *testing.T, node *redis.Client, match string) int {
 	t.Helper()
-	n := 0
-	for _, line := range strings.Split(node.ClientList(t.Context()).Val(), "\n") {
-		if !strings.Contains(line, match) {
-			continue
-		}
-		id, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
+	ids := clientIDs(t, node, match)
+	for _, id := range ids {
 		if err := node.Do(t.Context(), "CLIENT", "KILL", "ID", id).Err(); err != nil {
 			t.Fatal(err)
 		}
-		n++
 	}
-	return n
+	return len(ids)
+}
+
+// clientIDs lists the ids of the clients of node whose CLIENT LIST line
+// contains match.
+func clientIDs(t *testing.T, node *redis.Client, match string) []string {
+	t.Helper()
+	var ids []string
+	for _, line := range strings.Split(node.ClientList(t.Context()).Val(), "\n") {
+		if strings.Contains(line, match) {
+			id, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
