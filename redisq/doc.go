@@ -120,6 +120,12 @@
 // registry ([Queue.ReclaimDead]), not the keyspace; [Queue.ReclaimDeadScan]
 // is the rare safety net.
 //
+// Presence (presence.go): per user, a sorted set of the instances that
+// vouch, until a time, that the user has a connection there, and a hash of
+// their connection counts; one Lua script sets an instance's entry, removes
+// entries found expired and publishes the join and leave events
+// ([Queue.SetPresence], [Queue.ReadPresence], [Queue.PresenceKey]).
+//
 // Entry points: [Dial] parses a -redis URL ([ParseEndpoint]: one server, a
 // Sentinel-managed master, or a Cluster) and builds the two go-redis clients
 // the design asks for (one sized for blocking consumers, one small for

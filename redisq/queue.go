@@ -38,27 +38,31 @@ type Config struct {
 	// Logger gets the one line that says consumers cannot be woken (the
 	// server has no CLIENT ID). Default slog.Default().
 	Logger *slog.Logger
+	// PresenceChannel is the pub/sub channel of presence events (SetPresence);
+	// "": none are published.
+	PresenceChannel string
 }
 
 // Queue gives access to the per-user queues and their processing lists.
 type Queue struct {
-	blocking   redis.UniversalClient // BLMOVE only; one connection per blocked consumer
-	cmd        redis.UniversalClient // everything that does not block
-	prefix     string                // KeyPattern before %s
-	suffix     string                // KeyPattern after %s
-	procTail   string                // "}:processing:<instance>"
-	instance   string
-	batch      int
-	round      time.Duration
-	wakeRound  time.Duration
-	noWake     atomic.Bool // the server has no CLIENT ID / CLIENT UNBLOCK
-	noWakeLog  sync.Once
-	log        *slog.Logger
-	token      atomic.Uint64         // the last ackPop token; starts at random
-	sharded    atomic.Bool           // relays use SPUBLISH (SubscribeRelays)
-	claim      atomic.Pointer[Claim] // set by Claim: guards the processing lists
-	refusedID  atomic.Int64          // unix nanos until which CLIENT ID is not asked again (refused)
-	refusedLog atomic.Int64          // unix nanos of the last "CLIENT ID refused" line
+	blocking        redis.UniversalClient // BLMOVE only; one connection per blocked consumer
+	cmd             redis.UniversalClient // everything that does not block
+	prefix          string                // KeyPattern before %s
+	suffix          string                // KeyPattern after %s
+	procTail        string                // "}:processing:<instance>"
+	instance        string
+	batch           int
+	round           time.Duration
+	wakeRound       time.Duration
+	noWake          atomic.Bool // the server has no CLIENT ID / CLIENT UNBLOCK
+	noWakeLog       sync.Once
+	log             *slog.Logger
+	token           atomic.Uint64         // the last ackPop token; starts at random
+	sharded         atomic.Bool           // relays use SPUBLISH (SubscribeRelays)
+	presenceChannel string                // Config.PresenceChannel
+	claim           atomic.Pointer[Claim] // set by Claim: guards the processing lists
+	refusedID       atomic.Int64          // unix nanos until which CLIENT ID is not asked again (refused)
+	refusedLog      atomic.Int64          // unix nanos of the last "CLIENT ID refused" line
 }
 
 // guard fails with ErrClaimLapsed when this process claimed its instance
@@ -211,7 +215,7 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 		procTail: "}:processing:" + cfg.Instance,
 		instance: cfg.Instance,
 		batch:    cfg.Batch, round: cfg.Round, wakeRound: cfg.WakeRound,
-		log: cfg.Logger,
+		log: cfg.Logger, presenceChannel: cfg.PresenceChannel,
 	}
 	// Random, so that a restart of the same instance does not reuse the
 	// token of a call made just before it died.
@@ -442,8 +446,9 @@ func splitProcessing(proc string) (queue, instance string, ok bool) {
 // reports how many processing lists and messages it found. It returns the
 // registered lists by key (safe from a SCAN over a stale cluster slot map),
 // then SCANs for any other list of this instance (left by a version
-// without the registry), then drops its registry: its consumers register
-// what they serve from now on.
+// without the registry), removes its presence entries of the registered
+// users, then drops its registry: its consumers register what they serve
+// from now on.
 func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
 	lists, msgs, err = q.reclaimRegistered(ctx, q.instance)
 	if err != nil {
@@ -464,6 +469,13 @@ func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
 			}
 		}
 		return iter.Err()
+	})
+	if err != nil {
+		return lists, msgs, err
+	}
+	// Its users of the last run are offline until they connect again.
+	err = q.forEachRegistered(ctx, q.instance, func(queues []string) error {
+		return q.forgetPresence(ctx, q.instance, queues)
 	})
 	if err != nil {
 		return lists, msgs, err

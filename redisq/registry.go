@@ -1,7 +1,6 @@
 package redisq
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"strings"
@@ -32,7 +31,10 @@ import (
 // net (ReclaimDeadScan): for lists of versions without the registry, during
 // a rolling upgrade.
 
-// The same records say where a user is online, for the relay: the ack
+// The same records say which users a dead instance had online: its
+// presence entries (presence.go) are removed with its relay entries.
+//
+// They also say where a user is online, for the relay: the ack
 // script publishes a batch only when another instance serves the user.
 //
 //	{<queue>}:instances      SET of the instances that serve the queue's
@@ -131,18 +133,10 @@ func (q *Queue) dropRegistry(ctx context.Context, instance string) error {
 	if n, err := q.cmd.Exists(ctx, heartbeatKey(instance)).Result(); err != nil || n == 1 {
 		return err
 	}
-	iter := q.cmd.SScan(ctx, listsKey(instance), 0, "", 1000).Iterator()
-	var queues []string
-	for iter.Next(ctx) {
-		queues = append(queues, iter.Val())
-		if len(queues) == 1000 {
-			if err := q.forgetListener(ctx, instance, queues); err != nil {
-				return err
-			}
-			queues = queues[:0]
-		}
-	}
-	if err := cmp.Or(iter.Err(), q.forgetListener(ctx, instance, queues)); err != nil {
+	err := q.forEachRegistered(ctx, instance, func(queues []string) error {
+		return q.forgetListener(ctx, instance, queues)
+	})
+	if err != nil {
 		return err
 	}
 	if err := q.cmd.Del(ctx, listsKey(instance)).Err(); err != nil {
@@ -151,7 +145,28 @@ func (q *Queue) dropRegistry(ctx context.Context, instance string) error {
 	return q.cmd.SRem(ctx, instancesKey, instance).Err()
 }
 
-// forgetListener removes instance from the relay sets of queues.
+// forEachRegistered calls fn with the queues instance registered, up to
+// 1,000 at a time.
+func (q *Queue) forEachRegistered(ctx context.Context, instance string, fn func(queues []string) error) error {
+	iter := q.cmd.SScan(ctx, listsKey(instance), 0, "", 1000).Iterator()
+	var queues []string
+	for iter.Next(ctx) {
+		queues = append(queues, iter.Val())
+		if len(queues) == 1000 {
+			if err := fn(queues); err != nil {
+				return err
+			}
+			queues = queues[:0]
+		}
+	}
+	if err := iter.Err(); err != nil || len(queues) == 0 {
+		return err
+	}
+	return fn(queues)
+}
+
+// forgetListener removes instance from the relay sets of queues, and its
+// presence entries of their users (forgetPresence).
 func (q *Queue) forgetListener(ctx context.Context, instance string, queues []string) error {
 	if len(queues) == 0 {
 		return nil
@@ -162,6 +177,23 @@ func (q *Queue) forgetListener(ctx context.Context, instance string, queues []st
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return q.forgetPresence(ctx, instance, queues)
+}
+
+// forgetPresence removes instance's presence entries of the users of
+// queues, which publishes "offline" for a user it was the last to hold: an
+// instance found dead, or this one starting again after a crash.
+func (q *Queue) forgetPresence(ctx context.Context, instance string, queues []string) error {
+	gone := make([]PresenceUpdate, 0, len(queues))
+	for _, queue := range queues {
+		if u, ok := q.userOf(queue); ok {
+			gone = append(gone, PresenceUpdate{User: u})
+		}
+	}
+	_, err := q.setPresenceOf(ctx, instance, gone, 0)
 	return err
 }
 

@@ -109,9 +109,14 @@ type Config struct {
 	// send it. Clients that send no Origin (not browsers) are not affected.
 	// Default empty: any origin.
 	AllowedOrigins []string
-	// APIKey, when set, enables POST /api/push, authenticated with
-	// "Authorization: Bearer <APIKey>". Default empty: no push API.
+	// APIKey, when set, enables POST /api/push and the presence API (GET
+	// and POST /api/presence), authenticated with "Authorization: Bearer
+	// <APIKey>". Default empty: neither.
 	APIKey string
+	// PresenceChannel is the pub/sub channel of presence events
+	// ({"user":"42","event":"online"} / "offline"). Default
+	// "redpush:presence"; PresenceOff publishes none.
+	PresenceChannel string
 	// TLS, when set, makes Run serve wss:// and https:// directly. Its
 	// GetCertificate may change the certificate while serving (see
 	// [CertFiles]).
@@ -389,11 +394,21 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.ShutdownTimeout, 10*time.Second)
 	def(&c.InstanceTTL, 30*time.Second)
+	if c.PresenceChannel == "" {
+		c.PresenceChannel = DefaultPresenceChannel
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	return c, nil
 }
+
+// DefaultPresenceChannel is Config.PresenceChannel's default; PresenceOff
+// turns presence events off.
+const (
+	DefaultPresenceChannel = "redpush:presence"
+	PresenceOff            = "off"
+)
 
 // DefaultInstance derives a stable id from the host name and the port of
 // addr, so that a restarted instance finds its own processing lists again.

@@ -96,4 +96,9 @@
 //     relayed batches waiting (at most 1,024 batches in all), so a slow
 //     client holds up neither the relay nor other users. Subscription
 //     changes are made by one goroutine, never under the hub's lock.
+//   - Presence (presence.go, presenceapi.go): a change of a user's
+//     connections here marks the user; one goroutine writes the marked
+//     users' entries (redisq.Queue.SetPresence) at once, and the heartbeat
+//     writes every online user's again. GET and POST /api/presence read
+//     them (redisq.Queue.ReadPresence).
 package server

@@ -75,6 +75,8 @@ func (s *Server) newHTTPServer() *http.Server {
 	mux.Handle("GET /metrics", s.metricsHandler())
 	if s.cfg.APIKey != "" {
 		mux.HandleFunc("POST /api/push", s.apiPush)
+		mux.HandleFunc("GET /api/presence", s.apiPresence)
+		mux.HandleFunc("POST /api/presence", s.apiPresenceMany)
 	}
 	if s.cfg.DemoPush {
 		mux.HandleFunc("POST /demo/push", s.demoPush)

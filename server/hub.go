@@ -23,6 +23,8 @@ type hub struct {
 	health *health
 	m      *metrics
 	relay  *relay // nil in unit benchmarks
+	// presence is nil in unit benchmarks.
+	presence *presence
 	// hints, when set, is hinted consumption (redisq.Hints): consumers
 	// wait for a hint instead of blocking in BLMOVE on a connection each.
 	hints *redisq.Hints
@@ -199,6 +201,9 @@ func (h *hub) attach(c *conn) error {
 	h.conns[c.fd] = c
 	h.mu.Unlock()
 	c.sess.notify()
+	if h.presence != nil {
+		h.presence.changed(c.user)
+	}
 	return nil
 }
 
@@ -217,6 +222,9 @@ func (h *hub) release(s *session, c *conn) {
 	}
 	h.mu.Unlock()
 	s.notify()
+	if c != nil && h.presence != nil {
+		h.presence.changed(s.user)
+	}
 	if pc != nil {
 		h.resume(pc)
 	}
@@ -521,6 +529,20 @@ func (h *hub) onlineUsers() []string {
 		users = append(users, u)
 	}
 	return users
+}
+
+// connCounts reports how many connections each of users holds here.
+func (h *hub) connCounts(users []string) []redisq.PresenceUpdate {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ups := make([]redisq.PresenceUpdate, len(users))
+	for i, u := range users {
+		ups[i].User = u
+		if s := h.users[u]; s != nil {
+			ups[i].Conns = len(s.conns)
+		}
+	}
+	return ups
 }
 
 // counts reports online users and open connections.

@@ -95,8 +95,10 @@ func TestConsumerBacksOff50msTo2s(t *testing.T) {
 	defer admin.Close()
 	g := startGatewayAt(t, rds.URL(), admin, server.Config{Format: server.FormatRaw})
 	g.rds = rds
-	// The gateway's own keys stay allowed (its claim and heartbeat).
-	if err := admin.Do(ctx, "ACL", "SETUSER", "default", "resetkeys", "~redpush:*").Err(); err != nil {
+	// The gateway's own keys stay allowed (its claim and heartbeat, the
+	// user's presence, whose writes are scripts too).
+	if err := admin.Do(ctx, "ACL", "SETUSER", "default", "resetkeys", "~redpush:*",
+		"~{user_bo_messages}:presence", "~{user_bo_messages}:connections").Err(); err != nil {
 		t.Fatal(err)
 	}
 	scripts := func() int {

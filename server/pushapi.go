@@ -49,9 +49,7 @@ func (u *pushUser) UnmarshalJSON(b []byte) error {
 // producer had pushed itself. The body is one {"user","data"} object or an
 // array of them; a batch is pushed in one pipeline, in array order.
 func (s *Server) apiPush(w http.ResponseWriter, r *http.Request) {
-	if !s.apiKeyOK(r.Header.Get("Authorization")) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="redpush"`)
-		http.Error(w, "missing or wrong API key", http.StatusUnauthorized)
+	if !s.apiAuthorized(w, r) {
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 16<<20))

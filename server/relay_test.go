@@ -128,7 +128,8 @@ func relaySubscribers(t *testing.T, nodes []*redis.Client, channel string) (plai
 func TestAUserOnOneInstanceIsNotRelayed(t *testing.T) {
 	rds := testutil.StartRedis(t)
 	rc := rds.Client()
-	a := startGateway(t, rds, server.Config{Instance: "a", Format: server.FormatRaw})
+	// No presence events: they are publications too.
+	a := startGateway(t, rds, server.Config{Instance: "a", Format: server.FormatRaw, PresenceChannel: server.PresenceOff})
 	ca := a.dialReady("solo")
 	published := func() int64 {
 		info := rc.Info(t.Context(), "commandstats").Val()
@@ -166,7 +167,7 @@ func TestAUserOnOneInstanceIsNotRelayed(t *testing.T) {
 	if n := published(); n != 0 {
 		t.Fatalf("%d publications for a user that only instance a serves", n)
 	}
-	b := startGateway(t, rds, server.Config{Instance: "b", Format: server.FormatRaw})
+	b := startGateway(t, rds, server.Config{Instance: "b", Format: server.FormatRaw, PresenceChannel: server.PresenceOff})
 	cb := b.dialReady("solo")
 	testutil.Eventually(t, 5*time.Second, func() error {
 		if n := rc.SCard(t.Context(), "{user_solo_messages}:instances").Val(); n != 2 {

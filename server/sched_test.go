@@ -147,6 +147,13 @@ func TestRefusedHintsBoundUsersAsBlocking(t *testing.T) {
 func TestStartLineSaysHowManyUsersItAdmits(t *testing.T) {
 	g := startGateway(t, nil, server.Config{})
 	want := fmt.Sprintf("max_users=%d", server.DefaultMaxUsers(server.ConsumerHinted))
+	// Logged once the accept loop runs: a moment after /healthz answers.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if logs := g.logs.String(); !strings.Contains(logs, "redpush listening") {
+			return fmt.Errorf("no start line yet")
+		}
+		return nil
+	})
 	if logs := g.logs.String(); !strings.Contains(logs, want) || !strings.Contains(logs, "open-file limit") {
 		t.Fatalf("start line lacks %s and the open-file limit:\n%s", want, logs)
 	}

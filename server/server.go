@@ -74,8 +74,13 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	events := cfg.PresenceChannel
+	if events == PresenceOff {
+		events = ""
+	}
 	q, err := redisq.New(clients.Blocking, clients.Command, redisq.Config{
 		KeyPattern: cfg.KeyPattern, Instance: cfg.Instance, Batch: cfg.Batch, Logger: cfg.Logger,
+		PresenceChannel: events,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
@@ -211,6 +216,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if _, err := s.q.Heartbeat(ctx, s.cfg.InstanceTTL); err != nil {
 		return fmt.Errorf("%w: heartbeat: %w", ErrStart, err)
 	}
+	s.hub.presence = newPresence(s.hub, s.q, s.cfg.InstanceTTL)
+	pctx, stopPresence := context.WithCancel(context.Background())
+	presenceDone := make(chan struct{})
+	go func() {
+		defer close(presenceDone)
+		s.hub.presence.run(pctx)
+	}()
+	// After the shutdown (every connection closed): the last presence
+	// writes go out before the claim and the heartbeat stop.
+	defer func() { stopPresence(); <-presenceDone }()
 	keepAliveDone := make(chan struct{})
 	kctx, stopKeepAlive := context.WithCancel(context.Background())
 	defer func() { stopKeepAlive(); <-keepAliveDone }()
@@ -407,6 +422,7 @@ func (s *Server) keepAlive(ctx context.Context) {
 		if relisted || tick%registerEvery == 0 {
 			s.registerOnline(ctx)
 		}
+		s.hub.presence.refresh()
 		reclaim := s.q.ReclaimDead // the registry: as cheap as the instances are few
 		if tick%scanEvery == 0 {
 			reclaim = s.q.ReclaimDeadScan // the safety net: every key, rarely

@@ -51,6 +51,7 @@ func defineFlags(fs *flag.FlagSet, o *options) *string {
 	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")
 	fs.StringVar(&c.Instance, "instance", "", "stable instance `id`, so a restart returns its in-flight messages (default host-port; with -reuseport host-port-N, the lowest slot N no live process holds)")
 	fs.BoolVar(&c.ReusePort, "reuseport", false, "listen with SO_REUSEPORT: several redpush processes share -addr's port, the kernel spreading new connections over them")
+	fs.StringVar(&c.PresenceChannel, "presence-channel", server.DefaultPresenceChannel, "pub/sub `channel` on which presence events are published, {\"user\":\"42\",\"event\":\"online\"} or \"offline\", once per user per change over all instances; off: none")
 	durationVar(fs, &c.InstanceTTL, "instance-ttl", 30*time.Second, "heartbeat lifetime: another instance returns this one's in-flight messages when it has been dead this `duration`: 1s to 24h; 0 means the default")
 	fs.IntVar(&c.MaxMessage, "max-message", 64<<10, "largest client frame or message in bytes, larger is closed with 1009: 16 to 67108864; 0 means the default")
 	fs.IntVar(&c.MaxQueuedBytes, "max-queued-bytes", 1<<20, "bytes that may wait for one client beyond its first batch; a client over it for -write-timeout, or over 4 times it, is closed with 1008: 4096 to 1073741824; 0 means the default")
@@ -145,7 +146,7 @@ func (o *options) checkAddrs() error {
 var flagOf = map[string]string{
 	"Addr": "addr", "Workers": "workers", "MaxUsers": "max-users", "Consumer": "consumer", "KeyPattern": "key-pattern", "Format": "format",
 	"Instance": "instance", "InstanceTTL": "instance-ttl", "MaxMessage": "max-message", "MaxPendingBytes": "max-pending-bytes", "MaxQueuedBytes": "max-queued-bytes",
-	"MaxConnsPerUser": "max-conns-per-user", "MaxMessageRate": "max-message-rate",
+	"MaxConnsPerUser": "max-conns-per-user", "MaxMessageRate": "max-message-rate", "PresenceChannel": "presence-channel",
 	"HandshakeTimeout": "handshake-timeout", "IdleTimeout": "idle-timeout",
 	"WriteTimeout": "write-timeout", "ShutdownTimeout": "shutdown-timeout",
 	"AllowedOrigins": "allowed-origins",

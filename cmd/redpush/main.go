@@ -30,6 +30,9 @@ func run(args []string) int {
 	if len(args) > 0 && args[0] == "token" {
 		return tokenCmd(args[1:], os.Stdout, os.Stderr)
 	}
+	if len(args) > 0 && args[0] == "presence" {
+		return presenceCmd(args[1:], os.Getenv, os.Stdout, os.Stderr)
+	}
 	if len(args) > 0 && args[0] == "healthcheck" {
 		return healthcheckCmd(args[1:], os.Getenv, os.Stdout, os.Stderr)
 	}

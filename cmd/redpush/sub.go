@@ -144,6 +144,17 @@ func probe(url string, stderr io.Writer) int {
 // ends here with code: 0 after -h, whose usage goes to stdout; 2 after a
 // mistake, which flag reports on stderr.
 func parseSub(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr io.Writer) (code int, done bool) {
+	rest, code, done := parseSubArgs(fs, synopsis, args, stdout, stderr)
+	if !done && len(rest) > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), rest[0])
+		return 2, true
+	}
+	return code, done
+}
+
+// parseSubArgs is parseSub for a subcommand that takes arguments after its
+// flags: it returns them.
+func parseSubArgs(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr io.Writer) (rest []string, code int, done bool) {
 	fs.SetOutput(io.Discard) // its error is printed below, in one line
 	fs.Usage = func() {}
 	err := fs.Parse(args)
@@ -152,13 +163,10 @@ func parseSub(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr i
 		fmt.Fprintf(stdout, "Usage: %s %s\n\nFlags:\n", fs.Name(), synopsis)
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
-		return 0, true
+		return nil, 0, true
 	case err != nil:
 		fmt.Fprintf(stderr, "%s: %v (see %s -h)\n", fs.Name(), err, fs.Name())
-		return 2, true
-	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return 2, true
+		return nil, 2, true
 	}
-	return 0, false
+	return fs.Args(), 0, false
 }
