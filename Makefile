@@ -51,8 +51,8 @@ bench: deps build
 
 # The section "Scale: 100,000 users" of BENCHMARKS.md: six redpush processes
 # sharing one port (-reuseport), six bench processes connecting from sixteen
-# loopback addresses at 5,000/s, then 2,000 msg/s for 60 s (about 4 minutes
-# and 5 GiB of memory per run; SCALE_RUNS=3 for medians).
+# loopback addresses at 5,000/s, 60 s idle, then 2,000 msg/s for 60 s (about
+# 5 minutes and 5 GiB of memory per run; SCALE_RUNS=3 for medians).
 SCALE_RUNS ?= 1
 bench-scale: deps build
 	$(GO) build -o redpush-bench ./cmd/redpush-bench

@@ -60,6 +60,7 @@ type Queue struct {
 	token           atomic.Uint64         // the last ackPop token; starts at random
 	sharded         atomic.Bool           // relays use SPUBLISH (SubscribeRelays)
 	presenceChannel string                // Config.PresenceChannel
+	clock           redisClock            // Redis's time, for presence scores
 	claim           atomic.Pointer[Claim] // set by Claim: guards the processing lists
 	refusedID       atomic.Int64          // unix nanos until which CLIENT ID is not asked again (refused)
 	refusedLog      atomic.Int64          // unix nanos of the last "CLIENT ID refused" line

@@ -26,6 +26,11 @@ type presence struct {
 	// since the last write; false, only a heartbeat's refresh is due.
 	dirty map[string]bool
 	kick  chan struct{}
+	// refreshes counts the heartbeats' refreshes; every
+	// redisq.ExtendEvery-th also extends the keys' expiry: extend says
+	// that the next write of refreshes does.
+	refreshes int
+	extend    bool
 }
 
 func newPresence(h *hub, q *redisq.Queue, ttl time.Duration) *presence {
@@ -86,9 +91,11 @@ func (p *presence) flush(ctx context.Context) bool {
 		}
 	}
 	clear(p.dirty)
+	extend := p.extend
+	p.extend = false
 	p.mu.Unlock()
-	failed, err := p.write(ctx, changed, false)
-	refreshFailed, rerr := p.write(ctx, due, true)
+	failed, err := p.write(ctx, changed, false, false)
+	refreshFailed, rerr := p.write(ctx, due, true, extend)
 	if err = cmp.Or(err, rerr); err == nil {
 		return true
 	}
@@ -102,6 +109,7 @@ func (p *presence) flush(ctx context.Context) bool {
 			p.dirty[f.User] = false
 		}
 	}
+	p.extend = p.extend || extend && len(refreshFailed) > 0
 	p.mu.Unlock()
 	return false
 }
@@ -109,10 +117,12 @@ func (p *presence) flush(ctx context.Context) bool {
 // write writes users' entries, 1,000 a pipeline, with their connections
 // here as it finds them; a refresh skips users who have none (the write of
 // their change removed their entry).
-func (p *presence) write(ctx context.Context, users []string, refresh bool) ([]redisq.PresenceUpdate, error) {
+func (p *presence) write(ctx context.Context, users []string, refresh, extend bool) ([]redisq.PresenceUpdate, error) {
 	set := p.q.SetPresence
 	if refresh {
-		set = p.q.RefreshPresence
+		set = func(ctx context.Context, ups []redisq.PresenceUpdate, ttl time.Duration) ([]redisq.PresenceUpdate, error) {
+			return p.q.RefreshPresence(ctx, ups, ttl, extend)
+		}
 	}
 	var failed []redisq.PresenceUpdate
 	var err error
@@ -136,6 +146,8 @@ func (p *presence) write(ctx context.Context, users []string, refresh bool) ([]r
 func (p *presence) refresh() {
 	users := p.h.onlineUsers()
 	p.mu.Lock()
+	p.refreshes++
+	p.extend = p.extend || p.refreshes%redisq.ExtendEvery == 1
 	for _, u := range users {
 		if _, ok := p.dirty[u]; !ok {
 			p.dirty[u] = false

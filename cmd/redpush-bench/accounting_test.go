@@ -244,9 +244,12 @@ func TestRateIsTheTotalAndNothingSentFails(t *testing.T) {
 	if !strings.Contains(r.Verdict, "nothing sent") {
 		t.Errorf("a run that sent nothing: verdict %q", r.Verdict)
 	}
-	_, r = runBench(t, "-url", url, "-redis", rs.URL(), "-users", "2", "-hold", "100ms")
+	_, r = runBench(t, "-url", url, "-redis", rs.URL(), "-users", "2", "-hold", "300ms")
 	if r.Verdict != "pass" || r.Sent != 0 {
 		t.Errorf("an idle run: sent %d, verdict %q", r.Sent, r.Verdict)
+	}
+	if r.IdleSeconds < 0.15 || r.IdleSeconds > 0.5 || r.Redis == nil {
+		t.Errorf("an idle run: idle window %.2f s, want about 0.2 (2/3 of -hold), and Redis's CPU in it", r.IdleSeconds)
 	}
 }
 

@@ -140,7 +140,7 @@ func TestSpawnMergesChildren(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "r.json")
 	report := filepath.Join(t.TempDir(), "r.html")
 	cmd := exec.Command(bin, "-url", url, "-redis", rs.URL(), "-users", "21", "-rate", "300", "-duration", "2s", "-spawn", "3",
-		"-json", out, "-report", report)
+		"-hold", "1500ms", "-json", out, "-report", report)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bench: %v\n%s", err, b)
 	}
@@ -158,6 +158,11 @@ func TestSpawnMergesChildren(t *testing.T) {
 	}
 	if st, err := os.Stat(report); err != nil || st.Size() < 1000 {
 		t.Errorf("report not written: %v", err)
+	}
+	// The idle window: the last two thirds of -hold, timed by the parent
+	// between the children's phases.
+	if r.IdleSeconds < 0.9 || r.IdleSeconds > 1.5 {
+		t.Errorf("idle window %.2f s, want about 1 s (2/3 of -hold 1.5s)", r.IdleSeconds)
 	}
 }
 

@@ -35,9 +35,13 @@ type monitor struct {
 	rssEnd                     int64
 	rssIdleTop                 int64 // the largest process's RSS at rssIdle
 	cpuFrom, cpuTo             usage
-	stopped                    bool  // markTo was called: cpuTo is final
-	deliveredAtTo              int64 // first receipts when markTo was called (-1: not known here)
-	clients                    clientStat
+	// idleFrom and idleTo bound the idle window (markIdleFrom, markIdle):
+	// every user connected, nothing sent; their times say how long.
+	idleFrom, idleTo     usage
+	idleFromAt, idleToAt time.Time
+	stopped              bool  // markTo was called: cpuTo is final
+	deliveredAtTo        int64 // first receipts when markTo was called (-1: not known here)
+	clients              clientStat
 }
 
 // usage is CPU seconds of the server tree and of Redis at one moment.
@@ -93,13 +97,43 @@ func (m *monitor) markFrom() {
 	m.mu.Unlock()
 }
 
-// markIdle records the RSS with every connection open and idle.
+// markIdleFrom starts the idle window: what the server and Redis spend
+// with every user connected and nothing sent (heartbeats, presence, pings).
+func (m *monitor) markIdleFrom() {
+	m.sample()
+	m.mu.Lock()
+	m.idleFrom, m.idleFromAt = m.cpuTo, time.Now()
+	m.mu.Unlock()
+}
+
+// markIdle records the RSS with every connection open and idle, and ends
+// the idle window if markIdleFrom started one.
 func (m *monitor) markIdle() {
-	if s, ok := m.sample(); ok {
-		m.mu.Lock()
+	s, ok := m.sample()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ok {
 		m.rssIdle, m.rssIdleTop = s.rss, s.top
-		m.mu.Unlock()
 	}
+	if !m.idleFromAt.IsZero() {
+		m.idleTo, m.idleToAt = m.cpuTo, time.Now()
+	}
+}
+
+// idleCPU is the CPU per second of the idle window, in ms/s (0 without
+// one), and the window's length.
+func (m *monitor) idleCPU() (per usage, seconds float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.idleToAt.IsZero() {
+		return usage{}, 0
+	}
+	seconds = m.idleToAt.Sub(m.idleFromAt).Seconds()
+	if seconds <= 0 {
+		return usage{}, 0
+	}
+	return usage{server: (m.idleTo.server - m.idleFrom.server) * 1e3 / seconds,
+		redis: (m.idleTo.redis - m.idleFrom.redis) * 1e3 / seconds}, seconds
 }
 
 // markTo ends the CPU interval: later samples only track RSS. The sample
@@ -214,12 +248,14 @@ func (m *monitor) serverStats(connected, delivered int64) serverStat {
 	}
 	cpu := m.cpuUsed().server
 	delivered = m.perMessage(delivered)
+	idle, _ := m.idleCPU()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s.PID, s.Processes = m.cfg.serverPID, m.procs
 	s.RSSStart, s.RSSIdle, s.RSSPeak, s.RSSEnd = m.rssStart, m.rssIdle, m.rssPeak, m.rssEnd
 	s.RSSIdleTop = m.rssIdleTop
 	s.CPUSeconds = cpu
+	s.IdleCPUMillisPerSec = idle.server
 	if connected > 0 {
 		s.RSSPerConn = (m.rssIdle - m.rssStart) / connected
 	}
@@ -240,7 +276,8 @@ func (m *monitor) redisStats(delivered int64) *redisStat {
 	}
 	cpu := m.cpuUsed().redis
 	delivered = m.perMessage(delivered)
-	r := &redisStat{PIDs: m.redisPIDs, CPUSeconds: cpu}
+	idle, _ := m.idleCPU()
+	r := &redisStat{PIDs: m.redisPIDs, CPUSeconds: cpu, IdleCPUMillisPerSec: idle.redis}
 	if delivered > 0 {
 		r.CPUMicrosPerMsg = cpu * 1e6 / float64(delivered)
 	}

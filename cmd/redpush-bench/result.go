@@ -25,6 +25,10 @@ type result struct {
 	Connected      int64   `json:"connected"`
 	ConnectFailed  int64   `json:"connect_failed"`
 	ConnectSeconds float64 `json:"connect_seconds"`
+	// IdleSeconds is the idle window: every user connected, nothing sent,
+	// the last two thirds of -hold (Server and Redis give their CPU per
+	// second in it); 0 without -hold.
+	IdleSeconds float64 `json:"idle_seconds,omitempty"`
 	// Sent counts LPUSHes that reached Redis; Unsent those that failed and
 	// left no trace (no connection got them, Redis does not hold them).
 	Sent           int64   `json:"sent"`
@@ -91,12 +95,17 @@ type serverStat struct {
 	RSSPerConn      int64   `json:"rss_per_conn_bytes"`
 	CPUSeconds      float64 `json:"cpu_seconds"`
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
+	// IdleCPUMillisPerSec is the CPU the server spent per second of the
+	// idle window (result.IdleSeconds).
+	IdleCPUMillisPerSec float64 `json:"idle_cpu_ms_per_s,omitempty"`
 }
 
 type redisStat struct {
 	PIDs            []int   `json:"pids"`
 	CPUSeconds      float64 `json:"cpu_seconds"`
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
+	// IdleCPUMillisPerSec is Redis's CPU per second of the idle window.
+	IdleCPUMillisPerSec float64 `json:"idle_cpu_ms_per_s,omitempty"`
 }
 
 // clientStat is Redis's INFO clients during the run (summed over a
@@ -127,6 +136,7 @@ func (r *result) setLatency(h, raw *hdrhistogram.Histogram) {
 // setCPU fills the per-message CPU figures.
 func (r *result) setCPU(mon *monitor) {
 	r.Server = mon.serverStats(r.Connected, r.Delivered)
+	_, r.IdleSeconds = mon.idleCPU()
 	r.Redis = mon.redisStats(r.Delivered)
 	if r.Redis != nil && r.Server.PID != 0 && r.Delivered > 0 {
 		v := r.Server.CPUMicrosPerMsg + r.Redis.CPUMicrosPerMsg
@@ -185,6 +195,16 @@ func (r *result) printTable(w io.Writer) {
 		row("redis cpu", fmt.Sprintf("%.2fs (%.1f µs/msg; server + redis %.1f µs/msg)", r.Redis.CPUSeconds, r.Redis.CPUMicrosPerMsg, deref(r.CPUMicrosPerMsgAll)))
 	} else {
 		row("redis cpu", "unknown (Redis is not a local process: give -redis-pid)")
+	}
+	if r.IdleSeconds > 0 {
+		server, redis := "unknown", "unknown"
+		if r.Server.PID != 0 {
+			server = fmt.Sprintf("%.1f ms/s", r.Server.IdleCPUMillisPerSec)
+		}
+		if r.Redis != nil {
+			redis = fmt.Sprintf("%.1f ms/s", r.Redis.IdleCPUMillisPerSec)
+		}
+		row("idle cpu", fmt.Sprintf("server %s, redis %s (%d users connected, nothing sent, over %.1f s)", server, redis, r.Connected, r.IdleSeconds))
 	}
 	if c := r.RedisClients; c.Samples > 0 {
 		row("redis clients", fmt.Sprintf("connected max %d, blocked max %d", c.ConnectedMax, c.BlockedMax))

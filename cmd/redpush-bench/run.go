@@ -49,8 +49,13 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 	cs.connectAll(ctx)
 	connectTime := time.Since(t0)
 	logf("connected %d, failed %d in %v", cs.connected.Load(), cs.failed.Load(), connectTime.Round(time.Millisecond))
+	childPhase(cfg, phaseConnected)
 	if cfg.hold > 0 {
-		sleepCtx(ctx, cfg.hold)
+		// The first third lets the connect storm's work settle; the idle
+		// window is the rest.
+		sleepCtx(ctx, cfg.hold/3)
+		mon.markIdleFrom()
+		sleepCtx(ctx, cfg.hold-cfg.hold/3)
 	}
 	childPhase(cfg, phaseReady)
 	mon.markIdle()

@@ -24,10 +24,11 @@ import (
 // on stdin; the parent samples the server between phases, so that its CPU
 // and memory figures cover the same interval as the children's messages.
 const (
-	phaseLoaded = "LOADED" // -backlog queued; about to connect
-	phaseReady  = "READY"  // connected (and held): about to send
-	phaseDone   = "DONE"   // every message arrived, or the grace ran out
-	goLine      = "GO"
+	phaseLoaded    = "LOADED"    // -backlog queued; about to connect
+	phaseConnected = "CONNECTED" // connected: about to hold
+	phaseReady     = "READY"     // connected and held: about to send
+	phaseDone      = "DONE"      // every message arrived, or the grace ran out
+	goLine         = "GO"
 )
 
 var childIn = bufio.NewReader(os.Stdin)
@@ -118,6 +119,14 @@ func runSpawned(ctx context.Context, cfg *config) (*result, error) {
 	mon.start(ctx)
 	defer mon.stop()
 	release(kids)
+	if err := await(kids, phaseConnected); err != nil {
+		return nil, err
+	}
+	release(kids)
+	if cfg.hold > 0 { // the children hold now: the idle window, as run's
+		sleepCtx(ctx, cfg.hold/3)
+		mon.markIdleFrom()
+	}
 	if err := await(kids, phaseReady); err != nil {
 		return nil, err
 	}

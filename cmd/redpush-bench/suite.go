@@ -60,9 +60,9 @@ const againstHeading = "## Against the PHP original"
 // loopback addresses (one source address reaches one port ~28,000 times,
 // and connect(2) slows down long before: it searches the port range for a
 // free tuple).
-var scaleScenario = scenario{"100,000 users, 2,000 msg/s, 60 s, connecting at 5,000/s (six redpush processes on one port)",
+var scaleScenario = scenario{"100,000 users, held idle 60 s, then 2,000 msg/s, 60 s, connecting at 5,000/s (six redpush processes on one port)",
 	"100,000 connected users: nothing lost, p99 < 50 ms, < 3 KB of server RSS per idle user, ≤ 64 Redis connections per process, every user greeted",
-	[]string{"-users", "100000", "-rate", "2000", "-duration", "60s", "-connect-rate", "5000", "-spawn", "6", "-source-ips", "127.0.0.2-127.0.0.17"},
+	[]string{"-users", "100000", "-rate", "2000", "-duration", "60s", "-connect-rate", "5000", "-spawn", "6", "-source-ips", "127.0.0.2-127.0.0.17", "-hold", "60s"},
 	nil}
 
 // scaleProcs are the redpush processes of the scale scenario.
@@ -218,8 +218,14 @@ func writeScaleTargets(md *strings.Builder, run int, r *result) {
 	fmt.Fprintf(md, "- p99 under 50 ms: %s (%.1f ms; p99.9 %.1f ms)\n", met(r.Latency.P99 < 50), r.Latency.P99, r.Latency.P999)
 	fmt.Fprintf(md, "- under 3 KB of server RSS per idle user: %s (%.1f KiB; the largest process %.1f MiB when idle)\n",
 		met(perConn < 3000), perConn/1024, float64(r.Server.RSSIdleTop)/(1<<20))
-	fmt.Fprintf(md, "- at most 64 Redis connections per process: %s on average (Redis's connected_clients at most %d, the bench's own included: %.1f per process)\n\n",
+	fmt.Fprintf(md, "- at most 64 Redis connections per process: %s on average (Redis's connected_clients at most %d, the bench's own included: %.1f per process)\n",
 		met(clients <= 64), r.RedisClients.ConnectedMax, clients)
+	if r.IdleSeconds > 0 && r.Redis != nil {
+		perUser := func(msPerSec float64) float64 { return msPerSec * 1e3 / float64(max(r.Connected, 1)) }
+		fmt.Fprintf(md, "- what idle users cost (not a target; heartbeats, presence refreshes, queue sweeps, keep-alive pings), over %.0f s with %d connected and nothing sent: server %.0f ms/s, Redis %.0f ms/s of CPU (%.2f and %.2f µs per user per second)\n",
+			r.IdleSeconds, r.Connected, r.Server.IdleCPUMillisPerSec, r.Redis.IdleCPUMillisPerSec, perUser(r.Server.IdleCPUMillisPerSec), perUser(r.Redis.IdleCPUMillisPerSec))
+	}
+	md.WriteString("\n")
 }
 
 // mdParts are BENCHMARKS.md's parts, each written by its own command and
