@@ -1,7 +1,6 @@
 package redisq
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -22,11 +21,11 @@ import (
 //
 // An instance writes its entry when the user's connections on it change
 // (SetPresence with their number; 0 removes it) and again, for every user
-// online on it, with each heartbeat, which pushes the entry's score ttl
-// ahead. An instance killed with kill -9 writes nothing more: its entries
-// fall ttl behind Redis's clock at the latest, and another instance that
-// finds it dead removes them (dropRegistry). So "is user 42 online" is one
-// plain read command:
+// online on it, with each heartbeat (RefreshPresence), which pushes the
+// entry's score ttl ahead. An instance killed with kill -9 writes nothing
+// more: its entries fall behind Redis's clock within ttl, and another
+// instance that finds it dead removes them (dropRegistry). So "is user 42
+// online" is one plain read command:
 //
 //	ZCOUNT {user_42_messages}:presence <now in unix ms> +inf
 //
@@ -34,12 +33,20 @@ import (
 // writes one entry per user online on that instance: its cost grows with
 // its own users, not with those of the other instances.
 //
-// Join and leave events: the same script publishes {"user":"42",
-// "event":"online"} on the presence channel when the user's set of live
-// entries goes from empty to not, and "offline" when it goes back, once
-// per transition whichever instance or tab causes it. Entries found expired
-// (their instance died) are removed by the next write to the user's
-// presence, which publishes "offline" if they were the last.
+// Join and leave events: the script that changes an entry publishes
+// {"user":"42","event":"online"} on the presence channel when the user's
+// set of live entries goes from empty to not, and "offline" when it goes
+// back, once per transition whichever instance or tab causes it. It
+// publishes before it writes, so that a publication Redis refuses (an ACL
+// without the channel) changes nothing and the write is tried again, not
+// done without its event. Entries found expired (their instance died, or
+// could not reach Redis for ttl) are removed by the next such script for
+// the user, which publishes "offline" if they were the last. A refresh
+// that finds its entry expired but still there revives it without an
+// event: ZCOUNT said offline meanwhile, subscribers heard nothing.
+//
+// Every write is fenced by the instance's claim (leased): a process that
+// lost its instance id to another writes no presence in its name.
 
 // PresenceKey is the sorted set of the instances where user is online.
 func (q *Queue) PresenceKey(user string) string { return "{" + q.Key(user) + "}:presence" }
@@ -52,7 +59,8 @@ func (q *Queue) connectionsKey(user string) string { return "{" + q.Key(user) + 
 // instance's entries to be still there when another instance removes them
 // (and publishes "offline"), and for refreshes to extend them only now and
 // then (ExtendEvery); short enough that a Redis no instance uses any more
-// sheds them.
+// sheds them. The script never shortens them; a refresh may
+// (RefreshPresence).
 func presenceKeep(ttl time.Duration) time.Duration { return max(10*time.Minute, 10*ttl) }
 
 // ExtendEvery is how many of an instance's refreshes pass between two that
@@ -62,45 +70,50 @@ const ExtendEvery = 5
 
 // setPresence sets ARGV[1]'s entry to ARGV[2] connections (0: removes it),
 // vouched for ARGV[3] ms, and publishes transitions on ARGV[4] ("": none)
-// for user ARGV[5] (already JSON-quoted). See Presence above.
+// for user ARGV[5] (already JSON-quoted); the keys live ARGV[6] ms past
+// the entry. ARGV[7], if not "", is the forget mode for another
+// instance's entries: the entry is removed only if it vouches for less
+// than ARGV[7] ms more (an instance found dead that restarted meanwhile
+// writes entries a full ttl ahead, which stay). See Presence above.
 var setPresence = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[2])
 local before = redis.call('ZCARD', KEYS[1])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local live = before - #stale
+local own = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local ownLive = own and tonumber(own) > now
+if n == 0 and own and ARGV[7] ~= '' and tonumber(own) >= now + tonumber(ARGV[7]) then
+  return live
+end
+local after = live
+if n > 0 and not ownLive then after = after + 1 end
+if n == 0 and ownLive then after = after - 1 end
+if ARGV[4] ~= '' then
+  local function event(what)
+    redis.call('PUBLISH', ARGV[4], '{"user":' .. ARGV[5] .. ',"event":"' .. what .. '"}')
+  end
+  if before > 0 and live == 0 then event('offline') end
+  if live == 0 and after > 0 then event('online') end
+  if live > 0 and after == 0 then event('offline') end
+end
 if #stale > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   redis.call('HDEL', KEYS[2], unpack(stale))
 end
-local live = before - #stale
-local function event(what)
-  if ARGV[4] ~= '' then
-    redis.call('PUBLISH', ARGV[4], '{"user":' .. ARGV[5] .. ',"event":"' .. what .. '"}')
-  end
-end
-if before > 0 and live == 0 then event('offline') end
-local n = tonumber(ARGV[2])
 if n > 0 then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[1], n)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[6]))
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[6]))
-  if live == 0 then event('online') end
+  local life = tonumber(ARGV[3]) + tonumber(ARGV[6])
+  for _, k in ipairs(KEYS) do
+    if redis.call('PTTL', k) < life then redis.call('PEXPIRE', k, life) end
+  end
 else
-  local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
-  if removed == 1 and live == 1 then event('offline') end
 end
-return live`)
-
-// readPresence answers the live entries' connections: one number per live
-// instance.
-var readPresence = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-if #live == 0 then return {} end
-return redis.call('HMGET', KEYS[2], unpack(live))`)
+return after`)
 
 // PresenceUpdate is one user's connections on this instance.
 type PresenceUpdate struct {
@@ -113,20 +126,31 @@ type PresenceUpdate struct {
 // lifetime ttl, publishing join and leave events on the Config's
 // PresenceChannel. It returns the updates that failed, to be written again.
 func (q *Queue) SetPresence(ctx context.Context, ups []PresenceUpdate, ttl time.Duration) ([]PresenceUpdate, error) {
-	return q.setPresenceOf(ctx, q.instance, ups, ttl)
+	return q.setPresenceOf(ctx, q.instance, ups, ttl, 0)
 }
 
-func (q *Queue) setPresenceOf(ctx context.Context, instance string, ups []PresenceUpdate, ttl time.Duration) ([]PresenceUpdate, error) {
+// setPresenceOf is SetPresence for instance's entries; forget > 0 is the
+// forget mode of setPresence (ARGV[7]).
+func (q *Queue) setPresenceOf(ctx context.Context, instance string, ups []PresenceUpdate, ttl, forget time.Duration) ([]PresenceUpdate, error) {
 	if len(ups) == 0 {
 		return nil, nil
 	}
+	ctx, cancel, err := q.leased(ctx)
+	if err != nil {
+		return ups, err
+	}
+	defer cancel()
 	life := strconv.FormatInt(ttl.Milliseconds(), 10)
 	keep := strconv.FormatInt(presenceKeep(ttl).Milliseconds(), 10)
+	margin := ""
+	if forget > 0 {
+		margin = strconv.FormatInt(forget.Milliseconds(), 10)
+	}
 	failed := make([]bool, len(ups))
-	err := q.pipelineScript(ctx, setPresence, len(ups), func(i int) ([]string, []any) {
+	err = q.pipelineScript(ctx, setPresence, len(ups), func(i int) ([]string, []any) {
 		id, _ := json.Marshal(ups[i].User)
 		return []string{q.PresenceKey(ups[i].User), q.connectionsKey(ups[i].User)},
-			[]any{instance, ups[i].Conns, life, q.presenceChannel, string(id), keep}
+			[]any{instance, ups[i].Conns, life, q.presenceChannel, string(id), keep, margin}
 	}, func(i int, c *redis.Cmd) {
 		failed[i] = c.Err() != nil
 	})
@@ -146,50 +170,61 @@ func (q *Queue) setPresenceOf(ctx context.Context, instance string, ups []Presen
 // (with their connections here, all > 0) ttl ahead, in one pipeline of
 // plain commands (a heartbeat writes every online user's entry: a script
 // each cost 14 µs of Redis per user at 100,000 users, ZADD XX about a
-// fifth of that); with extend, it also extends the keys' expiry. Entries
-// that are not there (Redis lost them, or another instance took this one
-// for dead) are set as SetPresence sets them, which publishes what that
-// changes. The score is Redis's time as this process reckons it (Clock).
-// It returns the updates that failed.
-func (q *Queue) RefreshPresence(ctx context.Context, ups []PresenceUpdate, ttl time.Duration, extend bool) ([]PresenceUpdate, error) {
+// third of that); with extend, it also extends the keys' expiry (plain
+// PEXPIRE, which Redis 6.2 has: instances that share a Redis should share
+// -instance-ttl, or one with a short one may shorten the keys of a user
+// that one with a long one extends seldom). Entries that are not there (Redis
+// lost them, or another instance took this one for dead) are returned as
+// missing, for the caller to set with SetPresence from the connections it
+// has then. The score is Redis's time as this process reckons it
+// (redisClock). failed are the updates whose write failed.
+func (q *Queue) RefreshPresence(ctx context.Context, ups []PresenceUpdate, ttl time.Duration, extend bool) (missing, failed []PresenceUpdate, err error) {
 	if len(ups) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
+	ctx, cancel, err := q.leased(ctx)
+	if err != nil {
+		return nil, ups, err
+	}
+	defer cancel()
 	now, err := q.clock.now(ctx, q.cmd)
 	if err != nil {
-		return ups, err
+		return nil, ups, err
 	}
 	until := float64(now.Add(ttl).UnixMilli())
 	life := presenceKeep(ttl) + ttl
 	added := make([]*redis.IntCmd, len(ups))
+	extended := make([][2]*redis.BoolCmd, len(ups))
 	_, err = q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, u := range ups {
 			key := q.PresenceKey(u.User)
 			added[i] = p.ZAddArgs(ctx, key, redis.ZAddArgs{XX: true, Ch: true, Members: []redis.Z{{Score: until, Member: q.instance}}})
 			if extend {
-				p.PExpire(ctx, key, life)
-				p.PExpire(ctx, q.connectionsKey(u.User), life)
+				extended[i] = [2]*redis.BoolCmd{p.PExpire(ctx, key, life), p.PExpire(ctx, q.connectionsKey(u.User), life)}
 			}
 		}
 		return nil
 	})
-	var missing, failed []PresenceUpdate
 	for i, c := range added {
-		switch n, cerr := c.Result(); {
-		case cerr != nil:
+		ok := c.Err() == nil
+		for _, e := range extended[i] {
+			ok = ok && (e == nil || e.Err() == nil)
+		}
+		switch {
+		case !ok:
 			failed = append(failed, ups[i])
-		case n == 0:
+		case c.Val() == 0:
 			missing = append(missing, ups[i])
 		}
 	}
-	again, serr := q.SetPresence(ctx, missing, ttl)
-	return append(failed, again...), cmp.Or(err, serr)
+	return missing, failed, err
 }
 
 // pipelineScript runs script n times in one pipeline, with the keys and
 // arguments call(i) names, and hands each reply to reply. A pipeline cannot
 // fall back on NOSCRIPT as a single call does: when Redis lacks the script
-// (a restart, a new cluster node) it is loaded and the pipeline sent again.
+// (a restart, a new cluster node) it is loaded and the pipeline sent again
+// (the scripts are idempotent: a second run finds what the first did).
 func (q *Queue) pipelineScript(ctx context.Context, script *redis.Script, n int,
 	call func(i int) ([]string, []any), reply func(i int, c *redis.Cmd)) error {
 	if n == 0 {
@@ -207,7 +242,7 @@ func (q *Queue) pipelineScript(ctx context.Context, script *redis.Script, n int,
 		return err
 	}
 	err := send()
-	if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+	if err != nil && noScript(cmds) {
 		if err = script.Load(ctx, q.cmd).Err(); err == nil {
 			err = send()
 		}
@@ -220,50 +255,77 @@ func (q *Queue) pipelineScript(ctx context.Context, script *redis.Script, n int,
 	return err
 }
 
+// noScript reports whether a command of cmds failed with NOSCRIPT.
+func noScript(cmds []*redis.Cmd) bool {
+	for _, c := range cmds {
+		if c != nil && c.Err() != nil && strings.HasPrefix(c.Err().Error(), "NOSCRIPT") {
+			return true
+		}
+	}
+	return false
+}
+
 // Presence is a user's connections over all instances.
 type Presence struct {
 	Online      bool
 	Connections int
 }
 
-// ReadPresence reads the presence of users, in one pipeline.
+// ReadPresence reads the presence of users, in one pipeline of plain read
+// commands (a replica or a read-only ACL serves them): the live entries
+// (scored after Redis's time now) and the connections they count.
 func (q *Queue) ReadPresence(ctx context.Context, users []string) ([]Presence, error) {
 	out := make([]Presence, len(users))
-	err := q.pipelineScript(ctx, readPresence, len(users), func(i int) ([]string, []any) {
-		return []string{q.PresenceKey(users[i]), q.connectionsKey(users[i])}, nil
-	}, func(i int, c *redis.Cmd) {
-		vals, _ := c.Slice()
-		for _, v := range vals {
-			s, _ := v.(string)
-			n, _ := strconv.Atoi(s)
-			out[i].Connections += n
+	if len(users) == 0 {
+		return out, nil
+	}
+	now, err := q.clock.now(ctx, q.cmd)
+	if err != nil {
+		return nil, err
+	}
+	after := "(" + strconv.FormatInt(now.UnixMilli(), 10)
+	live := make([]*redis.StringSliceCmd, len(users))
+	conns := make([]*redis.MapStringStringCmd, len(users))
+	_, err = q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, u := range users {
+			live[i] = p.ZRangeByScore(ctx, q.PresenceKey(u), &redis.ZRangeBy{Min: after, Max: "+inf"})
+			conns[i] = p.HGetAll(ctx, q.connectionsKey(u))
 		}
-		out[i].Online = len(vals) > 0
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	for i := range users {
+		for _, inst := range live[i].Val() {
+			n, _ := strconv.Atoi(conns[i].Val()[inst])
+			out[i].Connections += n
+		}
+		out[i].Online = len(live[i].Val()) > 0
+	}
 	return out, nil
 }
 
-// redisClock reckons Redis's time from this process's clock and an offset
-// measured with TIME, again once it is older than clockCheck: presence
-// scores are Redis's time, whichever process writes them.
+// redisClock reckons Redis's time from a TIME reading and the time passed
+// since on this process's monotonic clock, reading TIME again once the
+// reading is older than clockCheck: presence scores are Redis's time,
+// whichever process writes them. On a Cluster TIME goes to one master;
+// their clocks are assumed to agree (NTP) as any two hosts' do.
 type redisClock struct {
-	mu      sync.Mutex
-	offset  time.Duration // Redis's time minus this process's
-	checked time.Time     // when offset was measured; zero: never
+	mu         sync.Mutex
+	redisAt    time.Time // Redis's time at the reading
+	measuredAt time.Time // this process's time then (with its monotonic reading)
 }
 
-// clockCheck is how long a measured offset is trusted.
+// clockCheck is how long a TIME reading is used.
 const clockCheck = time.Minute
 
 func (c *redisClock) now(ctx context.Context, cmd redis.UniversalClient) (time.Time, error) {
 	c.mu.Lock()
-	offset, checked := c.offset, c.checked
+	redisAt, measuredAt := c.redisAt, c.measuredAt
 	c.mu.Unlock()
-	if !checked.IsZero() && time.Since(checked) < clockCheck {
-		return time.Now().Add(offset), nil
+	if !measuredAt.IsZero() && time.Since(measuredAt) < clockCheck {
+		return redisAt.Add(time.Since(measuredAt)), nil
 	}
 	sent := time.Now()
 	t, err := cmd.Time(ctx).Result()
@@ -271,9 +333,9 @@ func (c *redisClock) now(ctx context.Context, cmd redis.UniversalClient) (time.T
 		return time.Time{}, err
 	}
 	got := time.Now()
-	offset = t.Sub(sent.Add(got.Sub(sent) / 2)) // the reply was made halfway, on average
+	mid := sent.Add(got.Sub(sent) / 2) // the reply was made halfway, on average
 	c.mu.Lock()
-	c.offset, c.checked = offset, got
+	c.redisAt, c.measuredAt = t, mid
 	c.mu.Unlock()
-	return got.Add(offset), nil
+	return t.Add(time.Since(mid)), nil
 }

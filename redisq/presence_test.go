@@ -50,6 +50,12 @@ func TestPresenceEntries(t *testing.T) {
 			t.Fatalf("failed %v: %v", failed, err)
 		}
 	}
+	refresh := func(q *redisq.Queue, conns int, extend bool) []redisq.PresenceUpdate {
+		t.Helper()
+		missing, failed, err := q.RefreshPresence(ctx, []redisq.PresenceUpdate{{User: "u", Conns: conns}}, ttl, extend)
+		must(failed, err)
+		return missing
+	}
 
 	must(a.SetPresence(ctx, []redisq.PresenceUpdate{{User: "u", Conns: 2}}, ttl))
 	if e := event(); e != `{"user":"u","event":"online"}` {
@@ -72,7 +78,9 @@ func TestPresenceEntries(t *testing.T) {
 	before := score("a")
 	rc.PExpire(ctx, key, time.Hour)
 	time.Sleep(5 * time.Millisecond) // a score in a later millisecond
-	must(a.RefreshPresence(ctx, []redisq.PresenceUpdate{{User: "u", Conns: 2}}, ttl, false))
+	if missing := refresh(a, 2, false); len(missing) != 0 {
+		t.Fatalf("missing %v", missing)
+	}
 	if s := score("a"); s <= before {
 		t.Fatalf("score %v after the refresh, was %v", s, before)
 	}
@@ -82,17 +90,25 @@ func TestPresenceEntries(t *testing.T) {
 	// With extend, both keys get ttl + keep again.
 	rc.PExpire(ctx, key, time.Minute)
 	rc.PExpire(ctx, conns, time.Minute)
-	must(a.RefreshPresence(ctx, []redisq.PresenceUpdate{{User: "u", Conns: 2}}, ttl, true))
+	refresh(a, 2, true)
 	for _, k := range []string{key, conns} {
 		if d := rc.PTTL(ctx, k).Val(); d < 10*time.Minute {
 			t.Fatalf("%s expires in %v after an extending refresh", k, d)
 		}
 	}
 
-	// a's entry went missing (taken for dead): a refresh sets it again;
-	// b's entry kept the user online, so no event.
+	// a's entry went missing (taken for dead): a refresh does not add it
+	// (ZADD XX) but says so, for the caller to set it with its count then.
 	rc.ZRem(ctx, key, "a")
-	must(a.RefreshPresence(ctx, []redisq.PresenceUpdate{{User: "u", Conns: 2}}, ttl, false))
+	if missing := refresh(a, 2, false); len(missing) != 1 {
+		t.Fatalf("missing %v, want u", missing)
+	}
+	if n := rc.ZCard(ctx, key).Val(); n != 1 {
+		t.Fatalf("%d entries after refreshing a missing one, want b's alone", n)
+	}
+	// Redis lost the script (a restart): the pipeline loads it and goes on.
+	rc.ScriptFlush(ctx)
+	must(a.SetPresence(ctx, []redisq.PresenceUpdate{{User: "u", Conns: 2}}, ttl)) // b kept u online: no event
 	if _, err := rc.ZScore(ctx, key, "a").Result(); err != nil {
 		t.Fatalf("a's entry not set again: %v", err)
 	}
@@ -111,3 +127,74 @@ func TestPresenceEntries(t *testing.T) {
 	}
 }
 
+// A restart with the same id removes the last run's entries, with their
+// offline events; a dead instance's entries are removed by another, unless
+// they vouch for longer than half a lifetime more (the instance restarted
+// meanwhile and wrote them anew).
+func TestPresenceOfRestartsAndDeadInstances(t *testing.T) {
+	rds, mk := startQueues(t)
+	ctx := context.Background()
+	rc := rds.Client()
+	ps := rc.Subscribe(ctx, "ev")
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	const ttl = 30 * time.Second
+	a := mk(redisq.Config{Instance: "a", PresenceChannel: "ev", PresenceTTL: ttl})
+	for _, u := range []string{"r1", "r2"} {
+		if err := a.Register(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.SetPresence(ctx, []redisq.PresenceUpdate{{User: u, Conns: 1}}, ttl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a2 := mk(redisq.Config{Instance: "a", PresenceChannel: "ev", PresenceTTL: ttl}) // the same id, started again
+	if _, _, err := a2.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	events := map[string]int{}
+	for range 4 {
+		select {
+		case m := <-ps.Channel():
+			events[m.Payload]++
+		case <-time.After(5 * time.Second):
+			t.Fatalf("events so far %v", events)
+		}
+	}
+	for _, u := range []string{"r1", "r2"} {
+		if events[`{"user":"`+u+`","event":"online"}`] != 1 || events[`{"user":"`+u+`","event":"offline"}`] != 1 {
+			t.Fatalf("events %v", events)
+		}
+		if n := rc.Exists(ctx, a.PresenceKey(u)).Val(); n != 0 {
+			t.Fatalf("%s's entry survived the restart", u)
+		}
+	}
+
+	// a is found dead by b (its heartbeat is gone): its entry that vouches
+	// for a few seconds more goes; one written a full lifetime ahead stays.
+	b := mk(redisq.Config{Instance: "b", PresenceChannel: "ev", PresenceTTL: ttl})
+	if err := a2.Register(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a2.Register(ctx, "new"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a2.SetPresence(ctx, []redisq.PresenceUpdate{{User: "new", Conns: 1}}, ttl); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a2.SetPresence(ctx, []redisq.PresenceUpdate{{User: "old", Conns: 1}}, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rc.SAdd(ctx, "redpush:instances", "a") // listed, with no heartbeat: dead
+	if _, _, err := b.ReclaimDead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := rc.Exists(ctx, a.PresenceKey("old")).Val(); n != 0 {
+		t.Error("the dead instance's entry stayed")
+	}
+	if _, err := rc.ZScore(ctx, a.PresenceKey("new"), "a").Result(); err != nil {
+		t.Errorf("an entry a full lifetime ahead was removed: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package redisq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,6 +42,10 @@ type Config struct {
 	// PresenceChannel is the pub/sub channel of presence events (SetPresence);
 	// "": none are published.
 	PresenceChannel string
+	// PresenceTTL is how long a presence entry vouches (the instances'
+	// -instance-ttl): a dead instance's entries are removed only if they
+	// vouch for less than half of it more. Default 30 s.
+	PresenceTTL time.Duration
 }
 
 // Queue gives access to the per-user queues and their processing lists.
@@ -60,6 +65,7 @@ type Queue struct {
 	token           atomic.Uint64         // the last ackPop token; starts at random
 	sharded         atomic.Bool           // relays use SPUBLISH (SubscribeRelays)
 	presenceChannel string                // Config.PresenceChannel
+	presenceTTL     time.Duration         // Config.PresenceTTL
 	clock           redisClock            // Redis's time, for presence scores
 	claim           atomic.Pointer[Claim] // set by Claim: guards the processing lists
 	refusedID       atomic.Int64          // unix nanos until which CLIENT ID is not asked again (refused)
@@ -216,7 +222,7 @@ func New(blocking, cmd redis.UniversalClient, cfg Config) (*Queue, error) {
 		procTail: "}:processing:" + cfg.Instance,
 		instance: cfg.Instance,
 		batch:    cfg.Batch, round: cfg.Round, wakeRound: cfg.WakeRound,
-		log: cfg.Logger, presenceChannel: cfg.PresenceChannel,
+		log: cfg.Logger, presenceChannel: cfg.PresenceChannel, presenceTTL: cmp.Or(cfg.PresenceTTL, 30*time.Second),
 	}
 	// Random, so that a restart of the same instance does not reuse the
 	// token of a call made just before it died.
@@ -476,7 +482,7 @@ func (q *Queue) Recover(ctx context.Context) (lists, msgs int, err error) {
 	}
 	// Its users of the last run are offline until they connect again.
 	err = q.forEachRegistered(ctx, q.instance, func(queues []string) error {
-		return q.forgetPresence(ctx, q.instance, queues)
+		return q.forgetPresence(ctx, q.instance, queues, 0)
 	})
 	if err != nil {
 		return lists, msgs, err

@@ -1,9 +1,11 @@
 package redisq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -134,8 +136,16 @@ func (q *Queue) dropRegistry(ctx context.Context, instance string) error {
 		return err
 	}
 	err := q.forEachRegistered(ctx, instance, func(queues []string) error {
+		// A walk over 100,000 users takes a while: an instance that
+		// restarts meanwhile keeps what it registered since.
+		if n, err := q.cmd.Exists(ctx, heartbeatKey(instance)).Result(); err != nil || n == 1 {
+			return cmp.Or(err, errCameBack)
+		}
 		return q.forgetListener(ctx, instance, queues)
 	})
+	if errors.Is(err, errCameBack) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -144,6 +154,9 @@ func (q *Queue) dropRegistry(ctx context.Context, instance string) error {
 	}
 	return q.cmd.SRem(ctx, instancesKey, instance).Err()
 }
+
+// errCameBack stops dropRegistry: the instance's heartbeat is back.
+var errCameBack = errors.New("redisq: the instance is alive again")
 
 // forEachRegistered calls fn with the queues instance registered, up to
 // 1,000 at a time.
@@ -180,20 +193,24 @@ func (q *Queue) forgetListener(ctx context.Context, instance string, queues []st
 	if err != nil {
 		return err
 	}
-	return q.forgetPresence(ctx, instance, queues)
+	// Entries of the dead instance vouch for less than half a lifetime
+	// more at most: one that vouches longer was written by the instance
+	// restarted (with the same id) since its heartbeat was checked.
+	return q.forgetPresence(ctx, instance, queues, q.presenceTTL/2)
 }
 
 // forgetPresence removes instance's presence entries of the users of
 // queues, which publishes "offline" for a user it was the last to hold: an
-// instance found dead, or this one starting again after a crash.
-func (q *Queue) forgetPresence(ctx context.Context, instance string, queues []string) error {
+// instance found dead (forget: only entries that vouch for less than that
+// more), or this one starting again after a crash (forget 0: all).
+func (q *Queue) forgetPresence(ctx context.Context, instance string, queues []string, forget time.Duration) error {
 	gone := make([]PresenceUpdate, 0, len(queues))
 	for _, queue := range queues {
 		if u, ok := q.userOf(queue); ok {
 			gone = append(gone, PresenceUpdate{User: u})
 		}
 	}
-	_, err := q.setPresenceOf(ctx, instance, gone, 0)
+	_, err := q.setPresenceOf(ctx, instance, gone, q.presenceTTL, forget)
 	return err
 }
 

@@ -782,11 +782,16 @@ const (
 
 func (b *backoff) reset() { b.d = 0 }
 
+// next is the next delay: twice the last, within [backoffMin, backoffMax],
+// less up to half of it (jitter).
+func (b *backoff) next() time.Duration {
+	b.d = min(max(2*b.d, backoffMin), backoffMax)
+	return b.d/2 + rand.N(b.d/2+1)
+}
+
 // wait sleeps for the next delay; it reports false if ctx ended first.
 func (b *backoff) wait(ctx context.Context) bool {
-	b.d = min(max(2*b.d, backoffMin), backoffMax)
-	d := b.d/2 + rand.N(b.d/2+1)
-	t := time.NewTimer(d)
+	t := time.NewTimer(b.next())
 	defer t.Stop()
 	select {
 	case <-t.C:

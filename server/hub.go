@@ -202,7 +202,7 @@ func (h *hub) attach(c *conn) error {
 	h.mu.Unlock()
 	c.sess.notify()
 	if h.presence != nil {
-		h.presence.changed(c.user)
+		h.presence.userChanged(c.user)
 	}
 	return nil
 }
@@ -223,7 +223,7 @@ func (h *hub) release(s *session, c *conn) {
 	h.mu.Unlock()
 	s.notify()
 	if c != nil && h.presence != nil {
-		h.presence.changed(s.user)
+		h.presence.userChanged(s.user)
 	}
 	if pc != nil {
 		h.resume(pc)

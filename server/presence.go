@@ -1,9 +1,7 @@
 package server
 
 import (
-	"cmp"
 	"context"
-	"slices"
 	"sync"
 	"time"
 
@@ -14,56 +12,76 @@ import (
 // (redisq.Queue.SetPresence) in line with its connections: a user whose
 // connections here changed is written at once, by one goroutine, so that a
 // user whose last connection closed is offline within a round trip; and
-// every heartbeat writes every online user again, which keeps the entries
-// from expiring. Writes that fail are tried again after a backoff.
+// every heartbeat has every online user's entry refreshed, which keeps it
+// from expiring. Changes go first: a refresh is written 1,000 users at a
+// time, with the changes that came meanwhile written between. Writes that
+// fail are marked again after a backoff, without holding up the others.
 type presence struct {
 	h   *hub
 	q   *redisq.Queue
 	ttl time.Duration // the entries' lifetime: Config.InstanceTTL
 
 	mu sync.Mutex
-	// dirty are the users to write: true, their connections here changed
-	// since the last write; false, only a heartbeat's refresh is due.
-	dirty map[string]bool
-	kick  chan struct{}
-	// refreshes counts the heartbeats' refreshes; every
-	// redisq.ExtendEvery-th also extends the keys' expiry: extend says
-	// that the next write of refreshes does.
+	// changed are the users whose connections here changed since their
+	// last write; due, those whose refresh is due, true if it also
+	// extends the keys' expiry (every redisq.ExtendEvery-th refresh).
+	changed   map[string]struct{}
+	due       map[string]bool
 	refreshes int
-	extend    bool
+	pace      time.Duration // between two chunks of a refresh
+	kick      chan struct{}
+	bo        backoff   // grows while writes keep failing
+	failedAt  time.Time // when a failure was last logged at Warn
 }
 
 func newPresence(h *hub, q *redisq.Queue, ttl time.Duration) *presence {
-	return &presence{h: h, q: q, ttl: ttl, dirty: map[string]bool{}, kick: make(chan struct{}, 1)}
+	return &presence{h: h, q: q, ttl: ttl, changed: map[string]struct{}{}, due: map[string]bool{},
+		kick: make(chan struct{}, 1)}
 }
 
-// changed records that user's connections here changed.
-func (p *presence) changed(user string) {
+// userChanged records that user's connections here changed.
+func (p *presence) userChanged(user string) {
 	p.mu.Lock()
-	p.dirty[user] = true
+	p.changed[user] = struct{}{}
 	p.mu.Unlock()
 	p.poke()
 }
 
-// run writes changes until ctx ends, then once more (the shutdown's closes)
-// within presenceFlushTimeout.
+// refresh has every online user's entry written again, so that it does not
+// expire while this instance lives: called with each heartbeat. The run
+// goroutine writes them, as it writes changes, so that a refresh never
+// overwrites a newer count with the one it read before.
+func (p *presence) refresh() {
+	users := p.h.onlineUsers()
+	p.mu.Lock()
+	p.refreshes++
+	extend := p.refreshes%redisq.ExtendEvery == 1
+	for _, u := range users {
+		p.due[u] = p.due[u] || extend
+	}
+	// Spread over half the heartbeat's period: a process's 20,000 entries
+	// at once cost Redis ~80 ms in one go, which the pops queued behind
+	// them waited (p99 at 100,000 users rose from ~60 to ~150 ms).
+	p.pace = p.ttl / 6 / time.Duration(max(1, len(p.due)/refreshChunk))
+	p.mu.Unlock()
+	p.poke()
+}
+
+// run writes until ctx ends, then writes every user it knows of as
+// offline (the shutdown closed or is closing their connections; a
+// connection still open past the shutdown's timeout is no reason to vouch
+// for it once this process is gone) within presenceFlushTimeout.
 func (p *presence) run(ctx context.Context) {
-	var bo backoff
 	for {
 		select {
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.Background(), presenceFlushTimeout)
-			p.flush(fctx)
-			cancel()
+			defer cancel()
+			p.final(fctx)
 			return
 		case <-p.kick:
 		}
-		if !p.flush(ctx) {
-			p.poke()     // for what the failed writes left
-			bo.wait(ctx) // if ctx ends, the loop writes once more
-			continue
-		}
-		bo.reset()
+		p.flush(ctx)
 	}
 }
 
@@ -78,81 +96,181 @@ func (p *presence) poke() {
 	}
 }
 
-// flush writes every dirty user's connections here, 1,000 a pipeline;
-// false if some write failed (those users stay dirty).
-func (p *presence) flush(ctx context.Context) bool {
-	p.mu.Lock()
-	var changed, due []string
-	for u, c := range p.dirty {
-		if c {
-			changed = append(changed, u)
-		} else {
-			due = append(due, u)
+// refreshChunk is how many entries a refresh writes in one pipeline.
+const refreshChunk = 100
+
+// flush writes the changed users, then the due ones refreshChunk at a
+// time, p.pace apart, taking the changes that came meanwhile before each
+// chunk.
+func (p *presence) flush(ctx context.Context) {
+	ok := true
+	for ctx.Err() == nil {
+		p.mu.Lock()
+		changed := keys(p.changed)
+		clear(p.changed)
+		var due []string
+		extend := false
+		if len(changed) == 0 {
+			due, extend = take(p.due, refreshChunk)
+		}
+		more, pace := len(p.due) > 0, p.pace
+		p.mu.Unlock()
+		switch {
+		case len(changed) > 0:
+			ok = p.writeChanged(ctx, changed) && ok
+		case len(due) > 0:
+			ok = p.writeDue(ctx, due, extend) && ok
+			if more {
+				p.sleep(ctx, pace)
+			}
+		default:
+			if ok {
+				p.mu.Lock()
+				p.bo.reset()
+				p.mu.Unlock()
+			}
+			return
 		}
 	}
-	clear(p.dirty)
-	extend := p.extend
-	p.extend = false
-	p.mu.Unlock()
-	failed, err := p.write(ctx, changed, false, false)
-	refreshFailed, rerr := p.write(ctx, due, true, extend)
-	if err = cmp.Or(err, rerr); err == nil {
-		return true
-	}
-	p.h.log.Debug("writing presence failed; trying again", "users", len(failed)+len(refreshFailed), "err", err)
-	p.mu.Lock()
-	for _, f := range failed {
-		p.dirty[f.User] = true
-	}
-	for _, f := range refreshFailed {
-		if _, ok := p.dirty[f.User]; !ok {
-			p.dirty[f.User] = false
-		}
-	}
-	p.extend = p.extend || extend && len(refreshFailed) > 0
-	p.mu.Unlock()
-	return false
 }
 
-// write writes users' entries, 1,000 a pipeline, with their connections
-// here as it finds them; a refresh skips users who have none (the write of
-// their change removed their entry).
-func (p *presence) write(ctx context.Context, users []string, refresh, extend bool) ([]redisq.PresenceUpdate, error) {
-	set := p.q.SetPresence
-	if refresh {
-		set = func(ctx context.Context, ups []redisq.PresenceUpdate, ttl time.Duration) ([]redisq.PresenceUpdate, error) {
-			return p.q.RefreshPresence(ctx, ups, ttl, extend)
-		}
+// sleep waits d, or less if a change comes (the loop writes it first).
+func (p *presence) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-p.kick:
+	case <-ctx.Done():
 	}
-	var failed []redisq.PresenceUpdate
-	var err error
+}
+
+// writeChanged writes users' entries with their connections here now.
+func (p *presence) writeChanged(ctx context.Context, users []string) bool {
 	for len(users) > 0 {
 		n := min(len(users), 1000)
-		ups := p.h.connCounts(users[:n])
-		if refresh {
-			ups = slices.DeleteFunc(ups, func(u redisq.PresenceUpdate) bool { return u.Conns == 0 })
+		failed, err := p.q.SetPresence(ctx, p.h.connCounts(users[:n]), p.ttl)
+		if err != nil {
+			p.retry(failedOr(failed, users[:n]), err, func(u string) { p.changed[u] = struct{}{} })
+			return false
 		}
-		f, ferr := set(ctx, ups, p.ttl)
-		failed, err = append(failed, f...), cmp.Or(err, ferr)
 		users = users[n:]
 	}
-	return failed, err
+	return true
 }
 
-// refresh has every online user's entry written again, so that it does not
-// expire while this instance lives: called with each heartbeat. The run
-// goroutine writes them, as it writes changes, so that a refresh never
-// overwrites a newer count with the one it read before.
-func (p *presence) refresh() {
-	users := p.h.onlineUsers()
-	p.mu.Lock()
-	p.refreshes++
-	p.extend = p.extend || p.refreshes%redisq.ExtendEvery == 1
-	for _, u := range users {
-		if _, ok := p.dirty[u]; !ok {
-			p.dirty[u] = false
+// writeDue refreshes users' entries; users with no connection here left
+// are skipped (the write of that change removed their entry), and those
+// whose entry is missing are written as changed, with their connections
+// as they are then.
+func (p *presence) writeDue(ctx context.Context, users []string, extend bool) bool {
+	ups := p.h.connCounts(users)
+	live := ups[:0]
+	for _, u := range ups {
+		if u.Conns > 0 {
+			live = append(live, u)
 		}
 	}
+	missing, failed, err := p.q.RefreshPresence(ctx, live, p.ttl, extend)
+	if len(missing) > 0 {
+		p.mu.Lock()
+		for _, m := range missing {
+			p.changed[m.User] = struct{}{}
+		}
+		p.mu.Unlock()
+	}
+	if err != nil {
+		p.retry(failedOr(failed, users), err, func(u string) { p.due[u] = p.due[u] || extend })
+		return false
+	}
+	return true
+}
+
+// failedOr names the users of failed, or all of users if it names none
+// (a failure before any write).
+func failedOr(failed []redisq.PresenceUpdate, users []string) []string {
+	if len(failed) == 0 {
+		return users
+	}
+	out := make([]string, len(failed))
+	for i, f := range failed {
+		out[i] = f.User
+	}
+	return out
+}
+
+// retry marks users again (mark, under p.mu) once the backoff passed, and
+// logs at Warn once a minute: presence that cannot be written leaves
+// users offline, or online, to the business code that asks.
+func (p *presence) retry(users []string, err error, mark func(user string)) {
+	p.mu.Lock()
+	delay := p.bo.next()
+	warn := time.Since(p.failedAt) >= time.Minute
+	if warn {
+		p.failedAt = time.Now()
+	}
 	p.mu.Unlock()
-	p.poke()
+	if warn {
+		p.h.log.Warn("writing presence failed; trying again (if Redis refuses the presence channel, allow it or set -presence-channel off)",
+			"users", len(users), "err", err)
+	}
+	time.AfterFunc(delay, func() {
+		p.mu.Lock()
+		for _, u := range users {
+			mark(u)
+		}
+		p.mu.Unlock()
+		p.poke()
+	})
+}
+
+// final writes every user it knows of, and every user with a session, as
+// having no connection here.
+func (p *presence) final(ctx context.Context) {
+	p.mu.Lock()
+	users := keys(p.changed)
+	for u := range p.due {
+		users = append(users, u)
+	}
+	p.mu.Unlock()
+	users = append(users, p.h.onlineUsers()...)
+	seen := make(map[string]bool, len(users))
+	ups := make([]redisq.PresenceUpdate, 0, len(users))
+	for _, u := range users {
+		if !seen[u] {
+			seen[u] = true
+			ups = append(ups, redisq.PresenceUpdate{User: u})
+		}
+	}
+	for len(ups) > 0 && ctx.Err() == nil {
+		n := min(len(ups), 1000)
+		if _, err := p.q.SetPresence(ctx, ups[:n], p.ttl); err != nil {
+			p.h.log.Warn("writing presence at shutdown failed; this instance's users stay online for business code until their entries expire", "err", err)
+			return
+		}
+		ups = ups[n:]
+	}
+}
+
+func keys(m map[string]struct{}) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// take removes up to n users from due and returns them, and whether one
+// of them is to extend the keys' expiry.
+func take(due map[string]bool, n int) (users []string, extend bool) {
+	users = make([]string, 0, min(n, len(due)))
+	for u, e := range due {
+		if len(users) == n {
+			break
+		}
+		users = append(users, u)
+		extend = extend || e
+		delete(due, u)
+	}
+	return users, extend
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,7 +31,7 @@ func (s *Server) apiPresence(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "user: "+errBadUserID.Error(), http.StatusBadRequest)
 		return
 	}
-	got, ok := s.readPresence(w, r.Context(), []string{user})
+	got, ok := s.readPresence(r.Context(), w, []string{user})
 	if !ok {
 		return
 	}
@@ -47,8 +48,13 @@ func (s *Server) apiPresenceMany(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
-	if err != nil {
-		http.Error(w, "body too large or unreadable", http.StatusRequestEntityTooLarge)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		http.Error(w, "body over 1 MiB", http.StatusRequestEntityTooLarge)
+		return
+	case err != nil:
+		http.Error(w, "body unreadable: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	var ids []pushUser
@@ -67,7 +73,7 @@ func (s *Server) apiPresenceMany(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	got, ok := s.readPresence(w, r.Context(), users)
+	got, ok := s.readPresence(r.Context(), w, users)
 	if !ok {
 		return
 	}
@@ -87,7 +93,7 @@ func (s *Server) apiAuthorized(w http.ResponseWriter, r *http.Request) bool {
 }
 
 // readPresence reads users' presence, or answers 503.
-func (s *Server) readPresence(w http.ResponseWriter, ctx context.Context, users []string) (map[string]presenceAnswer, bool) {
+func (s *Server) readPresence(ctx context.Context, w http.ResponseWriter, users []string) (map[string]presenceAnswer, bool) {
 	ctx, cancel := context.WithTimeout(ctx, pushTimeout)
 	defer cancel()
 	ps, err := s.q.ReadPresence(ctx, users)

@@ -80,7 +80,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	}
 	q, err := redisq.New(clients.Blocking, clients.Command, redisq.Config{
 		KeyPattern: cfg.KeyPattern, Instance: cfg.Instance, Batch: cfg.Batch, Logger: cfg.Logger,
-		PresenceChannel: events,
+		PresenceChannel: events, PresenceTTL: cfg.InstanceTTL,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)

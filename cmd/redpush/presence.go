@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/redpush/redpush/redisq"
@@ -30,6 +31,10 @@ func presenceCmd(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return 2
 	}
 	for _, u := range users {
+		if strings.HasPrefix(u, "-") {
+			fmt.Fprintf(stderr, "redpush presence: %s: flags go before the user ids\n", u)
+			return 2
+		}
 		if !redisq.ValidID(u) {
 			fmt.Fprintf(stderr, "redpush presence: %q is not a user id (1-128 characters of A-Z a-z 0-9 _ . : -)\n", u)
 			return 2
@@ -38,6 +43,10 @@ func presenceCmd(args []string, getenv func(string) string, stdout, stderr io.Wr
 	redisq.SetLogger(slog.New(slog.DiscardHandler)) // go-redis's retries: the one error below says it
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if _, err := redisq.ParseEndpoint(*url); err != nil {
+		fmt.Fprintf(stderr, "redpush presence: -redis: %v\n", err)
+		return 2
+	}
 	clients, err := redisq.Dial(ctx, *url, 1)
 	if err != nil {
 		fmt.Fprintf(stderr, "redpush presence: %v\n", err)

@@ -78,6 +78,8 @@ func TestPresenceCommandRefusals(t *testing.T) {
 		{[]string{"presence"}, 2, "redpush presence: name at least one user id"},
 		{[]string{"presence", "4 2"}, 2, `redpush presence: "4 2" is not a user id`},
 		{[]string{"presence", "-redis", "redis://127.0.0.1:1", "42"}, 1, "redpush presence: "},
+		{[]string{"presence", "-redis", "nosuch://x", "42"}, 2, "redpush presence: -redis: "},
+		{[]string{"presence", "42", "-redis", "redis://127.0.0.1:1"}, 2, "redpush presence: -redis: flags go before the user ids"},
 	} {
 		code, _, stderr := runBinary(t, tc.args...)
 		if code != tc.code || !strings.HasPrefix(stderr, tc.err) {
