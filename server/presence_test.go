@@ -130,7 +130,11 @@ func TestPresenceAcrossInstances(t *testing.T) {
 	if got := nextEvent(t, events); got != `{"user":"42","event":"offline"}` {
 		t.Fatalf("event %s", got)
 	}
-	t.Logf("offline %v after the last tab closed", time.Since(closed))
+	if took := time.Since(closed); took > time.Second {
+		t.Errorf("offline %v after the last tab closed, want within a second", took)
+	} else {
+		t.Logf("offline %v after the last tab closed", took)
+	}
 	if code, body := getPresence(t, a, "k", "42"); body != `{"user":"42","online":false,"connections":0}` {
 		t.Fatalf("after the last close: %d %s", code, body)
 	}

@@ -57,7 +57,13 @@ func TestPresenceAcrossAKill(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("k offline for business code %v after the kill (-instance-ttl 1.5s)", time.Since(killed))
+	// Within -instance-ttl of its last refresh, which came before the kill:
+	// well within twice that after it.
+	if took := time.Since(killed); took > 3*time.Second {
+		t.Errorf("k offline for business code %v after the kill, want within -instance-ttl (1.5s)", took)
+	} else {
+		t.Logf("k offline for business code %v after the kill (-instance-ttl 1.5s)", took)
+	}
 	if e := next(); e != `{"user":"k","event":"offline"}` {
 		t.Fatalf("event %s", e)
 	}
