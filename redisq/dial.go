@@ -55,7 +55,7 @@ func (e Endpoint) dial(ctx context.Context, consumers int) (*Clients, error) {
 		// Deadlines hold on the command client: the push API answers
 		// within a second when Redis hangs. BLMOVE's client must not:
 		// its reads are meant to block.
-		Command: e.client(tuning{ctxTimeout: true}),
+		Command: e.client(tuning{ctxTimeout: true, capped: true}),
 		// One idle consumer holds one connection for its whole life: 32
 		// KiB read and write buffers (the go-redis default) would cost 64
 		// KiB per online user. This client only sends BLMOVE and reads one

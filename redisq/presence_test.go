@@ -17,15 +17,11 @@ func TestPresenceEntries(t *testing.T) {
 	rds, mk := startQueues(t)
 	ctx := context.Background()
 	rc := rds.Client()
-	ps := rc.Subscribe(ctx, "ev")
-	if _, err := ps.Receive(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer ps.Close()
+	events := subscribe(t, rc, "ev")
 	event := func() string {
 		t.Helper()
 		select {
-		case m := <-ps.Channel():
+		case m := <-events:
 			return m.Payload
 		case <-time.After(5 * time.Second):
 			t.Fatal("no event")
@@ -135,11 +131,7 @@ func TestPresenceOfRestartsAndDeadInstances(t *testing.T) {
 	rds, mk := startQueues(t)
 	ctx := context.Background()
 	rc := rds.Client()
-	ps := rc.Subscribe(ctx, "ev")
-	if _, err := ps.Receive(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer ps.Close()
+	events := subscribe(t, rc, "ev")
 	const ttl = 30 * time.Second
 	a := mk(redisq.Config{Instance: "a", PresenceChannel: "ev", PresenceTTL: ttl})
 	for _, u := range []string{"r1", "r2"} {
@@ -154,18 +146,18 @@ func TestPresenceOfRestartsAndDeadInstances(t *testing.T) {
 	if _, _, err := a2.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
-	events := map[string]int{}
+	got := map[string]int{}
 	for range 4 {
 		select {
-		case m := <-ps.Channel():
-			events[m.Payload]++
+		case m := <-events:
+			got[m.Payload]++
 		case <-time.After(5 * time.Second):
-			t.Fatalf("events so far %v", events)
+			t.Fatalf("events so far %v", got)
 		}
 	}
 	for _, u := range []string{"r1", "r2"} {
-		if events[`{"user":"`+u+`","event":"online"}`] != 1 || events[`{"user":"`+u+`","event":"offline"}`] != 1 {
-			t.Fatalf("events %v", events)
+		if got[`{"user":"`+u+`","event":"online"}`] != 1 || got[`{"user":"`+u+`","event":"offline"}`] != 1 {
+			t.Fatalf("events %v", got)
 		}
 		if n := rc.Exists(ctx, a.PresenceKey(u)).Val(); n != 0 {
 			t.Fatalf("%s's entry survived the restart", u)
@@ -197,4 +189,15 @@ func TestPresenceOfRestartsAndDeadInstances(t *testing.T) {
 	if _, err := rc.ZScore(ctx, a.PresenceKey("new"), "a").Result(); err != nil {
 		t.Errorf("an entry a full lifetime ahead was removed: %v", err)
 	}
+}
+
+// subscribe subscribes to channel, once the subscription is in place.
+func subscribe(t *testing.T, rc *redis.Client, channel string) <-chan *redis.Message {
+	t.Helper()
+	ps := rc.Subscribe(context.Background(), channel)
+	if _, err := ps.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ps.Close() })
+	return ps.Channel()
 }
