@@ -92,11 +92,15 @@ type tuning struct {
 	// on a cluster), pipelines included: go-redis gives pipelines a pool
 	// of their own (10 connections with 128 KiB buffers) and spills them
 	// to the main pool when it is busy, and at 100,000 users six processes
-	// held up to 85 connections each where 37 were expected.
+	// held up to 85 connections each where 37 were expected. (A PubSub,
+	// the relay's, has a connection of its own outside the pool.)
 	capped bool
 }
 
-func (t tuning) apply(poolSize, readBuf, writeBuf, pipelinePool, maxRetries, maxActive *int, poolTimeout *time.Duration) {
+// apply sets the fields; defaultPool is go-redis's pool size for this kind
+// of client (10 per CPU, 5 per CPU and node on a cluster), which capped
+// makes explicit.
+func (t tuning) apply(defaultPool int, poolSize, readBuf, writeBuf, pipelinePool, maxRetries, maxActive *int, poolTimeout *time.Duration) {
 	for _, f := range []struct {
 		dst *int
 		v   int
@@ -113,9 +117,14 @@ func (t tuning) apply(poolSize, readBuf, writeBuf, pipelinePool, maxRetries, max
 	}
 	if t.capped {
 		if *poolSize <= 0 {
-			*poolSize = 10 * runtime.GOMAXPROCS(0) // go-redis's default
+			*poolSize = defaultPool
 		}
-		*maxActive, *pipelinePool = *poolSize, -1
+		if *maxActive == 0 { // max_active_conns= in the URL wins
+			*maxActive = *poolSize
+		}
+		if *pipelinePool == 0 { // so does pipeline_pool_size=
+			*pipelinePool = -1
+		}
 	}
 }
 
@@ -129,12 +138,12 @@ func (e Endpoint) client(t tuning) redis.UniversalClient {
 	case e.failover != nil:
 		o := *e.failover
 		o.Protocol, o.ContextTimeoutEnabled = 2, t.ctxTimeout
-		t.apply(&o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.MaxActiveConns, &o.PoolTimeout)
+		t.apply(10*runtime.GOMAXPROCS(0), &o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.MaxActiveConns, &o.PoolTimeout)
 		return redis.NewFailoverClient(&o)
 	case e.cluster != nil:
 		o := *e.cluster
 		o.Protocol, o.MaintNotificationsConfig, o.ContextTimeoutEnabled = 2, off, t.ctxTimeout
-		t.apply(&o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.MaxActiveConns, &o.PoolTimeout)
+		t.apply(5*runtime.GOMAXPROCS(0), &o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.MaxActiveConns, &o.PoolTimeout)
 		if t.noRedirects {
 			o.MaxRedirects = -1
 		}
@@ -142,6 +151,6 @@ func (e Endpoint) client(t tuning) redis.UniversalClient {
 	}
 	o := *e.single
 	o.Protocol, o.MaintNotificationsConfig, o.ContextTimeoutEnabled = 2, off, t.ctxTimeout
-	t.apply(&o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.MaxActiveConns, &o.PoolTimeout)
+	t.apply(10*runtime.GOMAXPROCS(0), &o.PoolSize, &o.ReadBufferSize, &o.WriteBufferSize, &o.PipelinePoolSize, &o.MaxRetries, &o.MaxActiveConns, &o.PoolTimeout)
 	return redis.NewClient(&o)
 }

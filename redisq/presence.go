@@ -272,8 +272,8 @@ type Presence struct {
 }
 
 // ReadPresence reads the presence of users, in one pipeline of plain read
-// commands (a replica or a read-only ACL serves them): the live entries
-// (scored after Redis's time now) and the connections they count.
+// commands (a replica serves them; an ACL needs @read and TIME): the live
+// entries (scored after Redis's time now) and the connections they count.
 func (q *Queue) ReadPresence(ctx context.Context, users []string) ([]Presence, error) {
 	out := make([]Presence, len(users))
 	if len(users) == 0 {

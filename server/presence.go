@@ -13,9 +13,10 @@ import (
 // connections here changed is written at once, by one goroutine, so that a
 // user whose last connection closed is offline within a round trip; and
 // every heartbeat has every online user's entry refreshed, which keeps it
-// from expiring. Changes go first: a refresh is written 1,000 users at a
-// time, with the changes that came meanwhile written between. Writes that
-// fail are marked again after a backoff, without holding up the others.
+// from expiring. Changes go first: a refresh is written refreshChunk users
+// at a time, with the changes that came meanwhile written between. Writes
+// that fail are marked again after a backoff, without holding up the
+// others.
 type presence struct {
 	h   *hub
 	q   *redisq.Queue
@@ -27,6 +28,7 @@ type presence struct {
 	// extends the keys' expiry (every redisq.ExtendEvery-th refresh).
 	changed   map[string]struct{}
 	due       map[string]bool
+	pending   map[string]struct{} // failed writes waiting for their retry
 	refreshes int
 	pace      time.Duration // between two chunks of a refresh
 	kick      chan struct{}
@@ -35,7 +37,7 @@ type presence struct {
 }
 
 func newPresence(h *hub, q *redisq.Queue, ttl time.Duration) *presence {
-	return &presence{h: h, q: q, ttl: ttl, changed: map[string]struct{}{}, due: map[string]bool{},
+	return &presence{h: h, q: q, ttl: ttl, changed: map[string]struct{}{}, due: map[string]bool{}, pending: map[string]struct{}{},
 		kick: make(chan struct{}, 1)}
 }
 
@@ -99,37 +101,34 @@ func (p *presence) poke() {
 // refreshChunk is how many entries a refresh writes in one pipeline.
 const refreshChunk = 100
 
-// flush writes the changed users, then the due ones refreshChunk at a
-// time, p.pace apart, taking the changes that came meanwhile before each
-// chunk.
+// flush writes the changed users, then one chunk of the due ones, and
+// again until none is left, p.pace between two chunks: under a stream of
+// changes the refresh still moves on, a chunk a pass.
 func (p *presence) flush(ctx context.Context) {
 	ok := true
 	for ctx.Err() == nil {
 		p.mu.Lock()
 		changed := keys(p.changed)
 		clear(p.changed)
-		var due []string
-		extend := false
-		if len(changed) == 0 {
-			due, extend = take(p.due, refreshChunk)
-		}
+		due, extend := take(p.due, refreshChunk)
 		more, pace := len(p.due) > 0, p.pace
 		p.mu.Unlock()
-		switch {
-		case len(changed) > 0:
-			ok = p.writeChanged(ctx, changed) && ok
-		case len(due) > 0:
-			ok = p.writeDue(ctx, due, extend) && ok
-			if more {
-				p.sleep(ctx, pace)
-			}
-		default:
+		if len(changed) == 0 && len(due) == 0 {
 			if ok {
 				p.mu.Lock()
 				p.bo.reset()
 				p.mu.Unlock()
 			}
 			return
+		}
+		if len(changed) > 0 {
+			ok = p.writeChanged(ctx, changed) && ok
+		}
+		if len(due) > 0 {
+			ok = p.writeDue(ctx, due, extend) && ok
+		}
+		if more {
+			p.sleep(ctx, pace)
 		}
 	}
 }
@@ -151,6 +150,11 @@ func (p *presence) writeChanged(ctx context.Context, users []string) bool {
 		n := min(len(users), 1000)
 		failed, err := p.q.SetPresence(ctx, p.h.connCounts(users[:n]), p.ttl)
 		if err != nil {
+			p.mu.Lock()
+			for _, u := range users[n:] { // not tried: they go with the next pass
+				p.changed[u] = struct{}{}
+			}
+			p.mu.Unlock()
 			p.retry(failedOr(failed, users[:n]), err, func(u string) { p.changed[u] = struct{}{} })
 			return false
 		}
@@ -204,6 +208,9 @@ func failedOr(failed []redisq.PresenceUpdate, users []string) []string {
 // users offline, or online, to the business code that asks.
 func (p *presence) retry(users []string, err error, mark func(user string)) {
 	p.mu.Lock()
+	for _, u := range users {
+		p.pending[u] = struct{}{}
+	}
 	delay := p.bo.next()
 	warn := time.Since(p.failedAt) >= time.Minute
 	if warn {
@@ -217,6 +224,7 @@ func (p *presence) retry(users []string, err error, mark func(user string)) {
 	time.AfterFunc(delay, func() {
 		p.mu.Lock()
 		for _, u := range users {
+			delete(p.pending, u)
 			mark(u)
 		}
 		p.mu.Unlock()
@@ -224,11 +232,11 @@ func (p *presence) retry(users []string, err error, mark func(user string)) {
 	})
 }
 
-// final writes every user it knows of, and every user with a session, as
-// having no connection here.
+// final writes every user it knows of (changed, due, waiting for a
+// retry), and every user with a session, as having no connection here.
 func (p *presence) final(ctx context.Context) {
 	p.mu.Lock()
-	users := keys(p.changed)
+	users := append(keys(p.changed), keys(p.pending)...)
 	for u := range p.due {
 		users = append(users, u)
 	}
