@@ -125,8 +125,8 @@ func TestPresenceEntries(t *testing.T) {
 
 // A restart with the same id removes the last run's entries, with their
 // offline events; a dead instance's entries are removed by another, unless
-// they vouch for longer than half a lifetime more (the instance restarted
-// meanwhile and wrote them anew).
+// they vouch for longer than a third of a lifetime more (the instance
+// restarted meanwhile and wrote them anew).
 func TestPresenceOfRestartsAndDeadInstances(t *testing.T) {
 	rds, mk := startQueues(t)
 	ctx := context.Background()

@@ -44,7 +44,7 @@ type Config struct {
 	PresenceChannel string
 	// PresenceTTL is how long a presence entry vouches (the instances'
 	// -instance-ttl): a dead instance's entries are removed only if they
-	// vouch for less than half of it more. Default 30 s.
+	// vouch for less than a third of it more. Default 30 s.
 	PresenceTTL time.Duration
 }
 

@@ -193,10 +193,12 @@ func (q *Queue) forgetListener(ctx context.Context, instance string, queues []st
 	if err != nil {
 		return err
 	}
-	// Entries of the dead instance vouch for less than half a lifetime
-	// more at most: one that vouches longer was written by the instance
-	// restarted (with the same id) since its heartbeat was checked.
-	return q.forgetPresence(ctx, instance, queues, q.presenceTTL/2)
+	// Entries of the dead instance vouch for a sixth of a lifetime more at
+	// most (its last refresh came within that of its last heartbeat, a
+	// lifetime ago); one of an instance restarted with the same id since
+	// its heartbeat was checked vouches for half a lifetime more at least
+	// (refreshed every third, spread over a sixth): a third between them.
+	return q.forgetPresence(ctx, instance, queues, q.presenceTTL/3)
 }
 
 // forgetPresence removes instance's presence entries of the users of
