@@ -223,8 +223,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(presenceDone)
 		s.hub.presence.run(pctx)
 	}()
-	// After the shutdown (every connection closed): the last presence
-	// writes go out before the claim and the heartbeat stop.
+	// After the shutdown (every connection closed) and the heartbeat's
+	// end: the last presence writes go out before the claim is released.
 	defer func() { stopPresence(); <-presenceDone }()
 	keepAliveDone := make(chan struct{})
 	kctx, stopKeepAlive := context.WithCancel(context.Background())
