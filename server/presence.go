@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -108,7 +110,7 @@ func (p *presence) flush(ctx context.Context) {
 	ok := true
 	for ctx.Err() == nil {
 		p.mu.Lock()
-		changed := keys(p.changed)
+		changed := slices.Collect(maps.Keys(p.changed))
 		clear(p.changed)
 		due, extend := take(p.due, refreshChunk)
 		more, pace := len(p.due) > 0, p.pace
@@ -236,10 +238,8 @@ func (p *presence) retry(users []string, err error, mark func(user string)) {
 // retry), and every user with a session, as having no connection here.
 func (p *presence) final(ctx context.Context) {
 	p.mu.Lock()
-	users := append(keys(p.changed), keys(p.pending)...)
-	for u := range p.due {
-		users = append(users, u)
-	}
+	users := slices.AppendSeq(slices.Collect(maps.Keys(p.changed)), maps.Keys(p.pending))
+	users = slices.AppendSeq(users, maps.Keys(p.due))
 	p.mu.Unlock()
 	users = append(users, p.h.onlineUsers()...)
 	seen := make(map[string]bool, len(users))
@@ -258,14 +258,6 @@ func (p *presence) final(ctx context.Context) {
 		}
 		ups = ups[n:]
 	}
-}
-
-func keys(m map[string]struct{}) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }
 
 // take removes up to n users from due and returns them, and whether one

@@ -35,18 +35,20 @@ type options struct {
 }
 
 const (
-	defaultAddr  = "0.0.0.0:9502"
-	embeddedAddr = "127.0.0.1:9502" // the quick start lets anyone push: loopback only
+	defaultRedis      = "redis://127.0.0.1:6379"
+	defaultKeyPattern = "user_%s_messages"
+	defaultAddr       = "0.0.0.0:9502"
+	embeddedAddr      = "127.0.0.1:9502" // the quick start lets anyone push: loopback only
 )
 
 // defineFlags adds the server's flags to fs, writing into o.
 func defineFlags(fs *flag.FlagSet, o *options) *string {
 	c := &o.cfg
 	fs.StringVar(&c.Addr, "addr", defaultAddr, "listen `address` (host:port); with -redis embedded the default is "+embeddedAddr)
-	fs.StringVar(&o.redis, "redis", "redis://127.0.0.1:6379", "Redis `URL`: redis://host:6379/0 (also rediss://, unix://); Sentinel: redis://sentinel:26379?master_name=NAME[&addr=sentinel2:26379]; Cluster: redis://node1:7000?addr=node2:7000[&addr=...]; or \"embedded\" for an in-process Redis (quick start only)")
+	fs.StringVar(&o.redis, "redis", defaultRedis, "Redis `URL`: redis://host:6379/0 (also rediss://, unix://); Sentinel: redis://sentinel:26379?master_name=NAME[&addr=sentinel2:26379]; Cluster: redis://node1:7000?addr=node2:7000[&addr=...]; or \"embedded\" for an in-process Redis (quick start only)")
 	fs.IntVar(&c.Workers, "workers", 0, "consumer tasks run at once, like task_worker_num: 1 to 100000; 0 means the default: 4096 (hinted: a task moves one user's messages, and users past it wait in line, taking turns); with -consumer blocking each online user holds one, so it bounds online users too, and the default is -max-users's")
 	fs.IntVar(&c.MaxUsers, "max-users", 0, "users online at once on this process, one more gets HTTP 503: 1 to 1000000; 0 means the default, from the open-file limit: as many users as it allows, 200 files kept (one file each, its socket; two with -consumer blocking, at most 10000 then)")
-	fs.StringVar(&c.KeyPattern, "key-pattern", "user_%s_messages", "queue key of a user; %s is the user id")
+	fs.StringVar(&c.KeyPattern, "key-pattern", defaultKeyPattern, "queue key of a user; %s is the user id")
 	fs.StringVar(&c.Consumer, "consumer", server.ConsumerHinted, "how consumers learn of new messages: hinted (one Redis connection per master tells them, with client tracking) or blocking (a Redis connection blocked in BLMOVE per online user, as the original; Redis's maxclients bounds online users)")
 	fs.StringVar(&c.Format, "format", server.FormatSwoole, "pushed frame: swoole (the original's text), raw (payload only) or json")
 	fs.StringVar(&c.Instance, "instance", "", "stable instance `id`, so a restart returns its in-flight messages (default host-port; with -reuseport host-port-N, the lowest slot N no live process holds)")

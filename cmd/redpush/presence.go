@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -20,8 +21,8 @@ import (
 // read.
 func presenceCmd(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("redpush presence", flag.ContinueOnError)
-	url := fs.String("redis", cmpOr(getenv("REDPUSH_REDIS"), "redis://127.0.0.1:6379"), "Redis `URL`, as for the server")
-	pattern := fs.String("key-pattern", cmpOr(getenv("REDPUSH_KEY_PATTERN"), "user_%s_messages"), "queue key of a user, as for the server")
+	url := fs.String("redis", cmp.Or(getenv("REDPUSH_REDIS"), defaultRedis), "Redis `URL`, as for the server")
+	pattern := fs.String("key-pattern", cmp.Or(getenv("REDPUSH_KEY_PATTERN"), defaultKeyPattern), "queue key of a user, as for the server")
 	users, code, done := parseSubArgs(fs, "[-redis URL] USER [USER ...]", args, stdout, stderr)
 	if done {
 		return code
@@ -72,11 +73,4 @@ func presenceCmd(args []string, getenv func(string) string, stdout, stderr io.Wr
 		}{u, ps[i].Online, ps[i].Connections})
 	}
 	return 0
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
