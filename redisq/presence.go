@@ -272,7 +272,8 @@ type Presence struct {
 }
 
 // ReadPresence reads the presence of users, in one pipeline of plain read
-// commands (a replica serves them; an ACL needs @read and TIME): the live
+// commands (an ACL needs @read and TIME; they go to the master like the
+// rest of this client's commands): the live
 // entries (scored after Redis's time now) and the connections they count.
 func (q *Queue) ReadPresence(ctx context.Context, users []string) ([]Presence, error) {
 	out := make([]Presence, len(users))

@@ -193,11 +193,13 @@ func (q *Queue) forgetListener(ctx context.Context, instance string, queues []st
 	if err != nil {
 		return err
 	}
-	// Entries of the dead instance vouch for a sixth of a lifetime more at
-	// most (its last refresh came within that of its last heartbeat, a
-	// lifetime ago); one of an instance restarted with the same id since
-	// its heartbeat was checked vouches for half a lifetime more at least
-	// (refreshed every third, spread over a sixth): a third between them.
+	// Entries of the dead instance vouch for about a sixth of a lifetime
+	// more at most (its last refresh came within that of its last
+	// heartbeat, a lifetime ago; a change written just before it died, up
+	// to a third); one of an instance restarted with the same id since its
+	// heartbeat was checked vouches for half a lifetime more at least
+	// (refreshed every third, spread over a sixth). An entry between the
+	// two is left to expire, with no offline event.
 	return q.forgetPresence(ctx, instance, queues, q.presenceTTL/3)
 }
 

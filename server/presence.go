@@ -34,7 +34,7 @@ type presence struct {
 	refreshes int
 	pace      time.Duration // between two chunks of a refresh
 	kick      chan struct{}
-	bo        backoff   // grows while writes keep failing
+	retryIn   time.Duration // the next retry's delay: grows while writes keep failing
 	failedAt  time.Time // when a failure was last logged at Warn
 }
 
@@ -61,7 +61,9 @@ func (p *presence) refresh() {
 	p.refreshes++
 	extend := p.refreshes%redisq.ExtendEvery == 1
 	for _, u := range users {
-		p.due[u] = p.due[u] || extend
+		if _, waiting := p.pending[u]; !waiting { // its retry writes it
+			p.due[u] = p.due[u] || extend
+		}
 	}
 	// Spread over half the heartbeat's period: a process's 20,000 entries
 	// at once cost Redis ~80 ms in one go, which the pops queued behind
@@ -118,7 +120,7 @@ func (p *presence) flush(ctx context.Context) {
 		if len(changed) == 0 && len(due) == 0 {
 			if ok {
 				p.mu.Lock()
-				p.bo.reset()
+				p.retryIn = 0
 				p.mu.Unlock()
 			}
 			return
@@ -181,7 +183,9 @@ func (p *presence) writeDue(ctx context.Context, users []string, extend bool) bo
 	if len(missing) > 0 {
 		p.mu.Lock()
 		for _, m := range missing {
-			p.changed[m.User] = struct{}{}
+			if _, waiting := p.pending[m.User]; !waiting {
+				p.changed[m.User] = struct{}{}
+			}
 		}
 		p.mu.Unlock()
 	}
@@ -205,15 +209,26 @@ func failedOr(failed []redisq.PresenceUpdate, users []string) []string {
 	return out
 }
 
-// retry marks users again (mark, under p.mu) once the backoff passed, and
-// logs at Warn once a minute: presence that cannot be written leaves
+// presenceRetryMax caps the delay before failed writes are tried again: a
+// failure that lasts (an ACL that refuses the presence channel) is tried
+// again every 30 s, not every few seconds for every online user.
+const presenceRetryMax = 30 * time.Second
+
+// retry marks users again (mark, under p.mu) once the delay passed, one
+// timer per user at most (a user already waiting is left to its timer),
+// and logs at Warn once a minute: presence that cannot be written leaves
 // users offline, or online, to the business code that asks.
 func (p *presence) retry(users []string, err error, mark func(user string)) {
 	p.mu.Lock()
+	waiting := users[:0:0]
 	for _, u := range users {
-		p.pending[u] = struct{}{}
+		if _, ok := p.pending[u]; !ok {
+			p.pending[u] = struct{}{}
+			waiting = append(waiting, u)
+		}
 	}
-	delay := p.bo.next()
+	p.retryIn = min(max(2*p.retryIn, backoffMin), presenceRetryMax)
+	delay := p.retryIn
 	warn := time.Since(p.failedAt) >= time.Minute
 	if warn {
 		p.failedAt = time.Now()
@@ -223,9 +238,12 @@ func (p *presence) retry(users []string, err error, mark func(user string)) {
 		p.h.log.Warn("writing presence failed; trying again (if Redis refuses the presence channel, allow it or set -presence-channel off)",
 			"users", len(users), "err", err)
 	}
+	if len(waiting) == 0 {
+		return
+	}
 	time.AfterFunc(delay, func() {
 		p.mu.Lock()
-		for _, u := range users {
+		for _, u := range waiting {
 			delete(p.pending, u)
 			mark(u)
 		}
