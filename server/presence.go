@@ -35,7 +35,7 @@ type presence struct {
 	pace      time.Duration // between two chunks of a refresh
 	kick      chan struct{}
 	retryIn   time.Duration // the next retry's delay: grows while writes keep failing
-	failedAt  time.Time // when a failure was last logged at Warn
+	failedAt  time.Time     // when a failure was last logged at Warn
 }
 
 func newPresence(h *hub, q *redisq.Queue, ttl time.Duration) *presence {
