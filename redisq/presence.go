@@ -17,7 +17,9 @@ import (
 //	{<queue>}:presence      ZSET instance → unix ms (Redis's clock) until
 //	                        which that instance vouches that the user has a
 //	                        connection on it
-//	{<queue>}:connections   HASH instance → connections of the user on it
+//	{<queue>}:connections   HASH instance → connections of the user on it,
+//	                        and "<instance>/ack" → how many of them asked
+//	                        for acknowledged delivery (none: no field)
 //
 // An instance writes its entry when the user's connections on it change
 // (SetPresence with their number; 0 removes it) and again, for every user
@@ -74,7 +76,11 @@ const ExtendEvery = 5
 // the entry. ARGV[7], if not "", is the forget mode for another
 // instance's entries: the entry is removed only if it vouches for less
 // than ARGV[7] ms more (an instance found dead that restarted meanwhile
-// writes entries a full ttl ahead, which stay). See Presence above.
+// writes entries a full ttl ahead, which stay). ARGV[8] of the
+// connections are ack connections: when that goes from none to some or
+// back, "!ack\n" is published on the user's relay channel ARGV[9] with
+// ARGV[10] (PUBLISH or SPUBLISH), so that the other instances serving the
+// user look again whether they may pop (AckElsewhere). See Presence above.
 var setPresence = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -86,6 +92,12 @@ local own = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local ownLive = own and tonumber(own) > now
 if n == 0 and own and ARGV[7] ~= '' and tonumber(own) >= now + tonumber(ARGV[7]) then
   return live
+end
+local ackField = ARGV[1] .. '/ack'
+local acks = tonumber(ARGV[8])
+if n == 0 then acks = 0 end
+if (acks > 0) ~= (redis.call('HEXISTS', KEYS[2], ackField) == 1) then
+  redis.call(ARGV[10], ARGV[9], '!ack\n')
 end
 local after = live
 if n > 0 and not ownLive then after = after + 1 end
@@ -101,17 +113,23 @@ end
 if #stale > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   redis.call('HDEL', KEYS[2], unpack(stale))
+  for _, inst in ipairs(stale) do redis.call('HDEL', KEYS[2], inst .. '/ack') end
 end
 if n > 0 then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[1], n)
+  if acks > 0 then
+    redis.call('HSET', KEYS[2], ackField, acks)
+  else
+    redis.call('HDEL', KEYS[2], ackField)
+  end
   local life = tonumber(ARGV[3]) + tonumber(ARGV[6])
   for _, k in ipairs(KEYS) do
     if redis.call('PTTL', k) < life then redis.call('PEXPIRE', k, life) end
   end
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1], ackField)
 end
 return after`)
 
@@ -119,6 +137,7 @@ return after`)
 type PresenceUpdate struct {
 	User  string
 	Conns int
+	Acks  int // of Conns, the ones with acknowledged delivery
 }
 
 // SetPresence writes this instance's entries for the users in ups (Conns
@@ -150,7 +169,8 @@ func (q *Queue) setPresenceOf(ctx context.Context, instance string, ups []Presen
 	err = q.pipelineScript(ctx, setPresence, len(ups), func(i int) ([]string, []any) {
 		id, _ := json.Marshal(ups[i].User)
 		return []string{q.PresenceKey(ups[i].User), q.connectionsKey(ups[i].User)},
-			[]any{instance, ups[i].Conns, life, q.presenceChannel, string(id), keep, margin}
+			[]any{instance, ups[i].Conns, life, q.presenceChannel, string(id), keep, margin,
+				ups[i].Acks, q.RelayChannel(ups[i].User), q.publishCommand()}
 	}, func(i int, c *redis.Cmd) {
 		failed[i] = c.Err() != nil
 	})
@@ -339,4 +359,42 @@ func (c *redisClock) now(ctx context.Context, cmd redis.UniversalClient) (time.T
 	c.redisAt, c.measuredAt = t, mid
 	c.mu.Unlock()
 	return t.Add(time.Since(mid)), nil
+}
+
+// AckElsewhere reports whether another instance vouches that it holds ack
+// connections of user (the "<instance>/ack" fields of live entries): then
+// only instances holding one pop the user's queue, and the others write
+// the relayed copies to their plain connections.
+func (q *Queue) AckElsewhere(ctx context.Context, user string) (bool, error) {
+	now, err := q.clock.now(ctx, q.cmd)
+	if err != nil {
+		return false, err
+	}
+	var live *redis.StringSliceCmd
+	var conns *redis.MapStringStringCmd
+	_, err = q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
+		live, conns = q.readAckers(ctx, p, user, now)
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return q.ackersElsewhere(live, conns), nil
+}
+
+// readAckers queues the reads AckElsewhere decides from.
+func (q *Queue) readAckers(ctx context.Context, p redis.Pipeliner, user string, now time.Time) (*redis.StringSliceCmd, *redis.MapStringStringCmd) {
+	after := "(" + strconv.FormatInt(now.UnixMilli(), 10)
+	return p.ZRangeByScore(ctx, q.PresenceKey(user), &redis.ZRangeBy{Min: after, Max: "+inf"}),
+		p.HGetAll(ctx, q.connectionsKey(user))
+}
+
+// ackersElsewhere reads readAckers' replies.
+func (q *Queue) ackersElsewhere(live *redis.StringSliceCmd, conns *redis.MapStringStringCmd) bool {
+	for _, inst := range live.Val() {
+		if n, _ := strconv.Atoi(conns.Val()[inst+"/ack"]); n > 0 && inst != q.instance {
+			return true
+		}
+	}
+	return false
 }

@@ -381,6 +381,11 @@ func (q *Queue) publishCommand() string {
 // hash tag keeps it in the queue's cluster slot, ready for sharded pub/sub.
 func (q *Queue) RelayChannel(user string) string { return "{" + q.Key(user) + "}:relay" }
 
+// AckersChanged is the origin of a relay publication that carries no
+// messages but says that an instance's ack connections of the user came
+// or went (setPresence): not an instance id, which has no "!".
+const AckersChanged = "!ack"
+
 // ParseRelay decodes a relay publication into its origin instance and its
 // messages, oldest first.
 func ParseRelay(payload string) (origin string, msgs []string, err error) {

@@ -268,24 +268,32 @@ func (q *Queue) ReclaimDead(ctx context.Context) (lists, msgs int, err error) {
 // Start readies user's queue for a new consumer of this instance in one
 // round trip: it registers the queue (Register), returns to the queue what
 // an earlier consumer left in the processing list (Requeue: it could not
-// when Redis was down), and reads the queue's failed deliveries (Failures).
-// Each part may run again: a Start that failed is simply called again.
-// Three commands one after another cost a connecting user three round
-// trips; a connect storm is made of them.
-func (q *Queue) Start(ctx context.Context, user string) (requeued, failures int, err error) {
+// when Redis was down), reads the queue's failed deliveries (Failures),
+// and whether another instance holds ack connections of the user
+// (AckElsewhere). Each part may run again: a Start that failed is simply
+// called again. Commands one after another would cost a connecting user
+// a round trip each; a connect storm is made of them.
+func (q *Queue) Start(ctx context.Context, user string) (Started, error) {
 	ctx, cancel, err := q.leased(ctx)
 	if err != nil {
-		return 0, 0, err
+		return Started{}, err
 	}
 	defer cancel()
+	now, err := q.clock.now(ctx, q.cmd)
+	if err != nil {
+		return Started{}, err
+	}
 	var moved *redis.Cmd
 	var count *redis.StringCmd
+	var live *redis.StringSliceCmd
+	var conns *redis.MapStringStringCmd
 	cmds, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, listsKey(q.instance), q.Key(user))
 		p.SAdd(ctx, q.instancesKey(user), q.instance)
 		// Eval, not EvalSha: a pipeline cannot fall back on NOSCRIPT.
 		moved = requeueAll.Eval(ctx, p, []string{q.ProcessingKey(user), q.Key(user)})
 		count = p.Get(ctx, q.failuresKey(user))
+		live, conns = q.readAckers(ctx, p, user, now)
 		return nil
 	})
 	mistyped := false
@@ -296,22 +304,30 @@ func (q *Queue) Start(ctx context.Context, user string) (requeued, failures int,
 			continue
 		}
 		if err != nil && !errors.Is(err, redis.Nil) {
-			return 0, 0, err
+			return Started{}, err
 		}
 	}
-	requeued, err = moved.Int()
-	if err != nil {
-		return 0, 0, err
+	var st Started
+	if st.Requeued, err = moved.Int(); err != nil {
+		return Started{}, err
 	}
+	st.AckElsewhere = q.ackersElsewhere(live, conns)
 	if mistyped {
 		// The failures key is redpush's own; as another type it would
 		// fail every count after it (the dead-letter rule off for good).
 		q.log.Warn("the failures key of a queue held another type; deleted", "key", q.failuresKey(user))
 		if err := q.cmd.Del(ctx, q.failuresKey(user)).Err(); err != nil {
-			return 0, 0, err
+			return Started{}, err
 		}
-		return requeued, 0, nil
+		return st, nil
 	}
-	failures, _ = count.Int() // none yet (nil), or not a number: start from 0
-	return requeued, failures, nil
+	st.Failures, _ = count.Int() // none yet (nil), or not a number: start from 0
+	return st, nil
+}
+
+// Started is what Start found.
+type Started struct {
+	Requeued     int  // messages returned from the processing list
+	Failures     int  // the queue's failed deliveries in a row
+	AckElsewhere bool // another instance holds ack connections of the user
 }

@@ -70,15 +70,16 @@ func TestStartRegistersRequeuesAndReadsFailures(t *testing.T) {
 	ctx := context.Background()
 	q := mk(redisq.Config{Instance: "a", Batch: 2})
 	rc := rds.Client()
-	if n, f, err := q.Start(ctx, "fresh"); err != nil || n != 0 || f != 0 {
-		t.Fatalf("fresh queue: Start = %d, %d, %v; want 0, 0, nil", n, f, err)
+	if st, err := q.Start(ctx, "fresh"); err != nil || st.Requeued != 0 || st.Failures != 0 {
+		t.Fatalf("fresh queue: Start = %+v, %v; want zeros, nil", st, err)
 	}
 	rc.LPush(ctx, "user_u_messages", "m1", "m2", "m3")
 	if msgs, err := q.AckPop(ctx, "u"); err != nil || len(msgs) != 2 {
 		t.Fatalf("AckPop = %v, %v", msgs, err)
 	}
 	rc.Set(ctx, "{user_u_messages}:failures", 2, 0)
-	n, f, err := q.Start(ctx, "u")
+	st, err := q.Start(ctx, "u")
+	n, f := st.Requeued, st.Failures
 	if err != nil || n != 2 || f != 2 {
 		t.Fatalf("Start = %d, %d, %v; want 2 requeued, 2 failures", n, f, err)
 	}
@@ -105,7 +106,7 @@ func TestInstancesServingAUserFollowTheRegistry(t *testing.T) {
 		slices.Sort(m)
 		return m
 	}
-	if _, _, err := a.Start(ctx, "x"); err != nil {
+	if _, err := a.Start(ctx, "x"); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = d.Heartbeat(ctx, 50*time.Millisecond)
@@ -144,8 +145,8 @@ func TestStartReadsAFailuresKeyOfAnotherTypeAsNone(t *testing.T) {
 	ctx := context.Background()
 	q := mk(redisq.Config{Instance: "a"})
 	rds.Client().RPush(ctx, "{user_w_messages}:failures", "x")
-	if _, f, err := q.Start(ctx, "w"); err != nil || f != 0 {
-		t.Errorf("Start = %d failures, %v; want 0, nil", f, err)
+	if st, err := q.Start(ctx, "w"); err != nil || st.Failures != 0 {
+		t.Errorf("Start = %d failures, %v; want 0, nil", st.Failures, err)
 	}
 	// Deleted, or every failure counted after it would fail too.
 	if typ := rds.Client().Type(ctx, "{user_w_messages}:failures").Val(); typ != "none" {

@@ -83,6 +83,16 @@ type Config struct {
 	// WriteTimeout bounds each write to a client; a client that does not
 	// read for that long is disconnected. 100 ms to 10 min; default (0) 10 s.
 	WriteTimeout time.Duration
+	// AckTimeout is how long an ack connection (?ack=1) may leave a pushed
+	// message unacknowledged before it goes back to the queue, to come
+	// again with the same id; the connection stays open. 100 ms to 24 h;
+	// default (0) 30 s.
+	AckTimeout time.Duration
+	// AckWindow bounds the messages sent to one ack connection and not yet
+	// acknowledged; at the bound nothing more is sent to it, and once every
+	// ack connection of a user is at it, the user's consumer stops popping.
+	// 1 to 100,000; default (0) 256.
+	AckWindow int
 	// ShutdownTimeout bounds the ordered shutdown. 100 ms to 1 h; default
 	// (0) 10 s.
 	ShutdownTimeout time.Duration
@@ -210,6 +220,8 @@ func (c Config) Validate() error {
 		func() *ConfigError {
 			return durRange("ShutdownTimeout", c.ShutdownTimeout, 100*time.Millisecond, time.Hour)
 		},
+		func() *ConfigError { return durRange("AckTimeout", c.AckTimeout, 100*time.Millisecond, 24*time.Hour) },
+		func() *ConfigError { return intRange("AckWindow", c.AckWindow, 1, 100_000) },
 		c.checkNames,
 		c.checkOrigins,
 	}
@@ -393,6 +405,10 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.IdleTimeout, 60*time.Second)
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.ShutdownTimeout, 10*time.Second)
+	def(&c.AckTimeout, 30*time.Second)
+	if c.AckWindow == 0 {
+		c.AckWindow = 256
+	}
 	def(&c.InstanceTTL, 30*time.Second)
 	if c.PresenceChannel == "" {
 		c.PresenceChannel = DefaultPresenceChannel

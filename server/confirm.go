@@ -51,10 +51,15 @@ type flight struct {
 	one mark      // where writeNow wrote it, when t is nil
 	t   *ticket   // the batch handed to several connections
 	at  time.Time // when it was written
+	// acks are where it ends on each ack connection it was handed to
+	// (ack.go): when there are any, their acknowledgements alone decide.
+	acks []ackMark
 }
 
 func (f *flight) outcome() outcome {
 	switch {
+	case len(f.acks) > 0:
+		return ackOutcome(f.acks)
 	case f.t != nil:
 		return f.t.outcome()
 	case f.one.c == nil: // popped, never written (nobody took it, or a shutdown came between)
@@ -72,7 +77,9 @@ func (f *flight) outcome() outcome {
 
 // settle reports how many messages of the oldest flights are confirmed
 // (in order: a confirmed batch behind a pending one waits), and whether
-// the first flight after those failed.
+// the first flight after those failed. Of that flight, n counts the
+// messages an ack connection acknowledged (its oldest): done flights hold
+// fewer than n messages then.
 func settle(flights []flight) (n, done int, headFailed bool) {
 	for _, f := range flights {
 		switch f.outcome() {
@@ -83,6 +90,7 @@ func settle(flights []flight) (n, done int, headFailed bool) {
 		case failed:
 			headFailed = true
 		}
+		n += f.ackedPrefix()
 		break
 	}
 	return n, done, headFailed

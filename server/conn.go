@@ -23,6 +23,9 @@ type conn struct {
 	until time.Time // when its token expires (with leeway); zero without authentication
 	nc    net.Conn
 	sess  *session
+	// ack is its acknowledgement state when it asked for acknowledged
+	// delivery (?ack=1); nil for a plain connection.
+	ack *acker
 
 	writeTimeout time.Duration
 	maxQueued    int                    // Config.MaxQueuedBytes

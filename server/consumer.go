@@ -134,7 +134,15 @@ type consumer struct {
 	// or a yield: serve then keeps what it knew of the queue.
 	resumed bool
 	started bool // its first task readied the queue (hub.start)
-	pops    int  // pops in this task's turn (sched's yieldAfter)
+	// room is how many messages the next pop may take for its user's ack
+	// connections (ack.go): -1 when it has none, so no bound and no ids.
+	room int
+	// ackElsewhere: another instance holds ack connections of the user,
+	// as last read at ackCheckedAt; this one pops only while it holds one
+	// too (ack.go, deferToAckers).
+	ackElsewhere bool
+	ackCheckedAt time.Time
+	pops         int // pops in this task's turn (sched's yieldAfter)
 }
 
 // serve pops, delivers and acknowledges while the user is online. It
@@ -187,6 +195,9 @@ loop:
 			n := h.q.BatchSize()
 			if c.isolating() {
 				n = 1 // the message that keeps failing goes alone
+			}
+			if c.room > 0 {
+				n = min(n, c.room) // what every ack connection with room can take
 			}
 			if c.token == 0 {
 				c.token, c.tokenAt = h.q.NewToken(), time.Now()
@@ -273,12 +284,26 @@ loop:
 		if len(msgs) == 0 {
 			continue
 		}
+		var ab *ackBatch
+		if c.room >= 0 {
+			if ab, err = c.wrap(ctx, msgs); err != nil {
+				// Popped, not delivered: it goes back with the rest.
+				h.redisFailed(err)
+				c.flights = append(c.flights, flight{n: len(msgs)})
+				c.dropFlights(len(c.flights))
+				c.more, c.left = true, -1
+				if !h.requeue(ctx, s.user) || !h.backoff(ctx, &c.bo) {
+					return shuttingDown
+				}
+				continue
+			}
+		}
 		testHook(ctx, s.user, "deliver")
 		if ctx.Err() != nil {
 			c.flights = append(c.flights, flight{n: len(msgs)}) // popped, not delivered: goes back with the rest
 			break
 		}
-		f, written, tried := h.deliver(s, msgs, time.Now(), true)
+		f, written, tried := h.deliver(s, msgs, time.Now(), true, ab)
 		if !written {
 			// Nobody took it: it goes back with what is still held, once
 			// that settled (what was confirmed meanwhile is acknowledged).
@@ -423,6 +448,9 @@ const (
 // message goes alone, waits a while for confirmations.
 func (c *consumer) next(ctx context.Context) step {
 	n, done, headFailed := settle(c.flights)
+	if !headFailed && done < len(c.flights) && c.h.expireAcks(c.flights[done], time.Now()) {
+		n, done, headFailed = settle(c.flights) // its ack connections gave up on it
+	}
 	if headFailed {
 		// Every connection the oldest batch was written to closed before
 		// its peer acknowledged it: it goes back, with everything after
@@ -450,6 +478,30 @@ func (c *consumer) next(ctx context.Context) step {
 	held := len(c.flights) > done
 	if held {
 		c.h.closeStalled(c.flights[done])
+	}
+	c.room = c.h.ackRoom(c.s)
+	if c.room < 0 && c.deferToAckers(ctx) {
+		// Another instance pops for its ack connections; what it pops
+		// comes here relayed. What this one holds is acknowledged now:
+		// nothing is popped here to carry it.
+		if n > 0 {
+			c.ackNow(ctx, n, done)
+		}
+		c.awaitAckers(ctx)
+		if ctx.Err() != nil {
+			return stop
+		}
+		return again
+	}
+	if c.room == 0 {
+		// Every ack connection is at its window: nothing is popped, for
+		// its plain connections either, until acknowledgements (or the
+		// timeout) make room, or the connections change.
+		c.awaitProgress(ctx, done, heldRound)
+		if ctx.Err() != nil {
+			return stop
+		}
+		return again
 	}
 	switch {
 	case held && c.isolating():
@@ -582,15 +634,28 @@ func (c *consumer) acked(ctx context.Context) {
 		return
 	}
 	c.h.stats.Delivered.Add(int64(c.acking))
+	part := c.acking // beyond the whole flights: the acknowledged oldest of the next (settle)
+	for _, f := range c.flights[:c.ackingFlights] {
+		part -= f.n
+	}
 	c.dropFlights(c.ackingFlights)
+	if part > 0 {
+		c.flights[0].n -= part
+	}
 	if c.failures > 0 {
 		c.failures = 0
 		_ = c.h.q.ClearFailures(ctx, c.s.user)
 	}
 }
 
-// dropFlights forgets the oldest n flights.
+// dropFlights forgets the oldest n flights, acknowledged or going back to
+// the queue: their messages no longer hold the ack connections' windows.
 func (c *consumer) dropFlights(n int) {
+	for _, f := range c.flights[:n] {
+		for _, m := range f.acks {
+			m.c.ack.release(m.end)
+		}
+	}
 	rest := copy(c.flights, c.flights[n:])
 	clear(c.flights[rest:])
 	c.flights = c.flights[:rest]
@@ -627,14 +692,16 @@ func (h *hub) crashed(ctx context.Context, s *session, v any) {
 	}
 }
 
-// deliverUser writes msgs relayed from another instance to the connections
-// of user here, if the user is still online.
+// deliverUser writes msgs relayed from another instance to the plain
+// connections of user here, if the user is still online. Ack connections
+// get what their own instance pops: a relayed copy was acknowledged
+// already.
 func (h *hub) deliverUser(user string, msgs []string) {
 	h.mu.Lock()
 	s := h.users[user]
 	h.mu.Unlock()
 	if s != nil {
-		h.deliver(s, msgs, time.Now(), false)
+		h.deliver(s, msgs, time.Now(), false, nil)
 	}
 }
 
@@ -646,35 +713,70 @@ func (h *hub) deliverUser(user string, msgs []string) {
 // It does not wait for the other connections: a tab that stops reading
 // holds up no one. A consumer (consumer: not the relay) gives up its slot
 // while it writes, once the batch is encoded: a write may stall on a full
-// socket.
-func (h *hub) deliver(s *session, msgs []string, popped time.Time, consumer bool) (f flight, written, tried bool) {
+// socket. Ack connections get the batch as ack frames if ab gives its ids
+// and their window has room for all of it (ack.go).
+func (h *hub) deliver(s *session, msgs []string, popped time.Time, consumer bool, ab *ackBatch) (f flight, written, tried bool) {
 	conns := h.connsOf(s)
+	conns, f.acks = takers(conns, ab, len(msgs))
 	if len(conns) == 0 {
 		return f, false, false
 	}
 	f.n = len(msgs)
 	buf := getBuf()
 	*buf = h.enc.appendFrames((*buf)[:0], s.user, h.q.Key(s.user), msgs)
+	var ackBuf *[]byte
+	if len(f.acks) > 0 {
+		ackBuf = getBuf()
+		*ackBuf = appendAckFrames((*ackBuf)[:0], msgs, ab)
+		h.m.redelivered.Add(float64(ab.redeliveries()))
+	}
 	if consumer {
 		h.pause()
 		defer h.unpause()
 	}
 	if len(conns) == 1 {
-		if end, written, tried, ok := conns[0].writeNow(*buf); ok {
+		frames := *buf
+		if conns[0].ack != nil {
+			frames = *ackBuf
+		}
+		if end, written, tried, ok := conns[0].writeNow(frames); ok {
 			if written {
 				h.m.observePopToWrite(popped)
 			}
 			putBuf(buf)
+			if ackBuf != nil {
+				putBuf(ackBuf)
+			}
 			f.one = mark{conns[0], end}
 			return f, written, tried
 		}
 	}
 	f.t = newTicket(buf, len(conns), popped, h.m)
+	f.t.ackBuf = ackBuf
 	for _, c := range conns {
 		c.send(f.t)
 	}
 	written, tried = f.t.wait()
 	return f, written, tried
+}
+
+// takers are the connections of conns that take a batch of n messages:
+// the plain ones, and the ack ones if ab gives the batch's ids and their
+// window has room for n more; those record it, and marks says where it
+// ends in each one's sequence.
+func takers(conns []*conn, ab *ackBatch, n int) (to []*conn, marks []ackMark) {
+	to = conns[:0] // conns is the caller's own snapshot
+	for _, c := range conns {
+		switch {
+		case c.ack == nil:
+		case ab == nil || c.ack.room() < n:
+			continue
+		default:
+			marks = append(marks, ackMark{c, c.ack.record(ab.ids)})
+		}
+		to = append(to, c)
+	}
+	return to, marks
 }
 
 // requeue returns the processing list of user to the queue, retrying while
@@ -695,10 +797,14 @@ func (h *hub) requeue(ctx context.Context, user string) bool {
 // when the server shuts down first.
 func (h *hub) start(ctx context.Context, c *consumer) bool {
 	return h.retryDetached(ctx, func(actx context.Context) error {
-		n, failures, err := h.q.Start(actx, c.s.user)
+		st, err := h.q.Start(actx, c.s.user)
 		if err == nil {
-			h.stats.Requeued.Add(int64(n))
-			c.failures = failures
+			h.stats.Requeued.Add(int64(st.Requeued))
+			c.failures = st.Failures
+			c.ackElsewhere, c.ackCheckedAt = st.AckElsewhere, time.Now()
+			if st.AckElsewhere {
+				h.log.Debug("another instance holds ack connections of the user: popping left to it", "user", c.s.user)
+			}
 		}
 		return err
 	})

@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+
+	"github.com/redpush/redpush/redisq"
 )
 
 // encoder turns popped messages into ready-to-write WebSocket frames. A batch
@@ -15,10 +17,12 @@ import (
 // (RFC 6455 §5.1), so the bytes are the same for each connection.
 type encoder struct{ format string }
 
-// appendFrames appends one frame per message to dst.
+// appendFrames appends one frame per message to dst. A message popped
+// for an ack connection carries its id (redisq.Wrap): a plain connection
+// gets the payload alone.
 func (e encoder) appendFrames(dst []byte, user, queue string, msgs []string) []byte {
 	for _, m := range msgs {
-		dst = e.appendFrame(dst, user, queue, m)
+		dst = e.appendFrame(dst, user, queue, redisq.Unwrap(m))
 	}
 	return dst
 }

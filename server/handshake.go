@@ -115,6 +115,9 @@ func (s *Server) upgrade(nc net.Conn, br *bufio.Reader) (*conn, error) {
 	_ = nc.SetDeadline(time.Time{})
 	c := &conn{fd: s.nextFD.Add(1), user: id.user, until: id.until, nc: nc, sess: sess, writeTimeout: s.cfg.WriteTimeout,
 		maxQueued: s.cfg.MaxQueuedBytes, m: s.hub.m, stopBy: &s.hub.stopBy}
+	if id.ack {
+		c.ack = newAcker(s.cfg.AckWindow)
+	}
 	c.wire.init(nc)
 	c.progressAt.Store(time.Now().UnixNano())
 	return c, nil
@@ -220,12 +223,21 @@ func refusal(err error) string {
 
 // identify returns the user a request URI names: the subject of ?token=
 // when Config.Auth is set (401 otherwise), else ?user_id= (400 when missing
-// or invalid). The original accepts any path, so does this.
+// or invalid), and whether it asks for acknowledged delivery (?ack=1; 400
+// for a value other than 0 or 1). The original accepts any path, so does
+// this.
 func (s *Server) identify(uri string) (id identity, status int, err error) {
 	_, query, _ := strings.Cut(uri, "?")
 	vals, err := url.ParseQuery(query)
 	if err != nil {
 		return id, 400, fmt.Errorf("bad query string: %v", err)
+	}
+	switch vals.Get("ack") {
+	case "", "0":
+	case "1":
+		id.ack = true
+	default:
+		return id, 400, errors.New("bad ack: want ack=1 (acknowledged delivery) or ack=0")
 	}
 	if s.cfg.Auth != nil {
 		if id.user, id.until, err = s.cfg.Auth.verify(vals.Get("token")); err != nil {
@@ -244,6 +256,7 @@ func (s *Server) identify(uri string) (id identity, status int, err error) {
 type identity struct {
 	user  string
 	until time.Time
+	ack   bool // ?ack=1: acknowledged delivery
 }
 
 func userFromQuery(vals url.Values) (string, error) {

@@ -33,6 +33,7 @@ type hub struct {
 	maxUsers     int           // Config.usersBound: users online at once
 	workers      int           // Config.Workers: hinted consumers working at once (sched)
 	writeTimeout time.Duration // Config.WriteTimeout: how long a closing connection may linger
+	ackTimeout   time.Duration // Config.AckTimeout
 
 	mu      sync.Mutex
 	users   map[string]*session
@@ -64,9 +65,12 @@ type session struct {
 	// (hinted consumption, an empty queue, nothing held): under hub.mu;
 	// whoever takes it out schedules it to go on (hub.resume).
 	parked *consumer
-	wake   chan struct{} // the consumer waits on it for connections
-	hint   chan struct{} // hinted: the queue was written to (nil when blocking)
-	done   chan struct{} // blocking: closed when the consumer returned (nil when hinted)
+	// ackRecheck: an instance's ack connections of the user came or went;
+	// the consumer reads again where they are (deferToAckers).
+	ackRecheck atomic.Bool
+	wake       chan struct{} // the consumer waits on it for connections
+	hint       chan struct{} // hinted: the queue was written to (nil when blocking)
+	done       chan struct{} // blocking: closed when the consumer returned (nil when hinted)
 }
 
 // Stats counts what the consumers did since start.
@@ -117,7 +121,7 @@ func (h *hub) admit(user string) (*session, *consumer, error) {
 			return nil, nil, taskpool.ErrFull
 		}
 		s = h.newSession(user)
-		c := &consumer{h: h, s: s}
+		c := &consumer{h: h, s: s, room: -1}
 		if h.hints == nil {
 			if err := h.startBlocking(c); err != nil {
 				return nil, nil, err
@@ -540,6 +544,11 @@ func (h *hub) connCounts(users []string) []redisq.PresenceUpdate {
 		ups[i].User = u
 		if s := h.users[u]; s != nil {
 			ups[i].Conns = len(s.conns)
+			for _, c := range s.conns {
+				if c.ack != nil {
+					ups[i].Acks++
+				}
+			}
 		}
 	}
 	return ups

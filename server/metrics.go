@@ -19,6 +19,8 @@ type metrics struct {
 	relayDropped  prometheus.Counter
 	panics        prometheus.Counter
 	deadLettered  prometheus.Counter
+	ackTimeouts   prometheus.Counter
+	redelivered   prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -44,6 +46,14 @@ func newMetrics() *metrics {
 			Namespace: "redpush", Name: "dead_lettered_total",
 			Help: "Messages moved to a dead-letter list {queue}:dead after every connection they reached failed 10 times in a row.",
 		}),
+		ackTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "redpush", Name: "ack_timeouts_total",
+			Help: "Batches an ack connection (?ack=1) left unacknowledged for -ack-timeout (they went back to the queue).",
+		}),
+		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "redpush", Name: "ack_redelivered_total",
+			Help: "Messages sent to ack connections marked \"redelivered\": they had been popped before.",
+		}),
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "redpush", Name: "consumer_panics_total",
 			Help: "Consumers that panicked (their user's connections were closed with 1011 and its messages requeued).",
@@ -62,6 +72,7 @@ func (s *Server) metricsHandler() http.Handler {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		s.hub.m.popToWrite, s.hub.m.writeFailures, s.hub.m.redisErrors, s.hub.m.relayDropped, s.hub.m.panics, s.hub.m.deadLettered,
+		s.hub.m.ackTimeouts, s.hub.m.redelivered,
 	)
 	gauge := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "redpush", Name: name, Help: help}, f))

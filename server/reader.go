@@ -336,12 +336,18 @@ func (r *frameReader) complete() error {
 		return nil
 	}
 	r.state = r.state.Clear(ws.StateFragmented)
-	valid := r.op != ws.OpText || utf8.Valid(r.msg)
-	r.budget.release(len(r.msg))
+	msg := r.msg
+	valid := r.op != ws.OpText || utf8.Valid(msg)
+	r.budget.release(len(msg))
 	r.msg = nil // an idle connection keeps no buffer
 	if !valid {
 		// RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
 		return &closeErr{code: ws.StatusInvalidFramePayloadData, reason: "invalid UTF-8 in text message"}
+	}
+	if r.c != nil && r.c.ack != nil && r.op == ws.OpText {
+		if isAck, err := r.c.takeAck(msg); isAck {
+			return err // an ack gets no reply
+		}
 	}
 	return r.send(r.reply)
 }

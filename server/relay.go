@@ -138,6 +138,15 @@ func (r *relay) diff(have map[string]bool) (add, drop []string) {
 func (r *relay) run() {
 	for msg := range r.ps.Messages() {
 		origin, msgs, err := redisq.ParseRelay(msg.Payload)
+		if origin == redisq.AckersChanged {
+			r.mu.Lock()
+			user, ok := r.want[msg.Channel]
+			r.mu.Unlock()
+			if ok {
+				r.hub.ackersChanged(user)
+			}
+			continue
+		}
 		if err != nil || origin == r.instance || len(msgs) == 0 {
 			continue
 		}

@@ -101,6 +101,7 @@ func New(cfg Config, clients *redisq.Clients) (*Server, error) {
 	s.hub.maxUsers = cfg.usersBound()
 	s.hub.workers = cfg.Workers
 	s.hub.writeTimeout = cfg.WriteTimeout
+	s.hub.ackTimeout = cfg.AckTimeout
 	return s, nil
 }
 

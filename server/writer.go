@@ -31,6 +31,7 @@ import (
 // to.
 type ticket struct {
 	buf    *[]byte // the frames; back to bufPool when every connection is done
+	ackBuf *[]byte // the frames for ack connections (ack.go), if it has any; pooled too
 	popped time.Time
 	answer bool // an answer (post): buf is its own, not the pool's, and nothing was popped
 	m      *metrics
@@ -72,6 +73,9 @@ func (t *ticket) finish(tried, written bool, m mark) {
 		t.once.Do(func() { close(t.done) })
 		if !t.answer {
 			putBuf(t.buf)
+			if t.ackBuf != nil {
+				putBuf(t.ackBuf)
+			}
 		}
 	}
 }
@@ -94,6 +98,14 @@ func (t *ticket) outcome() outcome {
 		return failed
 	}
 	return pending
+}
+
+// frames is what c writes of t: the ack frames for an ack connection.
+func (t *ticket) frames(c *conn) []byte {
+	if c.ack != nil && t.ackBuf != nil {
+		return *t.ackBuf
+	}
+	return *t.buf
 }
 
 // wait blocks until the ticket is done and reports whether a connection
@@ -127,7 +139,7 @@ func (c *conn) send(t *ticket) {
 		return
 	}
 	o.queue = append(o.queue, t)
-	o.bytes += len(*t.buf)
+	o.bytes += len(t.frames(c))
 	if too := c.tooSlow(); too != "" {
 		// Fail what it holds at once, and close it on another goroutine:
 		// its writer may be blocked in a write, and the consumer must not
@@ -218,7 +230,7 @@ func (c *conn) tooSlow() string {
 	o := &c.out
 	beyond := 0
 	if len(o.queue) > 1 {
-		beyond = o.bytes - len(*o.queue[0].buf)
+		beyond = o.bytes - len(o.queue[0].frames(c))
 	}
 	if beyond <= c.maxQueued {
 		o.overSince = time.Time{}
@@ -261,7 +273,7 @@ func (c *conn) drain() {
 		// closing a tab is no failed delivery of the batch.
 		tried := !errors.Is(err, ErrConnClosed)
 		for _, t := range batch {
-			l := int64(len(*t.buf))
+			l := int64(len(t.frames(c)))
 			// Every batch of the writev is marked with its end: over TLS
 			// only the whole write's end on the wire is known, and a
 			// later end is only a later confirmation.
@@ -287,7 +299,7 @@ func (c *conn) writeBatch(batch []*ticket) (n, end int64, err error) {
 	}
 	bufs := c.out.bufs[:0]
 	for _, t := range batch {
-		bufs = append(bufs, *t.buf)
+		bufs = append(bufs, t.frames(c))
 	}
 	c.out.bufs = bufs[:0]
 	_ = c.nc.SetWriteDeadline(c.writeDeadline())

@@ -63,6 +63,8 @@ func defineFlags(fs *flag.FlagSet, o *options) *string {
 	durationVar(fs, &c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "`duration` to read the request and upgrade: 100ms to 5m; 0 means the default")
 	durationVar(fs, &c.IdleTimeout, "idle-timeout", 60*time.Second, "silent client: pinged after half this `duration`, closed after all of it: 100ms to 24h; 0 means the default")
 	durationVar(fs, &c.WriteTimeout, "write-timeout", 10*time.Second, "a client that does not read for this `duration` is disconnected: 100ms to 10m; 0 means the default")
+	durationVar(fs, &c.AckTimeout, "ack-timeout", 30*time.Second, "an ack connection (?ack=1) that leaves a pushed message unacknowledged this long gets it again, same id, \"redelivered\":true; the connection stays open: 100ms to 24h; 0 means the default")
+	fs.IntVar(&c.AckWindow, "ack-window", 256, "messages one ack connection (?ack=1) may hold unacknowledged; at it nothing more is sent to it, and once every ack connection of a user is at it the user's queue waits: 1 to 100000; 0 means the default")
 	durationVar(fs, &c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "`duration` to close clients and requeue in-flight messages on SIGTERM: 100ms to 1h; 0 means the default")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "require ?token=<JWT> signed with this HS256 `secret` (at least 16 bytes); sub is the user id")
 	fs.StringVar(&o.jwtPubKey, "jwt-public-key", "", "require ?token=<JWT> signed for this PEM public key `file` (RSA: RS256, ECDSA: ES256)")
@@ -150,7 +152,7 @@ var flagOf = map[string]string{
 	"Instance": "instance", "InstanceTTL": "instance-ttl", "MaxMessage": "max-message", "MaxPendingBytes": "max-pending-bytes", "MaxQueuedBytes": "max-queued-bytes",
 	"MaxConnsPerUser": "max-conns-per-user", "MaxMessageRate": "max-message-rate", "PresenceChannel": "presence-channel",
 	"HandshakeTimeout": "handshake-timeout", "IdleTimeout": "idle-timeout",
-	"WriteTimeout": "write-timeout", "ShutdownTimeout": "shutdown-timeout",
+	"WriteTimeout": "write-timeout", "ShutdownTimeout": "shutdown-timeout", "AckTimeout": "ack-timeout", "AckWindow": "ack-window",
 	"AllowedOrigins": "allowed-origins",
 }
 

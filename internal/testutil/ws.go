@@ -122,6 +122,13 @@ func (c *Client) Send(text string) {
 // fails the test if a data frame or nothing arrives first.
 func (c *Client) ReadClose(timeout time.Duration) ws.StatusCode {
 	c.t.Helper()
+	code, _ := c.ReadCloseReason(timeout)
+	return code
+}
+
+// ReadCloseReason is ReadClose, with the close frame's reason.
+func (c *Client) ReadCloseReason(timeout time.Duration) (ws.StatusCode, string) {
+	c.t.Helper()
 	_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
 	for {
 		h, err := ws.ReadHeader(c.Conn)
@@ -134,8 +141,7 @@ func (c *Client) ReadClose(timeout time.Duration) ws.StatusCode {
 		}
 		switch h.OpCode {
 		case ws.OpClose:
-			code, _ := ws.ParseCloseFrameData(p)
-			return code
+			return ws.ParseCloseFrameData(p)
 		case ws.OpPing, ws.OpPong:
 			continue
 		default:
@@ -193,4 +199,17 @@ func (c *Client) ReadCloseAfterHellos(timeout time.Duration) ws.StatusCode {
 			c.t.Fatalf("wanted a close frame, got opcode %v %q", f.Header.OpCode, f.Payload)
 		}
 	}
+}
+
+// DialPath connects to the gateway at addr with the request path and
+// query path (e.g. "/?user_id=42&ack=1") and fails the test if the upgrade
+// does not succeed.
+func DialPath(t testing.TB, addr, path string) *Client {
+	t.Helper()
+	c, err := dial(addr, path, 0, nil)
+	if err != nil {
+		t.Fatalf("dial %s%s: %v", addr, path, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &Client{t: t, Conn: c}
 }

@@ -1,0 +1,301 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/redpush/redpush/internal/testutil"
+	"github.com/redpush/redpush/redisq"
+	"github.com/redpush/redpush/server"
+)
+
+// ackFrame is a pushed message as an ack connection gets it.
+type ackFrame struct {
+	ID          string `json:"id"`
+	Data        string `json:"data"`
+	DataB64     []byte `json:"data_b64"`
+	Redelivered bool   `json:"redelivered"`
+}
+
+// dialAck connects user with ?ack=1 and consumes the greeting.
+func (g *gateway) dialAck(user string) *testutil.Client {
+	g.t.Helper()
+	c := testutil.DialPath(g.t, g.addr, "/?ack=1&user_id="+user)
+	if got := c.MustRead(); got != "hello;\n" {
+		g.t.Fatalf("greeting = %q, want %q", got, "hello;\n")
+	}
+	return c
+}
+
+// readAck reads one pushed message of an ack connection.
+func readAck(t *testing.T, c *testutil.Client) ackFrame {
+	t.Helper()
+	s, op, err := c.Read(10 * time.Second)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var f ackFrame
+	if op != ws.OpText || json.Unmarshal([]byte(s), &f) != nil || f.ID == "" {
+		t.Fatalf("want an ack frame, got %v %q", op, s)
+	}
+	return f
+}
+
+// readAcks reads n pushed messages and returns them with their data.
+func readAcks(t *testing.T, c *testutil.Client, n int) (frames []ackFrame, data []string) {
+	t.Helper()
+	for range n {
+		f := readAck(t, c)
+		frames = append(frames, f)
+		data = append(data, f.Data)
+	}
+	return frames, data
+}
+
+func ack(c *testutil.Client, id string) { c.Send(`{"ack":"` + id + `"}`) }
+
+// processing is how many messages user's processing list holds.
+func (g *gateway) processing(user string) int64 {
+	g.t.Helper()
+	n, err := g.rc.LLen(context.Background(), "{user_"+user+"_messages}:processing:test").Result()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return n
+}
+
+// awaitProcessing waits until user's processing list holds n messages.
+func (g *gateway) awaitProcessing(user string, n int64) {
+	g.t.Helper()
+	testutil.Eventually(g.t, 10*time.Second, func() error {
+		if got := g.processing(user); got != n {
+			return fmt.Errorf("processing list holds %d, want %d", got, n)
+		}
+		return nil
+	})
+}
+
+// assertSilent checks that c gets no message within d.
+func assertSilent(t *testing.T, c *testutil.Client, d time.Duration) {
+	t.Helper()
+	if s, _, err := c.Read(d); err == nil {
+		t.Fatalf("got %q, want nothing", s)
+	}
+	_ = c.Conn.SetReadDeadline(time.Time{})
+}
+
+func TestAckedDelivery(t *testing.T) {
+	t.Run("messages stay in Redis until acknowledged, cumulatively", func(t *testing.T) {
+		g := startGateway(t, nil, server.Config{})
+		c := g.dialAck("1")
+		g.push("1", "a", "b", "c") // LPUSH: a is the oldest
+		frames, data := readAcks(t, c, 3)
+		if strings.Join(data, ",") != "a,b,c" {
+			t.Fatalf("data = %q", data)
+		}
+		for _, f := range frames {
+			if f.Redelivered {
+				t.Fatalf("first delivery marked redelivered: %+v", f)
+			}
+		}
+		if frames[0].ID == frames[1].ID || frames[1].ID == frames[2].ID {
+			t.Fatalf("ids not distinct: %+v", frames)
+		}
+		// Written and TCP-acknowledged, but not acknowledged by the client.
+		assertSilent(t, c, 300*time.Millisecond)
+		if n := g.processing("1"); n != 3 {
+			t.Fatalf("processing list holds %d before the ack, want 3", n)
+		}
+		ack(c, frames[1].ID) // the first two
+		g.awaitProcessing("1", 1)
+		ack(c, frames[1].ID) // again: ignored
+		ack(c, frames[2].ID)
+		g.awaitProcessing("1", 0)
+		// An ack gets no reply; a client message still does.
+		c.Send("ping")
+		if got := c.MustRead(); got != "hello" {
+			t.Fatalf("reply = %q, want hello", got)
+		}
+	})
+
+	t.Run("closed unacknowledged: redelivered with the same ids", func(t *testing.T) {
+		g := startGateway(t, nil, server.Config{})
+		c := g.dialAck("2")
+		g.push("2", "x", "y")
+		first, _ := readAcks(t, c, 2)
+		ack(c, first[0].ID)
+		g.awaitProcessing("2", 1)
+		c.SendClose()
+		d := g.dialAck("2")
+		again := readAck(t, d)
+		if again.ID != first[1].ID || again.Data != first[1].Data || !again.Redelivered {
+			t.Fatalf("redelivery = %+v, want id %s data %q redelivered", again, first[1].ID, first[1].Data)
+		}
+		ack(d, again.ID)
+		g.awaitProcessing("2", 0)
+		g.awaitQueueEmpty("2")
+	})
+
+	t.Run("timed out: sent again on the same open connection", func(t *testing.T) {
+		g := startGateway(t, nil, server.Config{AckTimeout: 300 * time.Millisecond})
+		c := g.dialAck("3")
+		g.push("3", "m")
+		first := readAck(t, c)
+		again := readAck(t, c) // after -ack-timeout, same connection
+		if again.ID != first.ID || again.Data != "m" || !again.Redelivered {
+			t.Fatalf("after the timeout got %+v, want id %s redelivered", again, first.ID)
+		}
+		ack(c, again.ID)
+		g.awaitProcessing("3", 0)
+		assertSilent(t, c, 800*time.Millisecond) // acknowledged: not sent again
+	})
+
+	t.Run("a full window stops the consumer, plain connections too", func(t *testing.T) {
+		g := startGateway(t, nil, server.Config{AckWindow: 2})
+		c := g.dialAck("4")
+		p := g.dialReady("4")
+		for i := range 5 {
+			g.push("4", fmt.Sprint(i))
+		}
+		frames, data := readAcks(t, c, 2)
+		if strings.Join(data, ",") != "0,1" {
+			t.Fatalf("data = %q, want 0,1", data)
+		}
+		for _, want := range []string{"0", "1"} {
+			if got := p.MustRead(); got != swoole("4", want) {
+				t.Fatalf("plain got %q, want %q", got, swoole("4", want))
+			}
+		}
+		assertSilent(t, c, 300*time.Millisecond)
+		assertSilent(t, p, 100*time.Millisecond)
+		g.awaitQueueLen("4", 3)
+		ack(c, frames[1].ID)
+		_, data = readAcks(t, c, 2)
+		if strings.Join(data, ",") != "2,3" {
+			t.Fatalf("after the ack: %q, want 2,3", data)
+		}
+	})
+
+	t.Run("plain and ack connections: the ack decides", func(t *testing.T) {
+		g := startGateway(t, nil, server.Config{})
+		p := g.dialReady("5")
+		c := g.dialAck("5")
+		g.push("5", "hi")
+		if got := p.MustRead(); got != swoole("5", "hi") {
+			t.Fatalf("plain got %q", got)
+		}
+		f := readAck(t, c)
+		// The plain connection's TCP acknowledged it long ago: still held.
+		assertSilent(t, c, 300*time.Millisecond)
+		if n := g.processing("5"); n != 1 {
+			t.Fatalf("processing list holds %d before the ack, want 1", n)
+		}
+		ack(c, f.ID)
+		g.awaitProcessing("5", 0)
+	})
+
+	t.Run("a redelivered message reaches plain connections as its payload", func(t *testing.T) {
+		g := startGateway(t, nil, server.Config{})
+		c := g.dialAck("6")
+		g.push("6", "payload")
+		readAck(t, c)
+		c.SendClose() // unacknowledged: back to the queue as an envelope
+		g.awaitQueueLen("6", 1)
+		raw, err := g.rc.LIndex(context.Background(), "user_6_messages", 0).Result()
+		if err != nil || !strings.HasPrefix(raw, redisq.EnvelopeMarker) {
+			t.Fatalf("requeued message = %q, %v: want an envelope", raw, err)
+		}
+		p := g.dialReady("6")
+		if got := p.MustRead(); got != swoole("6", "payload") {
+			t.Fatalf("plain got %q, want the payload alone", got)
+		}
+	})
+
+	t.Run("a payload that is not UTF-8 goes as data_b64", func(t *testing.T) {
+		g := startGateway(t, nil, server.Config{})
+		c := g.dialAck("7")
+		g.push("7", "\xff\xfe")
+		f := readAck(t, c)
+		if string(f.DataB64) != "\xff\xfe" || f.Data != "" {
+			t.Fatalf("got %+v", f)
+		}
+	})
+}
+
+func TestAckRefusals(t *testing.T) {
+	g := startGateway(t, nil, server.Config{})
+	for _, tc := range []struct{ name, msg, reason string }{
+		{"unknown id", `{"ack":"12345"}`, "never sent"},
+		{"not a string", `{"ack":12345}`, "malformed ack"},
+		{"not JSON", `{"ack": "1`, "malformed ack"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := g.dialAck("r")
+			c.Send(tc.msg)
+			code, reason := c.ReadCloseReason(5 * time.Second)
+			if code != ws.StatusPolicyViolation || !strings.Contains(reason, tc.reason) {
+				t.Fatalf("close = %d %q, want 1008 with %q", code, reason, tc.reason)
+			}
+		})
+	}
+	t.Run("JSON of the client's own is a client message", func(t *testing.T) {
+		c := g.dialAck("r")
+		c.Send(`{"say":"the word ack is \"ack\""}`)
+		if got := c.MustRead(); got != "hello" {
+			t.Fatalf("reply = %q, want hello", got)
+		}
+	})
+	t.Run("bad ack parameter", func(t *testing.T) {
+		_, err := testutil.TryDial(g.addr, "/?user_id=r&ack=yes")
+		if st, _ := testutil.Status(err); st != 400 {
+			t.Fatalf("ack=yes: %v, want 400", err)
+		}
+	})
+}
+
+func TestAckedDeliveryAcrossInstances(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	a := startGateway(t, rds, server.Config{Instance: "a"})
+	b := startGateway(t, rds, server.Config{Instance: "b"})
+	p := b.dialReady("9") // plain, on b
+	c := a.dialAck("9")   // ack, on a
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(b.logs.String(), "popping left to it") {
+			return fmt.Errorf("b does not defer to a yet")
+		}
+		return nil
+	})
+	g := a
+	g.push("9", "one", "two")
+	frames, data := readAcks(t, c, 2)
+	if strings.Join(data, ",") != "one,two" {
+		t.Fatalf("ack connection got %q", data)
+	}
+	// b popped nothing: its plain connection gets the messages only as
+	// relayed copies, once the ack connection acknowledged them.
+	assertSilent(t, p, 300*time.Millisecond)
+	ack(c, frames[1].ID)
+	for _, want := range []string{"one", "two"} {
+		if got := p.MustRead(); got != swoole("9", want) {
+			t.Fatalf("plain on b got %q, want %q", got, swoole("9", want))
+		}
+	}
+	// The ack connection leaves: b pops again for its plain connection.
+	c.SendClose()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(b.logs.String(), "popping here") {
+			return fmt.Errorf("b still defers to a")
+		}
+		return nil
+	})
+	g.push("9", "three")
+	if got := p.MustRead(); got != swoole("9", "three") {
+		t.Fatalf("plain on b got %q", got)
+	}
+}
