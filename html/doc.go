@@ -7,4 +7,10 @@
 // with the token of its URL or one pasted into it). When a connection fails
 // before opening, it asks GET /check why and shows the status and reason,
 // which a browser never reveals for a refused upgrade.
+//
+// The page is built on [Client], redpush.js, served at GET /redpush.js: a
+// small browser client without dependencies that reconnects with a
+// growing, jittered delay and, in acknowledged delivery (?ack=1; the
+// page's switch), acknowledges each message once handled and drops
+// redeliveries of ids it handled already.
 package html

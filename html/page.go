@@ -9,6 +9,13 @@ import (
 //go:embed index.html
 var source string
 
+// Client is redpush.js, the browser client the page is built on, served
+// at /redpush.js: connect, reconnect with jittered backoff, acknowledged
+// delivery with de-duplication by id.
+//
+//go:embed redpush.js
+var Client []byte
+
 var tmpl = template.Must(template.New("index").Parse(source))
 
 // Options select the optional parts of the page.

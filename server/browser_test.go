@@ -108,3 +108,48 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// Acknowledged delivery in a real browser, through /redpush.js: the page
+// acknowledges what it shows; a message whose acknowledgement never
+// reached the gateway comes again after a gateway restart, and the page,
+// which reconnected by itself, shows it once (the client drops the
+// redelivery by its id) and acknowledges it, so it leaves Redis.
+func TestDemoPageAckModeAcrossARestart(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	g := startGateway(t, rds, server.Config{})
+	proxy := testutil.StartProxy(t, g.addr) // the browser's path to the gateway
+	ctx := testutil.Browser(t, 90*time.Second)
+	must(t, chromedp.Do(ctx,
+		chromedp.Navigate("http://"+proxy.Addr()+"/?user_id=8&ack=1"),
+		chromedp.WaitVisible(chromedp.CSS("#state.open"))))
+	testutil.PageText(t, ctx, "#state", "connected as 8 (acknowledged delivery)", 5*time.Second)
+	g.push("8", "first")
+	testutil.PageText(t, ctx, "#content", "first", 15*time.Second)
+	g.awaitProcessing("8", 0) // the page acknowledged it
+
+	// The page's acknowledgement of the second message is lost on its way.
+	proxy.MuteClients()
+	g.push("8", "second")
+	testutil.PageText(t, ctx, "#content", "second", 15*time.Second)
+	if n := g.processing("8"); n != 1 {
+		t.Fatalf("processing list holds %d, want the unacknowledged message", n)
+	}
+	// A restart: the message goes back to the queue, with its id.
+	must(t, g.shutdown())
+	g2 := startGateway(t, rds, server.Config{Addr: g.addr})
+	testutil.PageText(t, ctx, "#dropped", "1 duplicate dropped", 30*time.Second)
+	g2.awaitProcessing("8", 0)
+	g2.awaitQueueEmpty("8")
+	content, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#content")))
+	must(t, err)
+	if n := strings.Count(content, "second"); n != 1 {
+		t.Fatalf("the page shows %q %d times, want once:\n%s", "second", n, content)
+	}
+	if !strings.Contains(content, "reconnecting in") {
+		t.Errorf("the page does not say it reconnects:\n%s", content)
+	}
+	g2.push("8", "third", "\xff\xfe") // the second one is not UTF-8: data_b64
+	testutil.PageText(t, ctx, "#content", "third", 15*time.Second)
+	testutil.PageText(t, ctx, "#content", "[binary 2 bytes]", 15*time.Second)
+	testutil.Screenshot(t, ctx, "ack-mode.png")
+}

@@ -450,6 +450,14 @@ func TestEmbeddedQuickStart(t *testing.T) {
 	if got := c.MustRead(); got != "redis 的 user_42_messages 队列发送消息:hi" {
 		t.Fatalf("got %q", got)
 	}
+	// Acknowledged delivery works on it too (its ids come from a script):
+	// the demo page's switch.
+	ac := testutil.DialPath(t, p.addr, "/?user_id=43&ack=1")
+	ac.MustRead()
+	rc.LPush(context.Background(), "user_43_messages", "acked")
+	if got := ac.MustRead(); !strings.HasPrefix(got, `{"id":"`) || !strings.HasSuffix(got, `","data":"acked"}`) {
+		t.Fatalf("ack connection got %q", got)
+	}
 	// The embedded Redis lacks CLIENT ID: consumers fall back to short
 	// rounds without reporting an outage.
 	if strings.Contains(p.stderr.String(), "unreachable") {

@@ -208,7 +208,7 @@ func TestTLSFlagsServeThePageAndItConnectsWithWSS(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS("#state.open"))); err != nil {
 		t.Fatal(err)
 	}
-	url, err := chromedp.Run(ctx, chromedp.Evaluate[string](`ws.url`))
+	url, err := chromedp.Run(ctx, chromedp.Evaluate[string](`client.ws.url`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,9 +18,10 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	down   bool
-	cutOn  []byte        // when a reply holds these bytes: drop it, go down
-	cut    chan struct{} // closed when cutOn struck
-	conns  map[net.Conn]bool
+	cutOn  []byte            // when a reply holds these bytes: drop it, go down
+	cut    chan struct{}     // closed when cutOn struck
+	conns  map[net.Conn]bool // true: a client's side
+	muted  map[net.Conn]bool // client sides whose bytes are dropped (MuteClients)
 	closed bool
 }
 
@@ -31,7 +32,7 @@ func StartProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{t: t, ln: ln, target: target, conns: map[net.Conn]bool{}}
+	p := &Proxy{t: t, ln: ln, target: target, conns: map[net.Conn]bool{}, muted: map[net.Conn]bool{}}
 	go p.accept()
 	t.Cleanup(func() {
 		p.mu.Lock()
@@ -73,6 +74,25 @@ func (p *Proxy) CutOnReply(marker string) <-chan struct{} {
 	return p.cut
 }
 
+// MuteClients drops, from now on, whatever the clients of the connections
+// open now send; the server's bytes still reach them. New connections are
+// not muted: a client whose requests never arrived reconnects normally.
+func (p *Proxy) MuteClients() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c, client := range p.conns {
+		if client {
+			p.muted[c] = true
+		}
+	}
+}
+
+func (p *Proxy) isMuted(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.muted[c]
+}
+
 func (p *Proxy) dropAll() {
 	p.mu.Lock()
 	all := p.conns
@@ -83,15 +103,13 @@ func (p *Proxy) dropAll() {
 	}
 }
 
-func (p *Proxy) track(cs ...net.Conn) bool {
+func (p *Proxy) track(client, server net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.down || p.closed {
 		return false
 	}
-	for _, c := range cs {
-		p.conns[c] = true
-	}
+	p.conns[client], p.conns[server] = true, false
 	return true
 }
 
@@ -134,6 +152,9 @@ func (p *Proxy) pipe(src, dst net.Conn, reply bool) {
 			if reply && p.strike(buf[:n]) {
 				p.Down()
 				return
+			}
+			if !reply && p.isMuted(src) {
+				continue
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
