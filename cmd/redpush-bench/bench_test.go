@@ -230,3 +230,18 @@ func TestHelpListsSubcommandsAndHidesInternalFlags(t *testing.T) {
 		t.Errorf("-h does not start with the summary: %q", h[:40])
 	}
 }
+
+// -ack connects with ?ack=1, acknowledges each message and reports the
+// time from push to acknowledgement; nothing is left in Redis, which it
+// would be if the acknowledgements did not reach the server.
+func TestRunAckMode(t *testing.T) {
+	rs := testutil.StartRedis(t)
+	url := startGatewayAt(t, rs.URL())
+	_, r := runBench(t, "-url", url, "-redis", rs.URL(), "-users", "10", "-conns-per-user", "2",
+		"-messages", "50", "-ack")
+	expect(t, r, map[string]float64{"connected": 20, "sent": 500, "delivered": 1000, "lost": 0, "duplicated": 0,
+		"unparsed_frames": 0, "still_in_redis": 0})
+	if a := r.Ack; a == nil || a.PushToAck.P50 <= 0 || a.PushToAck.P50 < r.Latency.P50 || a.Redelivered != 0 || a.Histogram == "" || !r.passed() {
+		t.Fatalf("ack figures %+v, latency %+v, verdict %s", r.Ack, r.Latency, r.Verdict)
+	}
+}

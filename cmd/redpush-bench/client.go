@@ -73,6 +73,9 @@ func (cs *clients) connect(ctx context.Context, user string, i int) {
 		}
 	}
 	u := cs.cfg.url + "?user_id=" + url.QueryEscape(user)
+	if cs.cfg.ack {
+		u += "&ack=1"
+	}
 	c, br, _, err := d.Dial(ctx, u)
 	if err != nil {
 		cs.failed.Add(1)
@@ -140,12 +143,43 @@ func (cs *clients) read(c net.Conn, r *bufio.Reader, st *connState, greeted chan
 			close(greeted)
 			continue
 		}
+		if cs.cfg.ack {
+			cs.takeAcked(c, &wmu, st, p, now)
+			continue
+		}
 		s, err := parseFrame(cs.cfg.format, p)
 		if err != nil {
 			cs.tr.garbage.Add(1)
 			continue
 		}
 		cs.tr.record(st, s, now)
+	}
+}
+
+// takeAcked books a pushed frame of acknowledged delivery and acknowledges
+// it at once, as a client that handled it would: the time from the push
+// to that acknowledgement's write is the ack latency.
+func (cs *clients) takeAcked(c net.Conn, wmu *sync.Mutex, st *connState, p []byte, now time.Time) {
+	id, data, redelivered, ok := parseAckFrame(p)
+	if !ok {
+		cs.tr.garbage.Add(1)
+		return
+	}
+	s, err := parsePayload(data)
+	if err != nil {
+		cs.tr.garbage.Add(1)
+		return
+	}
+	if redelivered {
+		cs.tr.redelivered.Add(1)
+	}
+	cs.tr.record(st, s, now)
+	frame := ws.NewTextFrame(append(append([]byte(`{"ack":"`), id...), `"}`...))
+	wmu.Lock()
+	err = ws.WriteFrame(c, ws.MaskFrameInPlace(frame))
+	wmu.Unlock()
+	if err == nil {
+		cs.tr.recordAck(st, s, time.Now())
 	}
 }
 

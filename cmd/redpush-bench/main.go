@@ -25,7 +25,7 @@ type config struct {
 	firstUser                     int
 	duration, grace, hold         time.Duration
 	allow                         []string
-	wipe, child                   bool
+	wipe, child, ack              bool
 	backlog, spawn                int
 	reportOut, hgrmOut            string
 	sourceIPs                     []net.IP
@@ -175,6 +175,7 @@ func registerFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.firstUser, "first-user", 1, "id of the first user (users are first-user … first-user+users-1)")
 	fs.BoolVar(&c.wipe, "wipe", false, "delete what the users' queues hold before the run (destroys their messages)")
 	fs.IntVar(&c.connsPerUser, "conns-per-user", 1, "connections per user (tabs); each receives every message")
+	fs.BoolVar(&c.ack, "ack", false, "acknowledged delivery: connect with ?ack=1 and acknowledge every message as it arrives; reports redeliveries and the time from push to acknowledgement")
 	fs.IntVar(&c.messages, "messages", 0, "messages per user (0: send for -duration)")
 	fs.DurationVar(&c.duration, "duration", 0, "how long to send (with -messages 0), as fast as possible or at -rate")
 	fs.IntVar(&c.rate, "rate", 0, "messages/s in total (0: as fast as possible)")

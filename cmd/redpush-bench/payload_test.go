@@ -39,3 +39,22 @@ func TestParseIPRange(t *testing.T) {
 		}
 	}
 }
+
+func TestParseAckFrame(t *testing.T) {
+	for _, tc := range []struct {
+		frame, id, data string
+		redelivered, ok bool
+	}{
+		{`{"id":"17","data":"1|2|3|0|xx"}`, "17", "1|2|3|0|xx", false, true},
+		{`{"id":"17","data":"1|2|3|0|xx","redelivered":true}`, "17", "1|2|3|0|xx", true, true},
+		{`{"id":"9","data":"a\"b"}`, "9", `a"b`, false, true}, // escaped: through encoding/json
+		{`{"id":"9","data_b64":"//4="}`, "9", "", false, true},
+		{`hello;`, "", "", false, false},
+		{`{"event":"hello"}`, "", "", false, false},
+	} {
+		id, data, re, ok := parseAckFrame([]byte(tc.frame))
+		if string(id) != tc.id || string(data) != tc.data || re != tc.redelivered || ok != tc.ok {
+			t.Errorf("%s: got %q %q %v %v", tc.frame, id, data, re, ok)
+		}
+	}
+}

@@ -64,6 +64,9 @@ type result struct {
 	// compressed and base64-encoded: -spawn merges children with it.
 	Histogram            string `json:"histogram"`
 	HistogramUncorrected string `json:"histogram_uncorrected,omitempty"`
+	// Ack is -ack's figures: redeliveries and the time from the push to
+	// the client's acknowledgement; absent without -ack.
+	Ack *ackStat `json:"ack,omitempty"`
 	// Backlog is -backlog: messages queued per user before connecting.
 	Backlog int `json:"backlog_per_user,omitempty"`
 	// Idle says the run only held its connections (-hold, nothing to send).
@@ -71,6 +74,24 @@ type result struct {
 	// Verdict is "pass", or "fail: " and what failed the run.
 	Verdict string   `json:"verdict"`
 	Allowed []string `json:"allowed,omitempty"`
+}
+
+// ackStat is what acknowledged delivery adds to a run.
+type ackStat struct {
+	// Redelivered counts frames marked "redelivered" (popped before).
+	Redelivered int64 `json:"redelivered"`
+	// PushToAck runs from the scheduled push (the LPUSH outside -rate
+	// mode) to the write of the client's acknowledgement, for every
+	// frame received, duplicates included.
+	PushToAck latency `json:"push_to_ack_ms"`
+	Histogram string  `json:"histogram"`
+}
+
+func (r *result) setAck(redelivered int64, h *hdrhistogram.Histogram) {
+	r.Ack = &ackStat{Redelivered: redelivered, PushToAck: latencyOf(h)}
+	if enc, err := h.Encode(hdrhistogram.V2CompressedEncodingCookieBase); err == nil {
+		r.Ack.Histogram = string(enc)
+	}
 }
 
 type latency struct {
@@ -179,6 +200,10 @@ func (r *result) printTable(w io.Writer) {
 	if u := r.LatencyUncorrected; u != nil {
 		row("  uncorrected", fmtLatency(*u))
 		row("producer max lag", fmt.Sprintf("%.1f ms behind schedule", r.ProducerMaxLag))
+	}
+	if a := r.Ack; a != nil {
+		row("ack: push to ack ms", fmtLatency(a.PushToAck))
+		row("ack: redelivered", a.Redelivered)
 	}
 	if r.LatencyOutOfRange > 0 {
 		row("latency out of range", fmt.Sprintf("%d (below 0 or above %v: not in the figures above)", r.LatencyOutOfRange, maxLatency))

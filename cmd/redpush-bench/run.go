@@ -97,6 +97,9 @@ func run(ctx context.Context, cfg *config) (*result, error) {
 		raw = nil // no schedule: both figures are the same
 	}
 	r.setLatency(h, raw)
+	if cfg.ack {
+		r.setAck(tr.redelivered.Load(), tr.mergedAck())
+	}
 	r.setRate(start, tr.lastRecv.Load())
 	t := cs.account(cfg, pr, left)
 	r.Sent, r.Unsent, r.Lost, r.Partial = t.sent, t.unsent, t.lost, t.partial

@@ -239,10 +239,17 @@ func trimDashes(s string) string {
 func merge(cfg *config, parts []*result, mon *monitor) *result {
 	r := &result{Schema: schema, URL: cfg.url, Users: cfg.users, ConnsPerUser: cfg.connsPerUser,
 		Payload: cfg.payload, Rate: cfg.rate, Backlog: cfg.backlog}
-	h, raw := newHist(), newHist()
+	h, raw, ack := newHist(), newHist(), newHist()
+	var redelivered int64
 	bySecond := map[int]*timePoint{}
 	for _, p := range parts {
 		addCounts(r, p)
+		if p.Ack != nil {
+			redelivered += p.Ack.Redelivered
+			if ph, err := decodeHist(p.Ack.Histogram); err == nil {
+				ack.Merge(ph)
+			}
+		}
 		if ph, err := decodeHist(p.Histogram); err == nil {
 			h.Merge(ph)
 		}
@@ -271,6 +278,9 @@ func merge(cfg *config, parts []*result, mon *monitor) *result {
 		raw = nil
 	}
 	r.setLatency(h, raw)
+	if cfg.ack {
+		r.setAck(redelivered, ack)
+	}
 	r.setCPU(mon)
 	return r
 }

@@ -28,6 +28,9 @@ type tracker struct {
 	garbage    atomic.Int64 // frames without a bench payload
 	outOfRange atomic.Int64 // latencies below 0 or above maxLatency
 	lastRecv   atomic.Int64 // unix nanos of the latest first receipt
+	// redelivered counts frames of acknowledged delivery (-ack) marked
+	// "redelivered": popped before, a duplicate or not.
+	redelivered atomic.Int64
 
 	mu       sync.Mutex
 	timeline []timePoint // per second, for the report
@@ -44,6 +47,7 @@ type histShard struct {
 	h   *hdrhistogram.Histogram // the whole run, from the schedule
 	raw *hdrhistogram.Histogram // the whole run, from the actual LPUSH
 	win *hdrhistogram.Histogram // since the last progress line
+	ack *hdrhistogram.Histogram // -ack: from the schedule to the acknowledgement's write
 }
 
 type timePoint struct {
@@ -61,7 +65,7 @@ func newHist() *hdrhistogram.Histogram {
 func newTracker(shards int) *tracker {
 	t := &tracker{shards: make([]histShard, shards)}
 	for i := range t.shards {
-		t.shards[i] = histShard{h: newHist(), raw: newHist(), win: newHist()}
+		t.shards[i] = histShard{h: newHist(), raw: newHist(), win: newHist(), ack: newHist()}
 	}
 	return t
 }
@@ -124,6 +128,32 @@ func (t *tracker) record(c *connState, s stamp, now time.Time) {
 	_ = c.sh.raw.RecordValue(raw)
 	_ = c.sh.win.RecordValue(us)
 	c.sh.mu.Unlock()
+}
+
+// recordAck books the time from a message's scheduled push to the write
+// of its acknowledgement (every receipt's, a duplicate's too: each is
+// acknowledged).
+func (t *tracker) recordAck(c *connState, s stamp, now time.Time) {
+	us := now.Sub(time.Unix(0, s.scheduled)).Microseconds()
+	if us < 0 || us > int64(maxLatency/time.Microsecond) {
+		t.outOfRange.Add(1)
+		return
+	}
+	c.sh.mu.Lock()
+	_ = c.sh.ack.RecordValue(us)
+	c.sh.mu.Unlock()
+}
+
+// mergedAck returns the push-to-acknowledgement times in one histogram.
+func (t *tracker) mergedAck() *hdrhistogram.Histogram {
+	h := newHist()
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		h.Merge(sh.ack)
+		sh.mu.Unlock()
+	}
+	return h
 }
 
 // merged returns all latencies so far in one histogram, corrected and not.
