@@ -37,6 +37,10 @@ var scenarios = []scenario{
 		[]string{"-users", "5000", "-hold", "10s", "-connect-rate", "2500"}, nil},
 	{"d) backlog drain: 1,000,000 messages for 1,000 offline users", "≥ half of a)'s rate",
 		[]string{"-users", "1000", "-backlog", "1000", "-grace", "120s"}, nil},
+	{"f) a) with acknowledged delivery: 1,000 users, fastest rate, 30 s, ?ack=1", "what acknowledgements cost against a): each client acknowledges every message as it reads it",
+		[]string{"-users", "1000", "-duration", "30s", "-ack"}, nil},
+	{"g) b) with acknowledged delivery: 5,000 users, 2,000 msg/s, 30 s, ?ack=1", "against b): the latency, and the time from push to the client's acknowledgement",
+		[]string{"-users", "5000", "-rate", "2000", "-duration", "30s", "-connect-rate", "2500", "-ack"}, nil},
 	{"e) 10,000 users, 2,000 msg/s, 60 s, Redis with --maxclients 200 (two bench processes)", "Redis connections independent of online users: one redpush with default flags serves 10,000 users through a Redis that admits 200 clients",
 		[]string{"-users", "10000", "-rate", "2000", "-duration", "60s", "-connect-rate", "2500", "-spawn", "2"},
 		[]string{"--maxclients", "200"}},
@@ -345,6 +349,32 @@ func writeScenario(md *strings.Builder, s scenario, rs []*result) {
 	if rs[0].Backlog > 0 {
 		fmt.Fprintf(md, "Drain time (first connect to last message), median: %.2f s.\n\n", median(rs, func(r *result) float64 { return r.DeliverSeconds }))
 	}
+	if rs[0].Ack != nil {
+		writeAckRows(md, rs)
+	}
+}
+
+// writeAckRows gives, for a run in ack mode, the time from the push to the
+// client's acknowledgement (every frame's, duplicates included) and the
+// frames marked redelivered.
+func writeAckRows(md *strings.Builder, rs []*result) {
+	md.WriteString("| run | push to ack p50 ms | p99 ms | p99.9 ms | max ms | redelivered |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	for i, r := range rs {
+		if a := r.Ack; a != nil {
+			fmt.Fprintf(md, "| %d | %.3f | %.3f | %.3f | %.3f | %d |\n", i+1, a.PushToAck.P50, a.PushToAck.P99, a.PushToAck.P999, a.PushToAck.Max, a.Redelivered)
+		}
+	}
+	ack := func(f func(latency) float64) func(*result) float64 {
+		return func(r *result) float64 {
+			if r.Ack == nil {
+				return 0
+			}
+			return f(r.Ack.PushToAck)
+		}
+	}
+	fmt.Fprintf(md, "| **median** | **%.3f** | **%.3f** | **%.3f** | %.3f |  |\n\n",
+		median(rs, ack(func(l latency) float64 { return l.P50 })), median(rs, ack(func(l latency) float64 { return l.P99 })),
+		median(rs, ack(func(l latency) float64 { return l.P999 })), median(rs, ack(func(l latency) float64 { return l.Max })))
 }
 
 func writeComparison(md *strings.Builder, s scenario, c *comparison) {
