@@ -48,6 +48,7 @@ type chaosCfg struct {
 	slowWeight, stopWeight    int
 	heavyPayload              int
 	double, dropShare         float64
+	ackShare                  float64
 	duration, grace, stopFor  time.Duration
 	redisEvery, killEvery     time.Duration
 	termEvery, dropEvery      time.Duration
@@ -64,6 +65,7 @@ func parseChaos(args []string, out io.Writer) (*chaosCfg, error) {
 	fs.IntVar(&c.instances, "instances", 3, "redpush instances")
 	fs.IntVar(&c.users, "users", 3000, "users")
 	fs.Float64Var(&c.double, "double", 0.1, "share of users with a second connection, on another instance")
+	fs.Float64Var(&c.ackShare, "ack-share", 0.2, "share of users whose connections ask for acknowledged delivery (?ack=1): each acknowledges every message it processed, drops a redelivery of an id it processed, and must process every message exactly once")
 	fs.IntVar(&c.rate, "rate", 2000, "messages/s in total")
 	fs.IntVar(&c.payload, "payload", 64, "payload bytes")
 	fs.IntVar(&c.slow, "slow", 200, "connections that read a few frames a second")
@@ -98,6 +100,8 @@ func parseChaos(args []string, out io.Writer) (*chaosCfg, error) {
 		return nil, fmt.Errorf("-instances must be at least 2, -users and -rate at least 1")
 	case c.slow+c.stoppers > c.users:
 		return nil, fmt.Errorf("-slow + -stoppers exceed -users")
+	case c.ackShare < 0 || c.ackShare > 1 || c.double < 0 || c.double > 1:
+		return nil, fmt.Errorf("-ack-share and -double must be within 0 to 1")
 	case c.slowWeight < 1 || c.stopWeight < 1 || c.heavyPayload < c.payload:
 		return nil, fmt.Errorf("-slow-weight and -stopper-weight must be at least 1, -heavy-payload at least -payload")
 	case c.redisDownMin <= 0 || c.redisDownMx < c.redisDownMin:
@@ -170,6 +174,14 @@ type chaosResult struct {
 	LostByUser    []string `json:"lost_by_user,omitempty"`  // the users with most losses: their seats, and which messages
 	Misdelivered  int64    `json:"misdelivered"`
 	Duplicated    int64    `json:"duplicated"`
+	// AckUsers are the users in acknowledged delivery (-ack-share); for
+	// their connections a message counts once per id: AckRedelivered are
+	// the redeliveries of an id a connection had processed, dropped by it
+	// as a client does, and AckDuplicated the messages a connection
+	// processed twice after that (under two ids): it must be 0.
+	AckUsers       int   `json:"ack_users"`
+	AckRedelivered int64 `json:"ack_redelivered_dropped"`
+	AckDuplicated  int64 `json:"ack_duplicated"`
 	Reordered     int64    `json:"reordered"`
 	Partial       int64    `json:"partial"`
 	StillQueued   int64    `json:"still_in_queue"`
@@ -200,7 +212,10 @@ type chaosRun struct {
 	cfg    *chaosCfg
 	fl     *fleet
 	tr     *tracker
+	trAck  *tracker // the connections of users in acknowledged delivery
 	seats  []*seat
+	// ackUsers counts the users in acknowledged delivery.
+	ackUsers int
 	byUser map[string][]*seat
 	t0     time.Time
 
@@ -237,7 +252,7 @@ func runChaos(ctx context.Context, c *chaosCfg) (*chaosResult, error) {
 	}
 	rc := ep.NewClient(bcfg.producers + 2)
 	defer rc.Close()
-	r := &chaosRun{cfg: c, fl: fl, tr: newTracker(8), faults: map[string]int{}, restarted: map[int]bool{}}
+	r := &chaosRun{cfg: c, fl: fl, tr: newTracker(8), trAck: newTracker(8), faults: map[string]int{}, restarted: map[int]bool{}}
 	r.tr.anomalies = &anomalyLog{}
 	r.seats = r.makeSeats()
 	r.weigh(bcfg)
@@ -251,7 +266,11 @@ func runChaos(ctx context.Context, c *chaosCfg) (*chaosResult, error) {
 		srng := rand.New(rand.NewPCG(c.seed, uint64(i)+3))
 		go func() {
 			defer seatsWG.Done()
-			s.run(runCtx, r.t0, func(i int) string { return fl.addrs[i] }, "swoole", r.tr, srng)
+			tr := r.tr
+			if s.ack {
+				tr = r.trAck
+			}
+			s.run(runCtx, r.t0, func(i int) string { return fl.addrs[i] }, "swoole", tr, srng)
 		}()
 	}
 	r.awaitConnected(ctx, 30*time.Second)
@@ -328,11 +347,16 @@ func (r *chaosRun) makeSeats() []*seat {
 	if c.double > 0 {
 		every = int(1 / c.double)
 	}
+	ackRng := rand.New(rand.NewPCG(c.seed, 0xac)) // its own stream: the seats' are 3 and up
 	for u := 1; u <= c.users; u++ {
 		user := userName(u)
-		seats = append(seats, &seat{user: user, inst: u % c.instances})
+		ack := ackRng.Float64() < c.ackShare // some of them doubles, some slow, some stoppers
+		if ack {
+			r.ackUsers++
+		}
+		seats = append(seats, &seat{user: user, inst: u % c.instances, ack: ack})
 		if every > 0 && u%every == 0 {
-			seats = append(seats, &seat{user: user, inst: (u + 1) % c.instances})
+			seats = append(seats, &seat{user: user, inst: (u + 1) % c.instances, ack: ack})
 		}
 	}
 	rng := rand.New(rand.NewPCG(c.seed, 1))
@@ -348,7 +372,11 @@ func (r *chaosRun) makeSeats() []*seat {
 	}
 	r.byUser = map[string][]*seat{}
 	for i, s := range seats {
-		s.st = r.tr.newConn(s.user, i)
+		if s.ack {
+			s.st, s.ids = r.trAck.newConn(s.user, i), map[string]bool{}
+		} else {
+			s.st = r.tr.newConn(s.user, i)
+		}
 		r.byUser[s.user] = append(r.byUser[s.user], s)
 	}
 	return seats
@@ -527,19 +555,22 @@ func (r *chaosRun) result(bcfg *config, pr *producers, left leftovers) *chaosRes
 		users[i] = userName(i + 1)
 	}
 	conns := map[string][]*bitset{}
-	var reconnects, stoppersClosed int64
+	var reconnects, stoppersClosed, ackDropped int64
 	for _, s := range r.seats {
 		conns[s.user] = append(conns[s.user], &s.st.seen)
 		reconnects += s.dials.Load() - 1
 		stoppersClosed += s.closedWhileStopped.Load()
+		ackDropped += s.redeliveries.Load()
 	}
 	t := account(users, pr.sent, pr.uncertain, conns, left)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	res := &chaosResult{Seed: r.cfg.seed, Seconds: r.since(), Instances: r.cfg.instances, Users: r.cfg.users, Seats: len(r.seats),
-		Sent: t.sent, Unsent: t.unsent, Delivered: r.tr.received.Load(), Lost: t.lost, LostIDs: t.lostIDs, Misdelivered: r.tr.wrong.Load(),
-		Duplicated: r.tr.dups.Load(), Reordered: r.tr.ooo.Load(), Partial: t.partial,
-		StillQueued: left.queued, StillInFlight: left.processing, Unparsed: r.tr.garbage.Load() + left.unparsed,
+		Sent: t.sent, Unsent: t.unsent, Delivered: r.tr.received.Load() + r.trAck.received.Load(), Lost: t.lost, LostIDs: t.lostIDs,
+		Misdelivered: r.tr.wrong.Load() + r.trAck.wrong.Load(),
+		Duplicated: r.tr.dups.Load(), Reordered: r.tr.ooo.Load() + r.trAck.ooo.Load(), Partial: t.partial,
+		AckUsers: r.ackUsers, AckRedelivered: ackDropped, AckDuplicated: r.trAck.dups.Load(),
+		StillQueued: left.queued, StillInFlight: left.processing, Unparsed: r.tr.garbage.Load() + r.trAck.garbage.Load() + left.unparsed,
 		Reconnects: reconnects, StoppersClosed: stoppersClosed, Faults: r.faults, Events: r.events, Anomalies: r.tr.anomalies.bySecond(r.t0),
 		Resources: r.points}
 	res.LostByUser = r.lostByUser(t.lostRange, pr)
@@ -598,7 +629,8 @@ func (res *chaosResult) judge(c *chaosCfg) {
 	for _, f := range []struct {
 		n    int64
 		what string
-	}{{res.Lost, "lost"}, {res.Misdelivered, "misdelivered"}, {res.StillInFlight, "still in a processing list"},
+	}{{res.Lost, "lost"}, {res.Misdelivered, "misdelivered"}, {res.AckDuplicated, "processed twice in acknowledged delivery"},
+		{res.StillInFlight, "still in a processing list"},
 		{res.StillQueued, "still queued"}, {res.Unparsed, "unparsed frames"}} {
 		if f.n > 0 {
 			bad = append(bad, strconv.FormatInt(f.n, 10)+" "+f.what)
@@ -685,6 +717,7 @@ func (res *chaosResult) printTable(w io.Writer) {
 	row("lost", res.Lost)
 	row("misdelivered", res.Misdelivered)
 	row("duplicated", res.Duplicated)
+	row("ack mode", fmt.Sprintf("%d users; %d redeliveries of processed ids dropped; %d processed twice", res.AckUsers, res.AckRedelivered, res.AckDuplicated))
 	row("reordered", res.Reordered)
 	row("partial", fmt.Sprintf("%d (messages one tab of a user missed while another got them)", res.Partial))
 	row("left in Redis", fmt.Sprintf("queued %d, processing %d", res.StillQueued, res.StillInFlight))

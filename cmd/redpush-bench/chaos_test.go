@@ -13,7 +13,9 @@ import (
 // The 60-second chaos run of make test: 3 redpush instances on one Redis,
 // 300 users (a tenth on two instances), 200 msg/s, and the schedule
 // compressed so that every fault happens at least once. Nothing may be
-// lost or misdelivered, and every list must be empty at the end.
+// lost or misdelivered, and every list must be empty at the end; the
+// users in acknowledged delivery (a fifth) must process every message
+// exactly once, after dropping redeliveries by id.
 func TestChaosLosesNothing(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "redpush")
 	if out, err := exec.Command("go", "build", "-o", bin, "../redpush").CombinedOutput(); err != nil {
@@ -40,6 +42,9 @@ func TestChaosLosesNothing(t *testing.T) {
 	if r.Verdict != "pass" || r.Lost != 0 || r.Misdelivered != 0 || r.StillInFlight != 0 || r.StillQueued != 0 {
 		t.Fatalf("verdict %s (first lost: %v)", r.Verdict, r.LostIDs)
 	}
+	if r.AckUsers == 0 || r.AckDuplicated != 0 {
+		t.Fatalf("acknowledged delivery: %d users, %d processed twice", r.AckUsers, r.AckDuplicated)
+	}
 	if r.Sent < 5000 || r.Reconnects < 100 || len(r.Resources) < 50 {
 		t.Fatalf("the run did too little to prove anything: sent %d, reconnects %d, %d resource samples", r.Sent, r.Reconnects, len(r.Resources))
 	}
@@ -54,6 +59,8 @@ func TestChaosVerdict(t *testing.T) {
 		{chaosResult{Lost: 2}, "fail: 2 lost"},
 		{chaosResult{Misdelivered: 1, StillInFlight: 3}, "fail: 1 misdelivered, 3 still in a processing list"},
 		{chaosResult{Duplicated: 5, Reordered: 2, Partial: 9}, "pass"}, // reported, allowed around crashes
+		{chaosResult{AckDuplicated: 1}, "fail: 1 processed twice in acknowledged delivery"}, // an id'd message processed twice
+		{chaosResult{AckRedelivered: 40}, "pass"}, // redeliveries dropped by id, as a client does
 		{chaosResult{Growth: []string{"instance 0 RSS grew 10 → 20"}}, "fail: instance 0 RSS grew 10 → 20"},
 	} {
 		tc.r.judge(&chaosCfg{stoppers: 50, duration: time.Minute})

@@ -42,6 +42,12 @@ type seat struct {
 	st      *connState
 	stopAt  time.Duration // stoppers: when to stop reading, from the start
 	stopFor time.Duration
+	// ack: it connects with ?ack=1 and acknowledges what it processed;
+	// ids are the ids it processed, across its connections (a client's
+	// de-duplication), redeliveries the frames it dropped for that.
+	ack          bool
+	ids          map[string]bool
+	redeliveries atomic.Int64
 
 	mu        sync.Mutex
 	conn      net.Conn
@@ -98,7 +104,11 @@ func (s *seat) dial(ctx context.Context, addr string) (net.Conn, *bufio.Reader, 
 			return nd.DialContext(ctx, network, addr)
 		}
 	}
-	c, br, _, err := d.Dial(ctx, "ws://"+addr+"/?user_id="+url.QueryEscape(s.user))
+	u := "ws://" + addr + "/?user_id=" + url.QueryEscape(s.user)
+	if s.ack {
+		u += "&ack=1"
+	}
+	c, br, _, err := d.Dial(ctx, u)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -124,6 +134,9 @@ func (s *seat) dial(ctx context.Context, addr string) (net.Conn, *bufio.Reader, 
 // has just gone away, which no server can see).
 func (s *seat) read(ctx context.Context, c net.Conn, r *bufio.Reader, t0 time.Time, format string, tr *tracker, stopped *bool) {
 	f := frameReader{c: c, r: r, format: format, tr: tr, st: s.st}
+	if s.ack {
+		f.ack = s
+	}
 	stoppedHere, dropped := false, false // this connection lived through the stop; the run dropped it
 	defer func() {
 		if stoppedHere && !dropped && s.inst == 0 && ctx.Err() == nil {
@@ -182,7 +195,8 @@ type frameReader struct {
 	tr      *tracker
 	st      *connState
 	greeted bool
-	closed  bool // the server's close frame arrived
+	closed  bool  // the server's close frame arrived
+	ack     *seat // acknowledged delivery: the seat whose ids it checks
 }
 
 // next reads one frame; false when the connection is done.
@@ -210,6 +224,9 @@ func (f *frameReader) next() bool {
 		f.greeted = true
 		return true
 	}
+	if f.ack != nil {
+		return f.takeAcked(p)
+	}
 	st, err := parseFrame(f.format, p)
 	if err != nil {
 		f.tr.garbage.Add(1)
@@ -217,6 +234,32 @@ func (f *frameReader) next() bool {
 	}
 	f.tr.record(f.st, st, time.Now())
 	return true
+}
+
+// takeAcked processes a pushed frame of acknowledged delivery as a client
+// does: an id it processed before is dropped, any other is processed (the
+// tracker books it: a message booked twice was processed twice), and
+// either is acknowledged, which acknowledges everything before it on this
+// connection too.
+func (f *frameReader) takeAcked(p []byte) bool {
+	id, data, _, ok := parseAckFrame(p)
+	if !ok {
+		f.tr.garbage.Add(1)
+		return true
+	}
+	if f.ack.ids[string(id)] {
+		f.ack.redeliveries.Add(1)
+	} else {
+		st, err := parsePayload(data)
+		if err != nil {
+			f.tr.garbage.Add(1)
+			return true
+		}
+		f.ack.ids[string(id)] = true
+		f.tr.record(f.st, st, time.Now())
+	}
+	frame := ws.NewTextFrame(append(append([]byte(`{"ack":"`), id...), `"}`...))
+	return ws.WriteFrame(f.c, ws.MaskFrameInPlace(frame)) == nil
 }
 
 const (
