@@ -161,19 +161,19 @@ type resourcePoint struct {
 
 // chaosResult is the chaos run's output.
 type chaosResult struct {
-	Seed          uint64   `json:"seed"`
-	Seconds       float64  `json:"seconds"`
-	Instances     int      `json:"instances"`
-	Users         int      `json:"users"`
-	Seats         int      `json:"connections"`
-	Sent          int64    `json:"sent"`
-	Unsent        int64    `json:"unsent"`
-	Delivered     int64    `json:"delivered"`
-	Lost          int64    `json:"lost"`
-	LostIDs       []string `json:"lost_messages,omitempty"` // the first, as user/seq
-	LostByUser    []string `json:"lost_by_user,omitempty"`  // the users with most losses: their seats, and which messages
-	Misdelivered  int64    `json:"misdelivered"`
-	Duplicated    int64    `json:"duplicated"`
+	Seed         uint64   `json:"seed"`
+	Seconds      float64  `json:"seconds"`
+	Instances    int      `json:"instances"`
+	Users        int      `json:"users"`
+	Seats        int      `json:"connections"`
+	Sent         int64    `json:"sent"`
+	Unsent       int64    `json:"unsent"`
+	Delivered    int64    `json:"delivered"`
+	Lost         int64    `json:"lost"`
+	LostIDs      []string `json:"lost_messages,omitempty"` // the first, as user/seq
+	LostByUser   []string `json:"lost_by_user,omitempty"`  // the users with most losses: their seats, and which messages
+	Misdelivered int64    `json:"misdelivered"`
+	Duplicated   int64    `json:"duplicated"`
 	// AckUsers are the users in acknowledged delivery (-ack-share); for
 	// their connections a message counts once per id: AckRedelivered are
 	// the redeliveries of an id a connection had processed, dropped by it
@@ -182,12 +182,12 @@ type chaosResult struct {
 	AckUsers       int   `json:"ack_users"`
 	AckRedelivered int64 `json:"ack_redelivered_dropped"`
 	AckDuplicated  int64 `json:"ack_duplicated"`
-	Reordered     int64    `json:"reordered"`
-	Partial       int64    `json:"partial"`
-	StillQueued   int64    `json:"still_in_queue"`
-	StillInFlight int64    `json:"still_processing"`
-	Unparsed      int64    `json:"unparsed_frames"`
-	Reconnects    int64    `json:"reconnects"`
+	Reordered      int64 `json:"reordered"`
+	Partial        int64 `json:"partial"`
+	StillQueued    int64 `json:"still_in_queue"`
+	StillInFlight  int64 `json:"still_processing"`
+	Unparsed       int64 `json:"unparsed_frames"`
+	Reconnects     int64 `json:"reconnects"`
 	// StoppersClosed counts the connections of stopped readers that the
 	// server closed while they did not read (their outbox overflowed, or a
 	// write timed out): the push-back the stoppers are there to cause.
@@ -209,15 +209,15 @@ type timeCount struct {
 
 // chaosRun is one run's state.
 type chaosRun struct {
-	cfg    *chaosCfg
-	fl     *fleet
-	tr     *tracker
-	trAck  *tracker // the connections of users in acknowledged delivery
-	seats  []*seat
+	cfg   *chaosCfg
+	fl    *fleet
+	tr    *tracker
+	trAck *tracker // the connections of users in acknowledged delivery
+	seats []*seat
 	// ackUsers counts the users in acknowledged delivery.
 	ackUsers int
-	byUser map[string][]*seat
-	t0     time.Time
+	byUser   map[string][]*seat
+	t0       time.Time
 
 	mu        sync.Mutex
 	events    []chaosEvent
@@ -568,7 +568,7 @@ func (r *chaosRun) result(bcfg *config, pr *producers, left leftovers) *chaosRes
 	res := &chaosResult{Seed: r.cfg.seed, Seconds: r.since(), Instances: r.cfg.instances, Users: r.cfg.users, Seats: len(r.seats),
 		Sent: t.sent, Unsent: t.unsent, Delivered: r.tr.received.Load() + r.trAck.received.Load(), Lost: t.lost, LostIDs: t.lostIDs,
 		Misdelivered: r.tr.wrong.Load() + r.trAck.wrong.Load(),
-		Duplicated: r.tr.dups.Load(), Reordered: r.tr.ooo.Load() + r.trAck.ooo.Load(), Partial: t.partial,
+		Duplicated:   r.tr.dups.Load(), Reordered: r.tr.ooo.Load() + r.trAck.ooo.Load(), Partial: t.partial,
 		AckUsers: r.ackUsers, AckRedelivered: ackDropped, AckDuplicated: r.trAck.dups.Load(),
 		StillQueued: left.queued, StillInFlight: left.processing, Unparsed: r.tr.garbage.Load() + r.trAck.garbage.Load() + left.unparsed,
 		Reconnects: reconnects, StoppersClosed: stoppersClosed, Faults: r.faults, Events: r.events, Anomalies: r.tr.anomalies.bySecond(r.t0),

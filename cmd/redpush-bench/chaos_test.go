@@ -58,9 +58,9 @@ func TestChaosVerdict(t *testing.T) {
 		{chaosResult{}, "pass"},
 		{chaosResult{Lost: 2}, "fail: 2 lost"},
 		{chaosResult{Misdelivered: 1, StillInFlight: 3}, "fail: 1 misdelivered, 3 still in a processing list"},
-		{chaosResult{Duplicated: 5, Reordered: 2, Partial: 9}, "pass"}, // reported, allowed around crashes
+		{chaosResult{Duplicated: 5, Reordered: 2, Partial: 9}, "pass"},                      // reported, allowed around crashes
 		{chaosResult{AckDuplicated: 1}, "fail: 1 processed twice in acknowledged delivery"}, // an id'd message processed twice
-		{chaosResult{AckRedelivered: 40}, "pass"}, // redeliveries dropped by id, as a client does
+		{chaosResult{AckRedelivered: 40}, "pass"},                                           // redeliveries dropped by id, as a client does
 		{chaosResult{Growth: []string{"instance 0 RSS grew 10 → 20"}}, "fail: instance 0 RSS grew 10 → 20"},
 	} {
 		tc.r.judge(&chaosCfg{stoppers: 50, duration: time.Minute})
