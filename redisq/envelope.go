@@ -46,12 +46,20 @@ func ParseEnvelope(m string) (id uint64, payload string, ok bool) {
 		return 0, m, false
 	}
 	digits, payload, found := strings.Cut(rest, ":")
-	id, err := strconv.ParseUint(digits, 10, 64)
-	if !found || err != nil || id == 0 {
+	if !found || len(digits) > maxIDDigits {
+		return 0, m, false
+	}
+	id, err := strconv.ParseUint(digits, 10, 64) // digits only: no sign, no underscore
+	if err != nil || id == 0 {
 		return 0, m, false
 	}
 	return id, payload, true
 }
+
+// maxIDDigits bounds an envelope's id: 19 digits always fit in a uint64.
+// The wrap script applies the same rule: an element with the marker that
+// breaks it is a raw payload (and gets wrapped), not an envelope.
+const maxIDDigits = 19
 
 // Envelope wraps payload with id, as Wrap does in Redis.
 func Envelope(id uint64, payload string) string {
@@ -66,7 +74,9 @@ func Unwrap(m string) string {
 
 // wrap gives an id to each raw message among the newest ARGV[1] of the
 // processing list KEYS[1] (a batch just popped: newest at the left) and
-// returns the ids of all of them, oldest first. It refuses (DIVERGED,
+// returns the ids of all of them, oldest first (an envelope is the marker,
+// 1 to 19 digits, not all zero, and ":", as ParseEnvelope reads it;
+// anything else is raw, the marker or not). It refuses (DIVERGED,
 // changing nothing) when the list does not hold ARGV[2] messages. An
 // element already an envelope keeps its id: run twice (go-redis repeats a
 // call whose reply was lost), the script finds its own envelopes and
@@ -79,9 +89,15 @@ if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[2]) then
 end
 local marker = ARGV[3]
 local batch = redis.call('LRANGE', KEYS[1], 0, k - 1)
+local function idOf(m)
+  if string.sub(m, 1, #marker) ~= marker then return nil end
+  local d = string.match(m, '^(%d+):', #marker + 1)
+  if not d or #d > 19 or tonumber(d) == 0 then return nil end
+  return d
+end
 local raw = 0
 for i = 1, #batch do
-  if string.sub(batch[i], 1, #marker) ~= marker then raw = raw + 1 end
+  if not idOf(batch[i]) then raw = raw + 1 end
 end
 local next = 0
 if raw > 0 then
@@ -95,8 +111,9 @@ end
 local ids = {}
 for i = #batch, 1, -1 do
   local m = batch[i]
-  if string.sub(m, 1, #marker) == marker then
-    ids[#ids + 1] = string.match(m, '^(%d+):', #marker + 1) or '0'
+  local d = idOf(m)
+  if d then
+    ids[#ids + 1] = d
   else
     local id = string.format('%d', next)
     next = next + 1

@@ -386,6 +386,14 @@ func (q *Queue) RelayChannel(user string) string { return "{" + q.Key(user) + "}
 // or went (setPresence): not an instance id, which has no "!".
 const AckersChanged = "!ack"
 
+// AnnounceAckers publishes AckersChanged on user's relay channel: the
+// other instances serving the user read again where its ack connections
+// are (an instance that missed the presence script's announcement, and
+// pops for its plain connections, learns it so).
+func (q *Queue) AnnounceAckers(ctx context.Context, user string) error {
+	return q.cmd.Do(ctx, q.publishCommand(), q.RelayChannel(user), AckersChanged+"\n").Err()
+}
+
 // ParseRelay decodes a relay publication into its origin instance and its
 // messages, oldest first.
 func ParseRelay(payload string) (origin string, msgs []string, err error) {

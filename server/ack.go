@@ -51,10 +51,14 @@ type acker struct {
 	lo, hi uint64
 }
 
-// sent is one outstanding message of an ack connection.
+// sent is one outstanding message of an ack connection. again marks an
+// id that may have been sent here before (not above every id sent so
+// far): an ack of it may be a late one for the earlier copy, sent before
+// the client could have read what precedes this one (ack).
 type sent struct {
-	id  uint64
-	seq int64
+	id    uint64
+	seq   int64
+	again bool
 }
 
 func newAcker(window int) *acker { return &acker{window: window} }
@@ -73,7 +77,7 @@ func (a *acker) record(ids []uint64) (end int64) {
 	defer a.mu.Unlock()
 	for _, id := range ids {
 		a.sent++
-		a.out = append(a.out, sent{id: id, seq: a.sent})
+		a.out = append(a.out, sent{id: id, seq: a.sent, again: a.hi != 0 && id <= a.hi})
 		if a.lo == 0 || id < a.lo {
 			a.lo = id
 		}
@@ -88,12 +92,20 @@ var errAckUnknown = errors.New("ack for an id never sent on this connection")
 // ack takes the client's acknowledgement of id: that message, the last
 // time it was sent here, and every one sent before it. An id sent here
 // but no longer outstanding (acknowledged already, given up by the
-// timeout, or settled by another connection) is ignored.
+// timeout, or settled by another connection) is ignored. So is the ack of
+// a message that may have been sent here before while older messages are
+// still outstanding: it may be the late ack of its first copy, which must
+// not cover messages sent since (a message given up and sent again behind
+// one this client never read); a client that acknowledges what it reads,
+// in order, acknowledges those first, and then this one counts.
 func (a *acker) ack(id uint64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for i := len(a.out) - 1; i >= 0; i-- {
 		if a.out[i].id == id {
+			if a.out[i].again && i > 0 {
+				return nil
+			}
 			a.acked = max(a.acked, a.out[i].seq)
 			a.out = slices.Delete(a.out, 0, i+1)
 			return nil
@@ -317,17 +329,16 @@ func (c *conn) takeAck(msg []byte) (bool, error) {
 	if !bytes.HasPrefix(body, []byte("{")) || !bytes.Contains(body, []byte(`"ack"`)) {
 		return false, nil
 	}
-	var a struct {
-		Ack *json.RawMessage `json:"ack"`
-	}
-	if err := json.Unmarshal(body, &a); err != nil {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(body, &obj); err != nil {
 		return true, &closeErr{code: ws.StatusPolicyViolation, reason: `malformed ack: want {"ack":"<id>"}`}
 	}
-	if a.Ack == nil {
+	raw, isAck := obj["ack"]
+	if !isAck {
 		return false, nil // JSON of the client's own, with "ack" elsewhere in it
 	}
 	var s string
-	if json.Unmarshal(*a.Ack, &s) != nil {
+	if json.Unmarshal(raw, &s) != nil || string(raw) == "null" {
 		return true, &closeErr{code: ws.StatusPolicyViolation, reason: `malformed ack: the id must be a string`}
 	}
 	id, err := strconv.ParseUint(s, 10, 64)
@@ -372,8 +383,10 @@ func (c *consumer) deferToAckers(ctx context.Context) bool {
 	return elsewhere
 }
 
-// awaitAckers waits a round while another instance pops for the user, or
-// until its connections here change, or ack connections changed somewhere.
+// awaitAckers waits a round, or until the user's connections here change,
+// one of them acknowledges, or ack connections changed somewhere: while
+// another instance pops for the user, or every ack connection here is at
+// its window.
 func (c *consumer) awaitAckers(ctx context.Context) {
 	c.h.pause()
 	defer c.h.unpause()
@@ -404,4 +417,35 @@ func (h *hub) ackersChanged(user string) {
 	if pc != nil {
 		h.resume(pc)
 	}
+}
+
+// relayedWhileAcking is told of a batch another instance popped for user:
+// if user has ack connections here, that instance should not pop, and
+// missed the announcement (pub/sub is best effort: it was resubscribing,
+// or not yet subscribed when it read where the ack connections are). It
+// is announced again, at most once a second per user.
+func (h *hub) relayedWhileAcking(user string) {
+	h.mu.Lock()
+	s := h.users[user]
+	announce := false
+	if s != nil && time.Since(s.announced) >= time.Second {
+		for _, c := range s.conns {
+			if c.ack != nil && !c.gone.Load() {
+				announce = true
+				s.announced = time.Now()
+				break
+			}
+		}
+	}
+	h.mu.Unlock()
+	if !announce {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), detachedTimeout)
+		defer cancel()
+		if err := h.q.AnnounceAckers(ctx, user); err != nil {
+			h.log.Debug("announcing ack connections failed", "user", user, "err", err)
+		}
+	}()
 }

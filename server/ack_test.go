@@ -233,6 +233,7 @@ func TestAckRefusals(t *testing.T) {
 	for _, tc := range []struct{ name, msg, reason string }{
 		{"unknown id", `{"ack":"12345"}`, "never sent"},
 		{"not a string", `{"ack":12345}`, "malformed ack"},
+		{"null", `{"ack":null}`, "malformed ack"},
 		{"not JSON", `{"ack": "1`, "malformed ack"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -297,5 +298,88 @@ func TestAckedDeliveryAcrossInstances(t *testing.T) {
 	g.push("9", "three")
 	if got := p.MustRead(); got != swoole("9", "three") {
 		t.Fatalf("plain on b got %q", got)
+	}
+}
+
+// A raw payload that starts with the envelope's marker but is no envelope
+// (no id): it is wrapped like any raw payload, and the user's messages go
+// on. (Review finding: the wrap script took it for an envelope, Go did
+// not, and the consumer retried it forever: seen failing, a timeout.)
+func TestAMarkerThatIsNoEnvelopeIsAPayload(t *testing.T) {
+	g := startGateway(t, nil, server.Config{})
+	c := g.dialAck("p1")
+	bogus := redisq.EnvelopeMarker + "not-an-id"
+	g.push("p1", bogus, "after")
+	if f := readAck(t, c); string(f.DataB64) != bogus {
+		t.Fatalf("got %+v, want the bogus payload intact", f)
+	}
+	if f := readAck(t, c); f.Data != "after" {
+		t.Fatalf("got %+v", f)
+	}
+}
+
+// Blocking consumers block in BLMOVE for seconds: an ack connection that
+// comes meanwhile gets the message that ends the block, with an id, and
+// the message stays in Redis until it acknowledges it, whatever the plain
+// connection's TCP says. (Review finding: it went to the plain connection
+// alone and left Redis: seen failing.)
+func TestAnAckConnectionJoiningABlockedConsumer(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Consumer: server.ConsumerBlocking})
+	p := g.dialReady("b1")
+	awaitBlocked(t, g, 1)
+	c := g.dialAck("b1")
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := g.srv.Snapshot().Conns; n != 2 {
+			return fmt.Errorf("%d connections registered", n)
+		}
+		return nil
+	})
+	g.push("b1", "m")
+	if got := p.MustRead(); got != swoole("b1", "m") {
+		t.Fatalf("plain got %q", got)
+	}
+	f := readAck(t, c)
+	if f.Data != "m" {
+		t.Fatalf("ack connection got %+v", f)
+	}
+	assertSilent(t, c, 300*time.Millisecond)
+	if n := g.processing("b1"); n != 1 {
+		t.Fatalf("processing list holds %d before the ack, want 1", n)
+	}
+	ack(c, f.ID)
+	g.awaitProcessing("b1", 0)
+}
+
+// An instance that gets relayed a batch for a user who has ack
+// connections on it says so again on the relay channel: the instance that
+// popped missed the announcement, and learns it this way.
+func TestARelayToAnAckUserIsAnsweredWithAnAnnouncement(t *testing.T) {
+	g := startGateway(t, nil, server.Config{Instance: "a"})
+	c := g.dialAck("r1")
+	testutil.Eventually(t, 5*time.Second, func() error { // a listens on the user's relay channel
+		n, err := g.rc.PubSubNumSub(t.Context(), "{user_r1_messages}:relay").Result()
+		if err != nil || n["{user_r1_messages}:relay"] != 1 {
+			return fmt.Errorf("subscribers %v (%v)", n, err)
+		}
+		return nil
+	})
+	ps := g.rc.Subscribe(t.Context(), "{user_r1_messages}:relay")
+	if _, err := ps.Receive(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	// What instance b's ack script publishes when it acknowledged "hi".
+	must(t, g.rc.Publish(t.Context(), "{user_r1_messages}:relay", "b\n2:hi").Err())
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-ps.Channel():
+			if m.Payload == redisq.AckersChanged+"\n" {
+				assertSilent(t, c, 200*time.Millisecond) // relayed copies are for plain connections
+				return
+			}
+		case <-deadline:
+			t.Fatal("no announcement after a relay to a user with an ack connection here")
+		}
 	}
 }

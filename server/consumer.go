@@ -285,6 +285,11 @@ loop:
 			continue
 		}
 		var ab *ackBatch
+		if c.room < 0 {
+			// An ack connection that came since next looked (a blocking
+			// pop waits for seconds) gets this batch, with ids, too.
+			c.room = h.ackRoom(s)
+		}
 		if c.room >= 0 {
 			if ab, err = c.wrap(ctx, msgs); err != nil {
 				// Popped, not delivered: it goes back with the rest.
@@ -495,9 +500,9 @@ func (c *consumer) next(ctx context.Context) step {
 	}
 	if c.room == 0 {
 		// Every ack connection is at its window: nothing is popped, for
-		// its plain connections either, until acknowledgements (or the
-		// timeout) make room, or the connections change.
-		c.awaitProgress(ctx, done, heldRound)
+		// its plain connections either, until acknowledgements (which
+		// wake it) or the timeout make room, or the connections change.
+		c.awaitAckers(ctx)
 		if ctx.Err() != nil {
 			return stop
 		}
@@ -763,7 +768,9 @@ func (h *hub) deliver(s *session, msgs []string, popped time.Time, consumer bool
 // takers are the connections of conns that take a batch of n messages:
 // the plain ones, and the ack ones if ab gives the batch's ids and their
 // window has room for n more; those record it, and marks says where it
-// ends in each one's sequence.
+// ends in each one's sequence. A batch popped for ack connections (ab)
+// that none of them can take goes to nobody: it must not leave Redis on
+// a plain connection's TCP confirmation.
 func takers(conns []*conn, ab *ackBatch, n int) (to []*conn, marks []ackMark) {
 	to = conns[:0] // conns is the caller's own snapshot
 	for _, c := range conns {
@@ -775,6 +782,9 @@ func takers(conns []*conn, ab *ackBatch, n int) (to []*conn, marks []ackMark) {
 			marks = append(marks, ackMark{c, c.ack.record(ab.ids)})
 		}
 		to = append(to, c)
+	}
+	if ab != nil && len(marks) == 0 {
+		return nil, nil
 	}
 	return to, marks
 }

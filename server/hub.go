@@ -68,9 +68,13 @@ type session struct {
 	// ackRecheck: an instance's ack connections of the user came or went;
 	// the consumer reads again where they are (deferToAckers).
 	ackRecheck atomic.Bool
-	wake       chan struct{} // the consumer waits on it for connections
-	hint       chan struct{} // hinted: the queue was written to (nil when blocking)
-	done       chan struct{} // blocking: closed when the consumer returned (nil when hinted)
+	// announced is when a relay that should not have come made this
+	// instance announce its ack connections again (relayedWhileAcking);
+	// under hub.mu.
+	announced time.Time
+	wake      chan struct{} // the consumer waits on it for connections
+	hint      chan struct{} // hinted: the queue was written to (nil when blocking)
+	done      chan struct{} // blocking: closed when the consumer returned (nil when hinted)
 }
 
 // Stats counts what the consumers did since start.

@@ -139,10 +139,7 @@ func (r *relay) run() {
 	for msg := range r.ps.Messages() {
 		origin, msgs, err := redisq.ParseRelay(msg.Payload)
 		if origin == redisq.AckersChanged {
-			r.mu.Lock()
-			user, ok := r.want[msg.Channel]
-			r.mu.Unlock()
-			if ok {
+			if user, ok := r.userOf(msg.Channel); ok {
 				r.hub.ackersChanged(user)
 			}
 			continue
@@ -150,8 +147,19 @@ func (r *relay) run() {
 		if err != nil || origin == r.instance || len(msgs) == 0 {
 			continue
 		}
+		if user, ok := r.userOf(msg.Channel); ok {
+			r.hub.relayedWhileAcking(user)
+		}
 		r.enqueue(msg.Channel, msgs)
 	}
+}
+
+// userOf is the user online here whose relay channel is channel.
+func (r *relay) userOf(channel string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	user, ok := r.want[channel]
+	return user, ok
 }
 
 func (r *relay) enqueue(channel string, msgs []string) {
