@@ -18,7 +18,9 @@
 // doubles from 0.5 s up to 30 s, at random between half of it and all of
 // it, so that the clients a restart dropped do not come back at once; a
 // connection that stayed open for 10 s resets the delay. With ack: true,
-// every pushed message is acknowledged once onMessage returned (if it
+// every pushed message is acknowledged once onMessage returned (keep it
+// synchronous: work it starts and does not finish before returning, a
+// promise, is not waited for; if it
 // throws, the client closes with 4000 and reconnects: the message was not
 // acknowledged and comes again, every time until onMessage takes it), and
 // a message whose id was
@@ -59,7 +61,13 @@
     connect() {
       this.timer = null;
       if (this.stopped) return;
-      const ws = new WebSocket(this.url());
+      let ws;
+      try {
+        ws = new WebSocket(this.url());
+      } catch (e) { // a malformed URL: said as a close, and tried again later
+        this.retry({ code: 1006, reason: String(e) }, 0);
+        return;
+      }
       ws.binaryType = "arraybuffer";
       this.ws = ws;
       let opened = 0;
@@ -71,14 +79,20 @@
       ws.onclose = (ev) => {
         if (this.ws === ws) this.ws = null;
         if (opened && Date.now() - opened >= STABLE) this.delay = 0;
-        let retryIn = -1;
-        if (!this.stopped) {
-          this.delay = Math.min(Math.max(2 * this.delay, MIN_DELAY), MAX_DELAY);
-          retryIn = Math.round(this.delay / 2 + Math.random() * this.delay / 2);
-          this.timer = setTimeout(() => this.connect(), retryIn);
-        }
-        this.opts.onClose({ code: ev.code, reason: ev.reason, opened: opened > 0, retryIn });
+        this.retry(ev, opened);
       };
+    }
+
+    // retry schedules the next connection after a growing, jittered delay
+    // (unless close() was called) and reports the close.
+    retry(ev, opened) {
+      let retryIn = -1;
+      if (!this.stopped) {
+        this.delay = Math.min(Math.max(2 * this.delay, MIN_DELAY), MAX_DELAY);
+        retryIn = Math.round(this.delay / 2 + Math.random() * this.delay / 2);
+        this.timer = setTimeout(() => this.connect(), retryIn);
+      }
+      this.opts.onClose({ code: ev.code, reason: ev.reason, opened: opened > 0, retryIn });
     }
 
     receive(ws, data) {

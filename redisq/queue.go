@@ -394,6 +394,16 @@ func (q *Queue) AnnounceAckers(ctx context.Context, user string) error {
 	return q.cmd.Do(ctx, q.publishCommand(), q.RelayChannel(user), AckersChanged+"\n").Err()
 }
 
+// HoldsAcks reports whether instance says it holds ack connections of
+// user (its "<instance>/ack" field of the presence hash).
+func (q *Queue) HoldsAcks(ctx context.Context, user, instance string) (bool, error) {
+	n, err := q.cmd.HGet(ctx, q.connectionsKey(user), instance+"/ack").Int()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	return n > 0, err
+}
+
 // ParseRelay decodes a relay publication into its origin instance and its
 // messages, oldest first.
 func ParseRelay(payload string) (origin string, msgs []string, err error) {

@@ -5,10 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"slices"
 	"strconv"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -33,130 +30,6 @@ import (
 // ack connection is confirmed by an acknowledgement only: a plain
 // connection's TCP confirmation does not count for it.
 
-// acker is the acknowledgement state of one ack connection: the messages
-// it was sent, numbered in the order sent (its sequence), the ones not yet
-// acknowledged, and how far the client and the timeout got. Its methods
-// are safe for concurrent use: the consumer records and expires, the
-// connection's reader acknowledges.
-type acker struct {
-	mu     sync.Mutex
-	window int // at most this many outstanding
-	sent   int64
-	// acked: the client acknowledged every message through this
-	// sequence; expired: the timeout gave up on every one through this.
-	acked, expired int64
-	out            []sent // outstanding, in sequence order
-	// lo and hi bound the ids ever sent (0: none yet): an ack for an id
-	// outside them names one this connection never had.
-	lo, hi uint64
-}
-
-// sent is one outstanding message of an ack connection. again marks an
-// id that may have been sent here before (not above every id sent so
-// far): an ack of it may be a late one for the earlier copy, sent before
-// the client could have read what precedes this one (ack).
-type sent struct {
-	id    uint64
-	seq   int64
-	again bool
-}
-
-func newAcker(window int) *acker { return &acker{window: window} }
-
-// room is how many more messages may be sent before the window is full.
-func (a *acker) room() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.window - len(a.out)
-}
-
-// record numbers ids, about to be written in this order, and returns the
-// sequence of the last: the batch is acknowledged once acked reaches it.
-func (a *acker) record(ids []uint64) (end int64) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, id := range ids {
-		a.sent++
-		a.out = append(a.out, sent{id: id, seq: a.sent, again: a.hi != 0 && id <= a.hi})
-		if a.lo == 0 || id < a.lo {
-			a.lo = id
-		}
-		a.hi = max(a.hi, id)
-	}
-	return a.sent
-}
-
-// errAckUnknown: an ack names an id this connection was never sent.
-var errAckUnknown = errors.New("ack for an id never sent on this connection")
-
-// ack takes the client's acknowledgement of id: that message, the last
-// time it was sent here, and every one sent before it. An id sent here
-// but no longer outstanding (acknowledged already, given up by the
-// timeout, or settled by another connection) is ignored. So is the ack of
-// a message that may have been sent here before while older messages are
-// still outstanding: it may be the late ack of its first copy, which must
-// not cover messages sent since (a message given up and sent again behind
-// one this client never read); a client that acknowledges what it reads,
-// in order, acknowledges those first, and then this one counts.
-func (a *acker) ack(id uint64) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for i := len(a.out) - 1; i >= 0; i-- {
-		if a.out[i].id == id {
-			if a.out[i].again && i > 0 {
-				return nil
-			}
-			a.acked = max(a.acked, a.out[i].seq)
-			a.out = slices.Delete(a.out, 0, i+1)
-			return nil
-		}
-	}
-	if a.lo != 0 && a.lo <= id && id <= a.hi {
-		return nil
-	}
-	return errAckUnknown
-}
-
-// expire gives up on the messages through sequence end that are not
-// acknowledged, and reports whether there were any: the batch ending there
-// failed on this connection, and its messages free the window.
-func (a *acker) expire(end int64) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.acked >= end || a.expired >= end {
-		return false
-	}
-	a.expired = end
-	a.dropThroughLocked(end)
-	return true
-}
-
-// release drops the outstanding messages through sequence end: their batch
-// left the consumer (acknowledged by another connection, or back in the
-// queue, to come again), so they no longer hold the window, and a late ack
-// of them is ignored.
-func (a *acker) release(end int64) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.dropThroughLocked(end)
-}
-
-func (a *acker) dropThroughLocked(end int64) {
-	i := 0
-	for i < len(a.out) && a.out[i].seq <= end {
-		i++
-	}
-	a.out = slices.Delete(a.out, 0, i)
-}
-
-// state says whether the message at sequence end (and so every one before
-// it) is acknowledged, or was given up by the timeout.
-func (a *acker) state(end int64) (acked, expired bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.acked >= end, a.expired >= end
-}
-
 // ackedPrefix is how many of f's oldest messages an ack connection
 // acknowledged, short of all of them: a cumulative ack may fall inside a
 // batch, and what it covers leaves Redis without waiting for the rest.
@@ -169,13 +42,6 @@ func (f *flight) ackedPrefix() int {
 		}
 	}
 	return k
-}
-
-// ackedSeq is the sequence through which the client acknowledged.
-func (a *acker) ackedSeq() int64 {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.acked
 }
 
 // ackMark is where a batch ends in an ack connection's sequence.
@@ -352,100 +218,4 @@ func (c *conn) takeAck(msg []byte) (bool, error) {
 	}
 	c.sess.notify() // its consumer may acknowledge in Redis, or pop again
 	return true, nil
-}
-
-// deferToAckers reports whether another instance holds ack connections of
-// the user, which this one (none here) leaves the popping to: reading it
-// again when an instance said its ack connections changed (the relay's
-// "!ack", ackersChanged) and, while deferring, every heldRound (an
-// instance that died says nothing; its entries expire).
-func (c *consumer) deferToAckers(ctx context.Context) bool {
-	recheck := c.s.ackRecheck.Swap(false)
-	if !recheck && (!c.ackElsewhere || time.Since(c.ackCheckedAt) < heldRound) {
-		return c.ackElsewhere
-	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
-	elsewhere, err := c.h.q.AckElsewhere(actx, c.s.user)
-	cancel()
-	c.ackCheckedAt = time.Now()
-	if err != nil {
-		c.h.log.Debug("reading where the ack connections are failed", "user", c.s.user, "err", err)
-		return c.ackElsewhere // looked at again in a round
-	}
-	switch {
-	case c.ackElsewhere && !elsewhere:
-		c.more, c.left = true, -1 // what the other instance left is for this one
-		c.h.log.Debug("no other instance holds ack connections of the user any more: popping here", "user", c.s.user)
-	case !c.ackElsewhere && elsewhere:
-		c.h.log.Debug("another instance holds ack connections of the user: popping left to it", "user", c.s.user)
-	}
-	c.ackElsewhere = elsewhere
-	return elsewhere
-}
-
-// awaitAckers waits a round, or until the user's connections here change,
-// one of them acknowledges, or ack connections changed somewhere: while
-// another instance pops for the user, or every ack connection here is at
-// its window.
-func (c *consumer) awaitAckers(ctx context.Context) {
-	c.h.pause()
-	defer c.h.unpause()
-	t := time.NewTimer(heldRound)
-	defer t.Stop()
-	select {
-	case <-c.s.wake:
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}
-
-// ackersChanged tells the consumer of user, if online here, that an
-// instance's ack connections of the user came or went (the relay's "!ack").
-// A parked consumer goes on at once, to look.
-func (h *hub) ackersChanged(user string) {
-	h.mu.Lock()
-	s := h.users[user]
-	var pc *consumer
-	if s != nil {
-		s.ackRecheck.Store(true)
-		pc, s.parked = s.parked, nil
-	}
-	h.mu.Unlock()
-	if s != nil {
-		s.notify()
-	}
-	if pc != nil {
-		h.resume(pc)
-	}
-}
-
-// relayedWhileAcking is told of a batch another instance popped for user:
-// if user has ack connections here, that instance should not pop, and
-// missed the announcement (pub/sub is best effort: it was resubscribing,
-// or not yet subscribed when it read where the ack connections are). It
-// is announced again, at most once a second per user.
-func (h *hub) relayedWhileAcking(user string) {
-	h.mu.Lock()
-	s := h.users[user]
-	announce := false
-	if s != nil && time.Since(s.announced) >= time.Second {
-		for _, c := range s.conns {
-			if c.ack != nil && !c.gone.Load() {
-				announce = true
-				s.announced = time.Now()
-				break
-			}
-		}
-	}
-	h.mu.Unlock()
-	if !announce {
-		return
-	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), detachedTimeout)
-		defer cancel()
-		if err := h.q.AnnounceAckers(ctx, user); err != nil {
-			h.log.Debug("announcing ack connections failed", "user", user, "err", err)
-		}
-	}()
 }

@@ -643,7 +643,7 @@ func (c *consumer) acked(ctx context.Context) {
 	for _, f := range c.flights[:c.ackingFlights] {
 		part -= f.n
 	}
-	c.dropFlights(c.ackingFlights)
+	c.forgetFlights(c.ackingFlights, false)
 	if part > 0 {
 		c.flights[0].n -= part
 	}
@@ -653,12 +653,16 @@ func (c *consumer) acked(ctx context.Context) {
 	}
 }
 
-// dropFlights forgets the oldest n flights, acknowledged or going back to
-// the queue: their messages no longer hold the ack connections' windows.
-func (c *consumer) dropFlights(n int) {
+// dropFlights forgets the oldest n flights, going back to the queue.
+func (c *consumer) dropFlights(n int) { c.forgetFlights(n, true) }
+
+// forgetFlights forgets the oldest n flights, acknowledged or going back
+// to the queue (requeued): their messages no longer hold the ack
+// connections' windows, and those going back may come to them again.
+func (c *consumer) forgetFlights(n int, requeued bool) {
 	for _, f := range c.flights[:n] {
 		for _, m := range f.acks {
-			m.c.ack.release(m.end)
+			m.c.ack.release(m.end, requeued)
 		}
 	}
 	rest := copy(c.flights, c.flights[n:])

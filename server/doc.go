@@ -52,8 +52,13 @@
 //     next pop. It requeues what it holds when every connection failed a
 //     batch (counting the failure: redisq's dead-letter rule) or closed
 //     before its peer acknowledged it (counted only when a client closed
-//     saying it cannot take it: 1003, 1007, 1008, 1009). A consumer that panics is
+//     saying it cannot take it: 1003, 1007, 1008, 1009, 4000). A consumer that panics is
 //     recovered: requeue, session dropped, connections closed 1011.
+//     For an ack connection (?ack=1; ack.go) the client's own
+//     acknowledgement replaces TCP's: its state per connection is an
+//     acker (acker.go), a batch for it gets ids written into Redis first
+//     (redisq.Queue.Wrap), and across instances only instances holding
+//     one pop (ackers.go).
 //   - Writes to a socket are serialised by the connection's write lock: the
 //     writer's batches (all that is queued, in one writev), the
 //     consumer's direct writes, and the close frames take it in turn, each

@@ -97,16 +97,23 @@ func (s *Server) readEnded(c *conn, r *frameReader, err error) {
 			reason = "" // echo the client's code (§5.5.1), not its words
 			// A client that closes saying it cannot take what it got
 			// (1009 message too big, 1003 unsupported data, 1007 invalid
-			// payload, 1008 policy) refused it: its closing is a failed
+			// payload, 1008 policy, or 4000, which a browser may send
+			// where it may not send those: /redpush.js does when its
+			// handler throws) refused it: its closing is a failed
 			// delivery (the dead-letter rule); any other close is not.
 			switch ce.code {
-			case ws.StatusMessageTooBig, ws.StatusUnsupportedData, ws.StatusInvalidFramePayloadData, ws.StatusPolicyViolation:
+			case ws.StatusMessageTooBig, ws.StatusUnsupportedData, ws.StatusInvalidFramePayloadData, ws.StatusPolicyViolation, statusCannotTake:
 				c.refused.Store(true)
 			}
 		}
 		c.closeWith(ce.code, reason, time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 	}
 }
+
+// statusCannotTake is the close code of a client that cannot take the
+// message it got (an application code: a browser may send only 1000 and
+// 3000-4999).
+const statusCannotTake ws.StatusCode = 4000
 
 // frameReader is the read side of one connection as a state machine fed
 // with bytes (feed), however they are split: between frames, gathering a

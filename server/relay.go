@@ -148,7 +148,7 @@ func (r *relay) run() {
 			continue
 		}
 		if user, ok := r.userOf(msg.Channel); ok {
-			r.hub.relayedWhileAcking(user)
+			r.hub.relayedWhileAcking(user, origin)
 		}
 		r.enqueue(msg.Channel, msgs)
 	}
