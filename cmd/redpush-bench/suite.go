@@ -37,13 +37,13 @@ var scenarios = []scenario{
 		[]string{"-users", "5000", "-hold", "10s", "-connect-rate", "2500"}, nil},
 	{"d) backlog drain: 1,000,000 messages for 1,000 offline users", "≥ half of a)'s rate",
 		[]string{"-users", "1000", "-backlog", "1000", "-grace", "120s"}, nil},
+	{"e) 10,000 users, 2,000 msg/s, 60 s, Redis with --maxclients 200 (two bench processes)", "Redis connections independent of online users: one redpush with default flags serves 10,000 users through a Redis that admits 200 clients",
+		[]string{"-users", "10000", "-rate", "2000", "-duration", "60s", "-connect-rate", "2500", "-spawn", "2"},
+		[]string{"--maxclients", "200"}},
 	{"f) a) with acknowledged delivery: 1,000 users, fastest rate, 30 s, ?ack=1", "what acknowledgements cost against a): each client acknowledges every message as it reads it",
 		[]string{"-users", "1000", "-duration", "30s", "-ack"}, nil},
 	{"g) b) with acknowledged delivery: 5,000 users, 2,000 msg/s, 30 s, ?ack=1", "against b): the latency, and the time from push to the client's acknowledgement",
 		[]string{"-users", "5000", "-rate", "2000", "-duration", "30s", "-connect-rate", "2500", "-ack"}, nil},
-	{"e) 10,000 users, 2,000 msg/s, 60 s, Redis with --maxclients 200 (two bench processes)", "Redis connections independent of online users: one redpush with default flags serves 10,000 users through a Redis that admits 200 clients",
-		[]string{"-users", "10000", "-rate", "2000", "-duration", "60s", "-connect-rate", "2500", "-spawn", "2"},
-		[]string{"--maxclients", "200"}},
 }
 
 // sideBySide are the scenarios of "Against the PHP original": sized so
