@@ -27,6 +27,7 @@ text{font-size:11px;fill:#444}.legend text{font-size:12px}.fault{stroke:#d62728;
 <tr><th>sent / delivered</th><td>{{.Sent}} / {{.Delivered}} (unsent {{.Unsent}})</td></tr>
 <tr><th>lost / misdelivered</th><td>{{.Lost}} / {{.Misdelivered}}</td></tr>
 <tr><th>duplicated / reordered / partial</th><td>{{.Duplicated}} / {{.Reordered}} / {{.Partial}}</td></tr>
+<tr><th>acknowledged delivery</th><td>{{.AckUsers}} users; {{.AckRedelivered}} redeliveries of processed ids dropped; {{.AckDuplicated}} processed twice</td></tr>
 <tr><th>left in Redis</th><td>queued {{.StillQueued}}, processing {{.StillInFlight}}</td></tr>
 <tr><th>reconnects</th><td>{{.Reconnects}}</td></tr>
 </table>{{end}}
