@@ -22,7 +22,12 @@
 // "{Q}:ack:I" (the ack fence), "{Q}:relay" (the relay channel),
 // "{Q}:instances" (the instances serving the user: the relay's listeners),
 // "{Q}:failures" and "{Q}:dead" (failed deliveries and the dead-letter list,
-// [Queue.RequeueFailed]). Per instance: "redpush:instance:I" (heartbeat),
+// [Queue.RequeueFailed]), "{Q}:presence" and "{Q}:connections" (presence,
+// [Queue.SetPresence]; the latter's "<instance>/ack" fields say where the
+// user's ack connections are, [Queue.AckElsewhere]) and "{Q}:ackseq" (the
+// ids of acknowledged delivery, [Queue.Wrap]: a message popped for an ack
+// connection is rewritten in the processing list as an envelope that
+// carries its id, and keeps it wherever it goes; [ParseEnvelope]). Per instance: "redpush:instance:I" (heartbeat),
 // "redpush:claim:I" (one live process per id, [Queue.Claim]) and
 // "redpush:lists:I" (the registry of its queues with a processing list,
 // [Queue.Register]); "redpush:instances" lists the instances.
