@@ -61,11 +61,6 @@ func ParseEnvelope(m string) (id uint64, payload string, ok bool) {
 // breaks it is a raw payload (and gets wrapped), not an envelope.
 const maxIDDigits = 19
 
-// Envelope wraps payload with id, as Wrap does in Redis.
-func Envelope(id uint64, payload string) string {
-	return EnvelopeMarker + strconv.FormatUint(id, 10) + ":" + payload
-}
-
 // Unwrap is the payload of m, whether it is an envelope or raw.
 func Unwrap(m string) string {
 	_, p, _ := ParseEnvelope(m)

@@ -41,6 +41,14 @@ func TestAckerWindowAndRefusals(t *testing.T) {
 	if err := a.ack(7); !errors.Is(err, errAckUnknown) {
 		t.Fatalf("ack of an id above every id sent: %v", err)
 	}
+	b := newAcker(3)
+	bend := b.record([]uint64{5, 7})
+	if err := b.ack(6); err != nil { // within the range: another tab's, ignored
+		t.Fatalf("ack of an id within the range: %v", err)
+	}
+	if acked, _ := b.state(bend - 1); acked {
+		t.Fatal("an ack of an id never sent here acknowledged something")
+	}
 	if !a.expire(end) || a.room() != 3 {
 		t.Fatalf("expire: room %d", a.room())
 	}

@@ -451,3 +451,75 @@ func TestAMessageThePageCannotTakeIsSetAside(t *testing.T) {
 	}
 	t.Fatal("after 20 refusals the message still comes: the queue is stuck behind it")
 }
+
+// ack=1 beside a token, in json format: the greeting and the reply to a
+// client message stay json's; pushed messages are ack frames.
+func TestAckedDeliveryWithATokenInJSONFormat(t *testing.T) {
+	secret := []byte("a-secret-of-at-least-16-bytes")
+	auth, err := server.NewHMACAuth(secret)
+	must(t, err)
+	tok, err := server.Sign(secret, "j1", time.Hour)
+	must(t, err)
+	g := startGateway(t, nil, server.Config{Auth: auth, Format: server.FormatJSON})
+	c := testutil.DialPath(t, g.addr, "/?ack=1&token="+tok)
+	if got := c.MustRead(); got != `{"event":"hello"}` {
+		t.Fatalf("greeting %q", got)
+	}
+	g.push("j1", "m")
+	f := readAck(t, c)
+	if f.Data != "m" {
+		t.Fatalf("got %+v", f)
+	}
+	c.Send("hi")
+	if got := c.MustRead(); got != `{"event":"reply","data":"hello"}` {
+		t.Fatalf("reply %q", got)
+	}
+	ack(c, f.ID)
+	g.awaitProcessing("j1", 0)
+}
+
+// A user with an ack connection on each of two instances: both pop, each
+// connection gets what its instance popped, and every message leaves
+// Redis once one of them acknowledged it.
+func TestAckConnectionsOnTwoInstances(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	a := startGateway(t, rds, server.Config{Instance: "a"})
+	b := startGateway(t, rds, server.Config{Instance: "b"})
+	ca, cb := a.dialAck("2i"), b.dialAck("2i")
+	got := make(chan string, 100)
+	for _, c := range []*testutil.Client{ca, cb} {
+		go func() {
+			for {
+				s, _, err := c.Read(20 * time.Second)
+				var f ackFrame
+				if err != nil || json.Unmarshal([]byte(s), &f) != nil {
+					return
+				}
+				got <- f.Data
+				c.Send(`{"ack":"` + f.ID + `"}`)
+			}
+		}()
+	}
+	const n = 40
+	for i := range n {
+		a.push("2i", fmt.Sprint(i))
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		select {
+		case m := <-got:
+			seen[m] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d messages reached an ack connection", len(seen), n)
+		}
+	}
+	a.awaitQueueEmpty("2i")
+	testutil.Eventually(t, 10*time.Second, func() error {
+		for _, inst := range []string{"a", "b"} {
+			if k := a.rc.LLen(t.Context(), "{user_2i_messages}:processing:"+inst).Val(); k != 0 {
+				return fmt.Errorf("%s holds %d", inst, k)
+			}
+		}
+		return nil
+	})
+}

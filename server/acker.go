@@ -23,9 +23,9 @@ type acker struct {
 	// outside them names one this connection never had.
 	lo, hi uint64
 	// back are the ids sent here whose batch went back to the queue
-	// unacknowledged here, in the order they went, at most maxBack: if one
-	// comes here again, an ack of it may be a late one for the first copy
-	// (sent.again).
+	// unacknowledged here, in the order they went, at most maxBack
+	// windows of them: if one comes here again, an ack of it may be a
+	// late one for the first copy (sent.again).
 	back  map[uint64]struct{}
 	backQ []uint64
 }
@@ -77,8 +77,8 @@ var errAckUnknown = errors.New("ack for an id never sent on this connection")
 // time it was sent here, and every one sent before it. An id sent here
 // but no longer outstanding (acknowledged already, given up by the
 // timeout, or settled by another connection) is ignored. So is the ack of
-// a message sent here again while a message it was not sent with before
-// is outstanding ahead of it: the ack may be a late one for the first
+// a message sent here again while a message not sent here before is
+// outstanding ahead of it: the ack may be a late one for the first
 // copy, and must not cover what the client may never have read (a message
 // given up and sent again behind one this connection never had). A batch
 // that comes again whole is acknowledged as before; a client that

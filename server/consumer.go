@@ -502,6 +502,10 @@ func (c *consumer) next(ctx context.Context) step {
 		// Every ack connection is at its window: nothing is popped, for
 		// its plain connections either, until acknowledgements (which
 		// wake it) or the timeout make room, or the connections change.
+		// What is confirmed is acknowledged now: no pop carries it.
+		if n > 0 {
+			c.ackNow(ctx, n, done)
+		}
 		c.awaitAckers(ctx)
 		if ctx.Err() != nil {
 			return stop

@@ -1,7 +1,10 @@
 // Command redpush-bench measures any Swoole-compatible push server end to
-// end, speaking only the original's protocol: clients connect with
-// ?user_id=, read the greeting, producers LPUSH into user_{id}_messages, and
-// every pushed frame is parsed, matched to what was sent, and timed.
+// end, speaking the original's protocol: clients connect with ?user_id=,
+// read the greeting, producers LPUSH into user_{id}_messages, and every
+// pushed frame is parsed, matched to what was sent, and timed. With -ack
+// the clients use redpush's acknowledged delivery (?ack=1) instead, and
+// acknowledge each message as they read it; so does a share of the chaos
+// run's users (chaos.go, chaosseat.go), whose accounting is stricter.
 //
 //	redpush-bench -url ws://127.0.0.1:9502/ -redis redis://127.0.0.1:6379 \
 //	    -users 100 -messages 100 -json out.json

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,4 +58,31 @@ func TestAckIdsSurviveAKill(t *testing.T) {
 	onB.Send(`{"ack":"` + last.ID + `"}`)
 	awaitLen(t, rc, "{user_k_messages}:processing:b", 0)
 	awaitLen(t, rc, "user_k_messages", 0)
+}
+
+// The instance holding a user's ack connection is killed: the instance
+// that deferred to it for the user's plain connection pops again once the
+// dead one's presence entry stops vouching (-instance-ttl).
+func TestPlainTabsResumeWhenTheAckHolderIsKilled(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	common := []string{"-redis", rds.URL(), "-instance-ttl", "1500ms", "-format", "raw"}
+	a := startProc(t, nil, append(common, "-instance", "a")...)
+	b := startProc(t, nil, append(common, "-instance", "b", "-log-level", "debug")...)
+	plain := testutil.Dial(t, b.addr, "k2")
+	plain.MustRead()
+	testutil.DialPath(t, a.addr, "/?user_id=k2&ack=1").MustRead()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(b.stderr.String(), "popping left to it") {
+			return fmt.Errorf("b does not defer to a")
+		}
+		return nil
+	})
+	_ = a.cmd.Process.Kill()
+	a.wait(5 * time.Second)
+	killed := time.Now()
+	rds.Client().LPush(t.Context(), "user_k2_messages", "after")
+	if got := plain.MustRead(); got != "after" {
+		t.Fatalf("got %q", got)
+	}
+	t.Logf("the plain connection got the message %v after the kill (-instance-ttl 1.5s)", time.Since(killed))
 }

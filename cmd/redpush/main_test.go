@@ -153,6 +153,7 @@ func TestHelpListsEveryFlagWithItsDefault(t *testing.T) {
 		"-addr", "0.0.0.0:9502", "-redis", "redis://127.0.0.1:6379", "embedded", "-workers",
 		"-key-pattern", "user_%s_messages", "-format", "swoole", "-instance", "-max-message", "65536",
 		"-handshake-timeout", "-idle-timeout", "-write-timeout", "-shutdown-timeout", "10s", "-log-level",
+		"-ack-timeout", "30s", "-ack-window", "256",
 		"REDPUSH_",
 		// The subcommands, and what 0 means where it means the default.
 		"redpush token", "redpush healthcheck", "0 means the default",
@@ -218,6 +219,8 @@ func TestStartErrorsAreOneLineAndExit2(t *testing.T) {
 		{"negative workers", nil, []string{"-redis", down, "-workers", "-5"}, []string{"-workers", "-5", "0 for the default", "1 to"}},
 		{"negative max users", nil, []string{"-redis", down, "-max-users", "-1"}, []string{"-max-users", "-1", "0 for the default", "1 to 1000000"}},
 		{"absurd instance ttl", nil, []string{"-redis", down, "-instance-ttl", "1ms"}, []string{"-instance-ttl", "1ms", "1s to"}},
+		{"absurd ack timeout", nil, []string{"-redis", down, "-ack-timeout", "10ms"}, []string{"-ack-timeout", "10ms", "100ms to 24h"}},
+		{"ack window too big", nil, []string{"-redis", down, "-ack-window", "100001"}, []string{"-ack-window", "100001", "1 to 100000"}},
 		{"origin without scheme", nil, []string{"-redis", down, "-allowed-origins", "foo"}, []string{"-allowed-origins", `"foo"`, "scheme://host[:port]"}},
 		{"origin with a path", nil, []string{"-redis", down, "-allowed-origins", "https://a.example/app"}, []string{"-allowed-origins", "scheme://host[:port]"}},
 		{"negative max message", nil, []string{"-redis", down, "-max-message", "-1"}, []string{"-max-message", "0 for the default"}},
