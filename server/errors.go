@@ -11,8 +11,9 @@ var (
 	// ErrConnClosed is returned by writes to a connection that is closed.
 	ErrConnClosed = errors.New("server: connection closed")
 	// errShuttingDown and errConsumerCrashed are why a connection that was
-	// upgraded could not be registered (close 1001 and 1011).
-	errShuttingDown    = errors.New("server is shutting down")
+	// upgraded could not be registered (close 1001 and 1011); the first
+	// says what the shutdown's close says to every other client.
+	errShuttingDown    = errors.New("server shutting down")
 	errConsumerCrashed = errors.New("internal error: reconnect")
 	// errTooManyConns is the reason for a 429 before the upgrade: the user
 	// holds Config.MaxConnsPerUser connections here already.

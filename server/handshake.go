@@ -302,6 +302,9 @@ func (s *Server) openConn(c *conn) bool {
 		}
 		c.closeWith(code, err.Error(), time.Now().Add(time.Second))
 		c.close() // no reader to linger: this one never began
+		// Its client read the greeting: the close gets its line too (a
+		// shutdown that began between the greeting and the registration).
+		s.log.Info(fmt.Sprintf("client-%d is closed", c.fd), "fd", c.fd, "user", c.user, "reason", c.closedBecause())
 		return false
 	}
 	s.log.Debug("client open", "fd", c.fd, "user", c.user, "remote", c.nc.RemoteAddr())
