@@ -124,10 +124,14 @@ func (r *Relays) Close() error {
 // moved), or that Redis drops (a "sunsubscribe" push when its node gives
 // the slot up), goes back to be placed again; so do all the channels of a
 // connection that breaks or cannot be made (a master down, a failover).
-// They are placed again after a backoff, on the master the cluster client
-// then names; the backoff grows until a subscription is confirmed, so a
-// master that stays down, or a slot map that has not caught up yet (the
-// client reloads it in the background), is not redialled in a tight loop.
+// They are placed again after a pause, on the master the cluster client
+// then names. Each master has its own: a master whose connections end
+// without a confirmed subscription is not dialled again until its
+// cooldown passed (50 ms, doubling to 2 s), which a confirmation from it
+// ends; a master that stays down is not redialled in a tight loop, however
+// often the others confirm or new channels come for its slots. A slot map
+// that has not caught up yet (the client reloads it in the background)
+// has a backoff of its own.
 type shardRelays struct {
 	cc   *redis.ClusterClient
 	name string
@@ -138,23 +142,33 @@ type shardRelays struct {
 	life context.Context // ends at close: dials give up
 	end  context.CancelFunc
 	wg   sync.WaitGroup
-	// confirmed is set by a connection that read a subscription's
-	// confirmation: placing works again, and the backoff starts over.
-	confirmed atomic.Bool
-
 	mu       sync.Mutex
 	want     map[string]*shardConn // wanted channel → its connection; nil: waiting to be placed
 	conns    map[string]*shardConn // by master address
 	homeless int                   // wanted channels without a connection
 	closed   bool
 	refused  time.Time // when a refused dial was last logged
+	// cool holds the masters not to be dialled yet, by address.
+	cool map[string]*cooling
 }
+
+// cooling is one master's cooldown: how long the last one was, and until
+// when it lasts.
+type cooling struct {
+	d     time.Duration
+	until time.Time
+}
+
+const (
+	coolMin = 50 * time.Millisecond
+	coolMax = 2 * time.Second
+)
 
 func newShardRelays(cc *redis.ClusterClient, name string, log *slog.Logger) *shardRelays {
 	life, end := context.WithCancel(context.Background())
 	s := &shardRelays{cc: cc, name: name, log: log, out: make(chan Relayed, 128),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), life: life, end: end,
-		want: map[string]*shardConn{}, conns: map[string]*shardConn{}}
+		want: map[string]*shardConn{}, conns: map[string]*shardConn{}, cool: map[string]*cooling{}}
 	s.wg.Add(1)
 	go s.rehome()
 	return s
@@ -210,6 +224,11 @@ func (s *shardRelays) place(ctx context.Context, chans []string) bool {
 			continue // unwanted or placed meanwhile
 		}
 		c := s.conns[addr]
+		if (c == nil || c.isGone()) && s.coolingLocked(addr) {
+			s.mu.Unlock()
+			all = false // its master is not dialled yet: rehome places it
+			continue
+		}
 		if c == nil || !c.add(ch) {
 			c = newShardConn(s, node)
 			s.conns[addr] = c
@@ -222,12 +241,36 @@ func (s *shardRelays) place(ctx context.Context, chans []string) bool {
 	return all
 }
 
+// coolingLocked reports whether the master at addr is cooling down.
+func (s *shardRelays) coolingLocked(addr string) bool {
+	cl := s.cool[addr]
+	return cl != nil && time.Now().Before(cl.until)
+}
+
+// confirmedBy ends the cooldown of the master at addr: a subscription
+// there was confirmed.
+func (s *shardRelays) confirmedBy(addr string) {
+	s.mu.Lock()
+	delete(s.cool, addr)
+	s.mu.Unlock()
+}
+
 // lost takes back channels that c no longer holds, to be placed again;
-// connGone: c's connection is gone with them.
+// connGone: c's connection is gone with them, and, if it never had a
+// subscription confirmed, its master cools down longer.
 func (s *shardRelays) lost(c *shardConn, chans []string, connGone bool) {
 	s.mu.Lock()
 	if connGone && s.conns[c.addr] == c {
 		delete(s.conns, c.addr)
+	}
+	if connGone {
+		cl := s.cool[c.addr]
+		if cl == nil || c.confirmed.Load() {
+			cl = &cooling{}
+			s.cool[c.addr] = cl
+		}
+		cl.d = min(max(2*cl.d, coolMin), coolMax)
+		cl.until = time.Now().Add(cl.d)
 	}
 	n := 0
 	for _, ch := range chans {
@@ -264,23 +307,26 @@ func (s *shardRelays) poke() {
 	}
 }
 
-// rehome places homeless channels again, after the backoff, and after
-// asking the cluster client to reload its slot map (the old one sent them
-// where they are not).
+// rehome places homeless channels again, once the soonest cooldown of a
+// master ended (or the slot map's backoff passed: a placement that found
+// no master grows it, a complete one resets it), after asking the cluster
+// client to reload its slot map (the old one sent them where they are
+// not).
 func (s *shardRelays) rehome() {
 	defer s.wg.Done()
-	var bo backoffDelay
+	var bo time.Duration // the slot map's
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-s.kick:
 		}
-		if s.confirmed.Swap(false) {
-			bo.reset()
-		}
-		if !bo.sleep(s.stop) {
+		t := time.NewTimer(max(bo, s.soonest()))
+		select {
+		case <-s.stop:
+			t.Stop()
 			return
+		case <-t.C:
 		}
 		s.cc.ReloadState(context.Background())
 		s.mu.Lock()
@@ -292,11 +338,45 @@ func (s *shardRelays) rehome() {
 		}
 		s.mu.Unlock()
 		ctx, cancel := context.WithTimeout(s.life, 5*time.Second)
-		if !s.place(ctx, chans) {
+		placed := s.place(ctx, chans)
+		cancel()
+		switch {
+		case placed:
+			bo = 0
+		case !s.anyCooling():
+			bo = min(max(2*bo, coolMin), coolMax) // no slot map: it grows
+		}
+		if !placed {
 			s.poke()
 		}
-		cancel()
 	}
+}
+
+// soonest is how long until a cooling master may be dialled again, at
+// least coolMin.
+func (s *shardRelays) soonest() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	var d time.Duration
+	for _, cl := range s.cool {
+		if left := cl.until.Sub(now); left > 0 && (d == 0 || left < d) {
+			d = left
+		}
+	}
+	return max(d, coolMin)
+}
+
+// anyCooling reports whether a master is cooling down now.
+func (s *shardRelays) anyCooling() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for addr := range s.cool {
+		if s.coolingLocked(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *shardRelays) close() {
@@ -337,6 +417,8 @@ type shardConn struct {
 	sent  []sentCmd           // commands whose answer was not read, oldest first
 	nc    net.Conn            // nil until connected, and once gone
 	gone  bool
+	// confirmed: a subscription of this connection was confirmed.
+	confirmed atomic.Bool
 }
 
 // sentCmd is a command of a shardConn awaiting its answer.
@@ -350,6 +432,13 @@ func newShardConn(s *shardRelays, srv *redis.Client) *shardConn {
 	s.wg.Add(1)
 	go c.run()
 	return c
+}
+
+// isGone reports whether c's connection is gone. Called under s.mu.
+func (c *shardConn) isGone() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gone
 }
 
 // add subscribes ch (at once if connected, else when connected); false
@@ -524,7 +613,9 @@ func (c *shardConn) pushed(p resp3.Push) {
 		c.mu.Lock()
 		c.take("SSUBSCRIBE", ch)
 		c.mu.Unlock()
-		c.s.confirmed.Store(true)
+		if !c.confirmed.Swap(true) {
+			c.s.confirmedBy(c.addr)
+		}
 	case "sunsubscribe":
 		c.mu.Lock()
 		if c.take("SUNSUBSCRIBE", ch) { // the answer to ours
