@@ -133,15 +133,15 @@ func (r *Relays) Close() error {
 // that has not caught up yet (the client reloads it in the background)
 // has a backoff of its own.
 type shardRelays struct {
-	cc   *redis.ClusterClient
-	name string
-	log  *slog.Logger
-	out  chan Relayed
-	kick chan struct{} // homeless channels wait
-	stop chan struct{}
-	life context.Context // ends at close: dials give up
-	end  context.CancelFunc
-	wg   sync.WaitGroup
+	cc       *redis.ClusterClient
+	name     string
+	log      *slog.Logger
+	out      chan Relayed
+	kick     chan struct{} // homeless channels wait
+	stop     chan struct{}
+	life     context.Context // ends at close: dials give up
+	end      context.CancelFunc
+	wg       sync.WaitGroup
 	mu       sync.Mutex
 	want     map[string]*shardConn // wanted channel → its connection; nil: waiting to be placed
 	conns    map[string]*shardConn // by master address
