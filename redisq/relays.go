@@ -2,9 +2,11 @@ package redisq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,8 +56,13 @@ type Relays struct {
 // pub/sub.
 func (q *Queue) SubscribeRelays(ctx context.Context) *Relays {
 	if cc, ok := q.cmd.(*redis.ClusterClient); ok {
-		if err := allKnow(ctx, cc, "spublish"); err != nil {
-			q.log.Info("relays use plain pub/sub on this cluster", "why", err)
+		ask := func(ctx context.Context) error { return allKnow(ctx, cc, "spublish") }
+		if err := askUntilAnswered(ctx, ask, decideWithin); err != nil {
+			if errors.Is(err, errNotAnswered) {
+				q.log.Warn("relays use plain pub/sub on this cluster until a restart: a master could not be asked whether it has SPUBLISH", "why", err)
+			} else {
+				q.log.Info("relays use plain pub/sub on this cluster", "why", err)
+			}
 		} else {
 			q.sharded.Store(true)
 			sh := newShardRelays(cc, "redpush-relay-"+q.instance, q.log)
@@ -73,6 +80,64 @@ func (q *Queue) SubscribeRelays(ctx context.Context) *Relays {
 	return &Relays{ps: ps, out: out}
 }
 
+// decideWithin bounds how long SubscribeRelays asks a master that cannot
+// be reached whether it has SPUBLISH, before it settles for plain pub/sub.
+const decideWithin = 5 * time.Second
+
+// errNotAnswered: a master did not answer within decideWithin.
+var errNotAnswered = errors.New("no answer")
+
+// askUntilAnswered runs ask until Redis answers it: nil, or an error of
+// Redis's own (a reply: a master without the command, an ACL refusing
+// COMMAND INFO), which it returns. A failure to reach a master (a
+// connection refused or broken, a timeout: a master restarting) is asked
+// again, with a growing pause, for up to within; then it fails with
+// errNotAnswered. Deciding on such a failure would pin the process to
+// plain pub/sub for life.
+func askUntilAnswered(ctx context.Context, ask func(context.Context) error, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	pause := 50 * time.Millisecond
+	for {
+		err := ask(ctx)
+		if err == nil || answered(err) {
+			return err
+		}
+		if !time.Now().Add(pause).Before(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", errNotAnswered, err)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		pause = min(2*pause, time.Second)
+	}
+}
+
+// answered reports whether err is Redis's answer, not a failure to get
+// one: a reply error (but LOADING, BUSY, TRYAGAIN, CLUSTERDOWN or
+// MASTERDOWN, which a master gives while it starts or fails over), or a
+// master's word that it lacks the command.
+func answered(err error) bool {
+	if errors.Is(err, errUnknownCommand) {
+		return true
+	}
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	for _, passing := range []string{"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"} {
+		if strings.HasPrefix(rerr.Error(), passing) {
+			return false
+		}
+	}
+	return true
+}
+
+// errUnknownCommand: a master answered that it does not know a command.
+var errUnknownCommand = errors.New("unknown command")
+
 // allKnow fails unless every master of cc knows the command (COMMAND INFO
 // answers a null for an unknown one).
 func allKnow(ctx context.Context, cc *redis.ClusterClient, name string) error {
@@ -82,7 +147,7 @@ func allKnow(ctx context.Context, cc *redis.ClusterClient, name string) error {
 			return err
 		}
 		if len(v) != 1 || v[0] == nil {
-			return fmt.Errorf("%s does not know %s", c.Options().Addr, name)
+			return fmt.Errorf("%w: %s does not know %s", errUnknownCommand, c.Options().Addr, name)
 		}
 		return nil
 	})

@@ -1,0 +1,75 @@
+package redisq
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// replyErr is an error reply of Redis, as go-redis hands it over.
+type replyErr string
+
+func (e replyErr) Error() string { return string(e) }
+func (replyErr) RedisError()     {}
+
+var _ redis.Error = replyErr("")
+
+// SubscribeRelays decides once, at start, whether relays are sharded. A
+// master that cannot be reached for a moment is asked again; only Redis's
+// own answer, or a master unreachable for the whole window, decides for
+// plain pub/sub. (Session 7's review: any error, a master restarting
+// included, pinned the process to plain pub/sub for life.)
+func TestAskUntilAnswered(t *testing.T) {
+	unreachable := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	t.Run("unreachable for a moment, then yes", func(t *testing.T) {
+		calls := 0
+		err := askUntilAnswered(t.Context(), func(context.Context) error {
+			calls++
+			if calls < 3 {
+				return unreachable
+			}
+			return nil
+		}, 5*time.Second)
+		if err != nil || calls != 3 {
+			t.Fatalf("err %v after %d calls, want nil after 3", err, calls)
+		}
+	})
+	t.Run("Redis's refusal decides at once", func(t *testing.T) {
+		calls := 0
+		refusal := replyErr("NOPERM this user has no permissions to run the 'command|info' command")
+		err := askUntilAnswered(t.Context(), func(context.Context) error { calls++; return refusal }, 5*time.Second)
+		if !errors.Is(err, refusal) || calls != 1 {
+			t.Fatalf("err %v after %d calls, want the refusal after 1", err, calls)
+		}
+	})
+	t.Run("a master without the command decides at once", func(t *testing.T) {
+		calls := 0
+		err := askUntilAnswered(t.Context(), func(context.Context) error { calls++; return errUnknownCommand }, 5*time.Second)
+		if !errors.Is(err, errUnknownCommand) || calls != 1 {
+			t.Fatalf("err %v after %d calls", err, calls)
+		}
+	})
+	t.Run("a master loading its data is asked again", func(t *testing.T) {
+		calls := 0
+		err := askUntilAnswered(t.Context(), func(context.Context) error {
+			calls++
+			if calls < 2 {
+				return replyErr("LOADING Redis is loading the dataset in memory")
+			}
+			return nil
+		}, 5*time.Second)
+		if err != nil || calls != 2 {
+			t.Fatalf("err %v after %d calls", err, calls)
+		}
+	})
+	t.Run("unreachable for the whole window", func(t *testing.T) {
+		err := askUntilAnswered(t.Context(), func(context.Context) error { return unreachable }, 300*time.Millisecond)
+		if !errors.Is(err, errNotAnswered) {
+			t.Fatalf("err %v, want errNotAnswered", err)
+		}
+	})
+}
