@@ -98,7 +98,9 @@ func askUntilAnswered(ctx context.Context, ask func(context.Context) error, with
 	deadline := time.Now().Add(within)
 	pause := 50 * time.Millisecond
 	for {
-		err := ask(ctx)
+		actx, cancel := context.WithDeadline(ctx, deadline) // a dial may retry for longer
+		err := ask(actx)
+		cancel()
 		if err == nil || answered(err) {
 			return err
 		}
@@ -116,9 +118,10 @@ func askUntilAnswered(ctx context.Context, ask func(context.Context) error, with
 }
 
 // answered reports whether err is Redis's answer, not a failure to get
-// one: a reply error (but LOADING, BUSY, TRYAGAIN, CLUSTERDOWN or
-// MASTERDOWN, which a master gives while it starts or fails over), or a
-// master's word that it lacks the command.
+// one: a reply error (but those a master gives while it starts, fails
+// over or is full for a moment: LOADING, BUSY, TRYAGAIN, CLUSTERDOWN,
+// MASTERDOWN, max number of clients), or a master's word that it lacks
+// the command.
 func answered(err error) bool {
 	if errors.Is(err, errUnknownCommand) {
 		return true
@@ -127,12 +130,9 @@ func answered(err error) bool {
 	if !errors.As(err, &rerr) {
 		return false
 	}
-	for _, passing := range []string{"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"} {
-		if strings.HasPrefix(rerr.Error(), passing) {
-			return false
-		}
-	}
-	return true
+	passing := redis.IsLoadingError(err) || redis.IsTryAgainError(err) || redis.IsClusterDownError(err) ||
+		redis.IsMasterDownError(err) || redis.IsMaxClientsError(err) || strings.HasPrefix(rerr.Error(), "BUSY")
+	return !passing
 }
 
 // errUnknownCommand: a master answered that it does not know a command.
@@ -386,12 +386,8 @@ func (s *shardRelays) rehome() {
 			return
 		case <-s.kick:
 		}
-		t := time.NewTimer(max(bo, s.soonest()))
-		select {
-		case <-s.stop:
-			t.Stop()
+		if !s.pause(max(bo, s.soonest())) {
 			return
-		case <-t.C:
 		}
 		s.cc.ReloadState(context.Background())
 		s.mu.Lock()
@@ -413,6 +409,28 @@ func (s *shardRelays) rehome() {
 		}
 		if !placed {
 			s.poke()
+		}
+	}
+}
+
+// pause waits d, or coolMin after a channel came back meanwhile (a poke:
+// its master may not be cooling; the placing skips those that are, and
+// the next pause waits for them); false once closed.
+func (s *shardRelays) pause(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case <-s.stop:
+			t.Stop()
+			return false
+		case <-t.C:
+			return true
+		case <-s.kick:
+			t.Stop()
+			if sooner := time.Now().Add(coolMin); sooner.Before(deadline) {
+				deadline = sooner // what came back may be due: look
+			}
 		}
 	}
 }

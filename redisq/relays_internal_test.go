@@ -18,6 +18,8 @@ func (replyErr) RedisError()     {}
 
 var _ redis.Error = replyErr("")
 
+var maxClients = replyErr("ERR max number of clients reached")
+
 // SubscribeRelays decides once, at start, whether relays are sharded. A
 // master that cannot be reached for a moment is asked again; only Redis's
 // own answer, or a master unreachable for the whole window, decides for
@@ -64,6 +66,29 @@ func TestAskUntilAnswered(t *testing.T) {
 		}, 5*time.Second)
 		if err != nil || calls != 2 {
 			t.Fatalf("err %v after %d calls", err, calls)
+		}
+	})
+	t.Run("a master full of clients is asked again", func(t *testing.T) {
+		calls := 0
+		err := askUntilAnswered(t.Context(), func(context.Context) error {
+			calls++
+			if calls < 2 {
+				return maxClients
+			}
+			return nil
+		}, 5*time.Second)
+		if err != nil || calls != 2 {
+			t.Fatalf("err %v after %d calls", err, calls)
+		}
+	})
+	t.Run("one attempt is bounded by the window too", func(t *testing.T) {
+		start := time.Now()
+		err := askUntilAnswered(t.Context(), func(ctx context.Context) error {
+			<-ctx.Done() // a dial that would retry for longer
+			return ctx.Err()
+		}, 200*time.Millisecond)
+		if !errors.Is(err, errNotAnswered) || time.Since(start) > 2*time.Second {
+			t.Fatalf("err %v after %v", err, time.Since(start))
 		}
 	})
 	t.Run("unreachable for the whole window", func(t *testing.T) {
