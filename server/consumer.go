@@ -264,9 +264,7 @@ loop:
 			// into the processing list before the reply was lost, is
 			// unknown: requeue all of it (what was delivered may come
 			// twice) before popping again, never ack it unseen.
-			c.dropFlights(len(c.flights))
-			c.more, c.left = true, -1
-			if !h.requeue(ctx, s.user) || !h.backoff(ctx, &c.bo) {
+			if !c.requeueAfterFailure(ctx) {
 				return shuttingDown
 			}
 			continue
@@ -295,9 +293,7 @@ loop:
 				// Popped, not delivered: it goes back with the rest.
 				h.redisFailed(err)
 				c.flights = append(c.flights, flight{n: len(msgs)})
-				c.dropFlights(len(c.flights))
-				c.more, c.left = true, -1
-				if !h.requeue(ctx, s.user) || !h.backoff(ctx, &c.bo) {
+				if !c.requeueAfterFailure(ctx) {
 					return shuttingDown
 				}
 				continue
@@ -485,32 +481,13 @@ func (c *consumer) next(ctx context.Context) step {
 		c.h.closeStalled(c.flights[done])
 	}
 	c.room = c.h.ackRoom(c.s)
-	if c.room < 0 && c.deferToAckers(ctx) {
-		// Another instance pops for its ack connections; what it pops
-		// comes here relayed. What this one holds is acknowledged now:
-		// nothing is popped here to carry it.
-		if n > 0 {
-			c.ackNow(ctx, n, done)
-		}
-		c.awaitAckers(ctx)
-		if ctx.Err() != nil {
-			return stop
-		}
-		return again
-	}
-	if c.room == 0 {
-		// Every ack connection is at its window: nothing is popped, for
-		// its plain connections either, until acknowledgements (which
-		// wake it) or the timeout make room, or the connections change.
-		// What is confirmed is acknowledged now: no pop carries it.
-		if n > 0 {
-			c.ackNow(ctx, n, done)
-		}
-		c.awaitAckers(ctx)
-		if ctx.Err() != nil {
-			return stop
-		}
-		return again
+	// Nothing is popped while another instance pops for the user's ack
+	// connections (what it pops comes here relayed), or while every ack
+	// connection here is at its window (for the plain connections either,
+	// until acknowledgements, which wake it, or the timeout make room, or
+	// the connections change).
+	if (c.room < 0 && c.deferToAckers(ctx)) || c.room == 0 {
+		return c.holdOff(ctx, n, done)
 	}
 	switch {
 	case held && c.isolating():
@@ -540,6 +517,28 @@ func (c *consumer) next(ctx context.Context) step {
 		c.more = true // an acknowledgement goes with a pop
 	}
 	return proceed
+}
+
+// holdOff waits instead of popping (next), having acknowledged the n
+// messages of the done flights that are confirmed: no pop carries them.
+func (c *consumer) holdOff(ctx context.Context, n, done int) step {
+	if n > 0 {
+		c.ackNow(ctx, n, done)
+	}
+	c.awaitAckers(ctx)
+	if ctx.Err() != nil {
+		return stop
+	}
+	return again
+}
+
+// requeueAfterFailure returns everything held to the queue after a Redis
+// call whose outcome is unknown, and backs off; false when the server
+// shuts down first.
+func (c *consumer) requeueAfterFailure(ctx context.Context) bool {
+	c.dropFlights(len(c.flights))
+	c.more, c.left = true, -1
+	return c.h.requeue(ctx, c.s.user) && c.h.backoff(ctx, &c.bo)
 }
 
 // acks is what the next pop acknowledges: the confirmed oldest messages,
