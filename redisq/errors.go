@@ -1,6 +1,11 @@
 package redisq
 
-import "errors"
+import (
+	"errors"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
 
 var (
 	// ErrBadPattern is returned by New for a key pattern without exactly one %s,
@@ -35,3 +40,23 @@ var (
 	// ErrUnreachable is returned by Dial when Redis does not answer PING.
 	ErrUnreachable = errors.New("redisq: redis unreachable")
 )
+
+// SlotMoving reports whether err is a Redis Cluster saying that a key's
+// slot is moving or has moved (MOVED, ASK, TRYAGAIN, or a script that
+// found one of its keys gone from the node mid-migration): the caller
+// tries again once the slot map caught up; it is no outage.
+func SlotMoving(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrSlotMoved) || redis.IsTryAgainError(err) {
+		return true
+	}
+	if _, ok := redis.IsMovedError(err); ok {
+		return true
+	}
+	if _, ok := redis.IsAskError(err); ok {
+		return true
+	}
+	return strings.Contains(err.Error(), "non local key")
+}

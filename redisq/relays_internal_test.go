@@ -98,3 +98,26 @@ func TestAskUntilAnswered(t *testing.T) {
 		}
 	})
 }
+
+// A slot migration's answers are no outage (a requeue script whose queue
+// key had moved already was logged as "redis unreachable": a fresh-clone
+// make test failed so, TestOnRedisCluster "slot moves while delivering").
+func TestSlotMoving(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{replyErr("ERR Script attempted to access a non local key in a cluster node script: 0a48, on @user_script:3."), true},
+		{replyErr("MOVED 9826 127.0.0.1:39789"), true},
+		{replyErr("ASK 9826 127.0.0.1:39789"), true},
+		{replyErr("TRYAGAIN Multiple keys request during rehashing of slot"), true},
+		{ErrSlotMoved, true},
+		{replyErr("NOPERM no"), false},
+		{&net.OpError{Op: "dial", Err: errors.New("connection refused")}, false},
+		{nil, false},
+	} {
+		if got := SlotMoving(tc.err); got != tc.want {
+			t.Errorf("%v: %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

@@ -251,7 +251,7 @@ loop:
 		if err != nil {
 			switch {
 			case ctx.Err() != nil:
-			case errors.Is(err, redisq.ErrSlotMoved):
+			case redisq.SlotMoving(err):
 				h.log.Debug("cluster slot moved", "user", s.user, "err", err)
 			case errors.Is(err, redisq.ErrDiverged):
 				// Another instance took this one for dead and returned its
@@ -928,7 +928,7 @@ func (b *backoff) wait(ctx context.Context) bool {
 // unless it never left: a pool timeout says every pooled connection was
 // busy, and a lapsed claim that this process must not touch its lists
 // until it renewed the claim, not that Redis is down; a diverged
-// processing list is Redis answering.
+// processing list and a cluster slot on the move are Redis answering.
 func (h *hub) redisFailed(err error) {
 	switch {
 	case errors.Is(err, redis.ErrPoolTimeout):
@@ -937,6 +937,10 @@ func (h *hub) redisFailed(err error) {
 		h.log.Debug("instance id claim not renewed in time; waiting", "err", err)
 	case errors.Is(err, redisq.ErrDiverged):
 		h.log.Warn("processing list changed behind its consumer; requeueing what it held (it may come twice)", "err", err)
+	case redisq.SlotMoving(err):
+		// A script whose keys a slot migration split between two nodes,
+		// a MOVED or ASK before the slot map caught up: Redis answers.
+		h.log.Debug("cluster slot moving; retrying", "err", err)
 	default:
 		h.health.fail(err)
 	}
