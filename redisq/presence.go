@@ -78,9 +78,10 @@ const ExtendEvery = 5
 // than ARGV[7] ms more (an instance found dead that restarted meanwhile
 // writes entries a full ttl ahead, which stay). ARGV[8] of the
 // connections are ack connections: when that goes from none to some or
-// back, "!ack\n" is published on the user's relay channel ARGV[9] with
-// ARGV[10] (PUBLISH or SPUBLISH), so that the other instances serving the
-// user look again whether they may pop (AckElsewhere). See Presence above.
+// back, ARGV[11] (AckersChanged's publication) is published on the user's
+// relay channel ARGV[9] with ARGV[10] (PUBLISH or SPUBLISH), so that the
+// other instances serving the user look again whether they may pop
+// (AckElsewhere). See Presence above.
 var setPresence = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -97,7 +98,7 @@ local ackField = ARGV[1] .. '/ack'
 local acks = tonumber(ARGV[8])
 if n == 0 then acks = 0 end
 if (acks > 0) ~= (redis.call('HEXISTS', KEYS[2], ackField) == 1) then
-  redis.call(ARGV[10], ARGV[9], '!ack\n')
+  redis.call(ARGV[10], ARGV[9], ARGV[11])
 end
 local after = live
 if n > 0 and not ownLive then after = after + 1 end
@@ -170,7 +171,7 @@ func (q *Queue) setPresenceOf(ctx context.Context, instance string, ups []Presen
 		id, _ := json.Marshal(ups[i].User)
 		return []string{q.PresenceKey(ups[i].User), q.connectionsKey(ups[i].User)},
 			[]any{instance, ups[i].Conns, life, q.presenceChannel, string(id), keep, margin,
-				ups[i].Acks, q.RelayChannel(ups[i].User), q.publishCommand()}
+				ups[i].Acks, q.RelayChannel(ups[i].User), q.publishCommand(), ackersChangedRelay}
 	}, func(i int, c *redis.Cmd) {
 		failed[i] = c.Err() != nil
 	})
@@ -304,27 +305,59 @@ func (q *Queue) ReadPresence(ctx context.Context, users []string) ([]Presence, e
 	if err != nil {
 		return nil, err
 	}
-	after := "(" + strconv.FormatInt(now.UnixMilli(), 10)
-	live := make([]*redis.StringSliceCmd, len(users))
-	conns := make([]*redis.MapStringStringCmd, len(users))
+	reads := make([]presenceRead, len(users))
 	_, err = q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, u := range users {
-			live[i] = p.ZRangeByScore(ctx, q.PresenceKey(u), &redis.ZRangeBy{Min: after, Max: "+inf"})
-			conns[i] = p.HGetAll(ctx, q.connectionsKey(u))
+			reads[i] = q.readPresence(ctx, p, u, now)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	for i := range users {
-		for _, inst := range live[i].Val() {
-			n, _ := strconv.Atoi(conns[i].Val()[inst])
-			out[i].Connections += n
-		}
-		out[i].Online = len(live[i].Val()) > 0
+	for i, r := range reads {
+		out[i] = r.presence()
 	}
 	return out, nil
+}
+
+// presenceRead is one user's presence as a pipeline read it: the live
+// entries and the connections hash.
+type presenceRead struct {
+	live  *redis.StringSliceCmd
+	conns *redis.MapStringStringCmd
+}
+
+// readPresence queues the reads of user's presence on p: the entries that
+// vouch past now (Redis's time), and the connections hash.
+func (q *Queue) readPresence(ctx context.Context, p redis.Pipeliner, user string, now time.Time) presenceRead {
+	after := "(" + strconv.FormatInt(now.UnixMilli(), 10)
+	return presenceRead{
+		live:  p.ZRangeByScore(ctx, q.PresenceKey(user), &redis.ZRangeBy{Min: after, Max: "+inf"}),
+		conns: p.HGetAll(ctx, q.connectionsKey(user)),
+	}
+}
+
+// presence counts the connections of the live entries.
+func (r presenceRead) presence() Presence {
+	var out Presence
+	for _, inst := range r.live.Val() {
+		n, _ := strconv.Atoi(r.conns.Val()[inst])
+		out.Connections += n
+	}
+	out.Online = len(r.live.Val()) > 0
+	return out
+}
+
+// acksElsewhere reports whether a live entry of an instance other than
+// self says it holds ack connections (its "<instance>/ack" field).
+func (r presenceRead) acksElsewhere(self string) bool {
+	for _, inst := range r.live.Val() {
+		if n, _ := strconv.Atoi(r.conns.Val()[inst+"/ack"]); n > 0 && inst != self {
+			return true
+		}
+	}
+	return false
 }
 
 // redisClock reckons Redis's time from a TIME reading and the time passed
@@ -370,31 +403,13 @@ func (q *Queue) AckElsewhere(ctx context.Context, user string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var live *redis.StringSliceCmd
-	var conns *redis.MapStringStringCmd
+	var r presenceRead
 	_, err = q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
-		live, conns = q.readAckers(ctx, p, user, now)
+		r = q.readPresence(ctx, p, user, now)
 		return nil
 	})
 	if err != nil {
 		return false, err
 	}
-	return q.ackersElsewhere(live, conns), nil
-}
-
-// readAckers queues the reads AckElsewhere decides from.
-func (q *Queue) readAckers(ctx context.Context, p redis.Pipeliner, user string, now time.Time) (*redis.StringSliceCmd, *redis.MapStringStringCmd) {
-	after := "(" + strconv.FormatInt(now.UnixMilli(), 10)
-	return p.ZRangeByScore(ctx, q.PresenceKey(user), &redis.ZRangeBy{Min: after, Max: "+inf"}),
-		p.HGetAll(ctx, q.connectionsKey(user))
-}
-
-// ackersElsewhere reads readAckers' replies.
-func (q *Queue) ackersElsewhere(live *redis.StringSliceCmd, conns *redis.MapStringStringCmd) bool {
-	for _, inst := range live.Val() {
-		if n, _ := strconv.Atoi(conns.Val()[inst+"/ack"]); n > 0 && inst != q.instance {
-			return true
-		}
-	}
-	return false
+	return r.acksElsewhere(q.instance), nil
 }

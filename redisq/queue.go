@@ -391,8 +391,12 @@ const AckersChanged = "!ack"
 // are (an instance that missed the presence script's announcement, and
 // pops for its plain connections, learns it so).
 func (q *Queue) AnnounceAckers(ctx context.Context, user string) error {
-	return q.cmd.Do(ctx, q.publishCommand(), q.RelayChannel(user), AckersChanged+"\n").Err()
+	return q.cmd.Do(ctx, q.publishCommand(), q.RelayChannel(user), ackersChangedRelay).Err()
 }
+
+// ackersChangedRelay is the relay publication of AckersChanged: an origin
+// line and no messages.
+const ackersChangedRelay = AckersChanged + "\n"
 
 // HoldsAcks reports whether instance says it holds ack connections of
 // user (its "<instance>/ack" field of the presence hash).

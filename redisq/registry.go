@@ -285,15 +285,14 @@ func (q *Queue) Start(ctx context.Context, user string) (Started, error) {
 	}
 	var moved *redis.Cmd
 	var count *redis.StringCmd
-	var live *redis.StringSliceCmd
-	var conns *redis.MapStringStringCmd
+	var presence presenceRead
 	cmds, err := q.cmd.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, listsKey(q.instance), q.Key(user))
 		p.SAdd(ctx, q.instancesKey(user), q.instance)
 		// Eval, not EvalSha: a pipeline cannot fall back on NOSCRIPT.
 		moved = requeueAll.Eval(ctx, p, []string{q.ProcessingKey(user), q.Key(user)})
 		count = p.Get(ctx, q.failuresKey(user))
-		live, conns = q.readAckers(ctx, p, user, now)
+		presence = q.readPresence(ctx, p, user, now)
 		return nil
 	})
 	mistyped := false
@@ -311,7 +310,7 @@ func (q *Queue) Start(ctx context.Context, user string) (Started, error) {
 	if st.Requeued, err = moved.Int(); err != nil {
 		return Started{}, err
 	}
-	st.AckElsewhere = q.ackersElsewhere(live, conns)
+	st.AckElsewhere = presence.acksElsewhere(q.instance)
 	if mistyped {
 		// The failures key is redpush's own; as another type it would
 		// fail every count after it (the dead-letter rule off for good).

@@ -94,6 +94,9 @@ func (h *hub) expireAcks(f flight, now time.Time) bool {
 // room of its ack connections that have any; 0 when every one is at its
 // window; -1 when it has none (plain connections take any number).
 func (h *hub) ackRoom(s *session) int {
+	if s.ackConns.Load() == 0 {
+		return -1 // the common case: no lock taken per pop
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	room := -1
@@ -115,23 +118,20 @@ func (h *hub) ackRoom(s *session) int {
 // raw gets a new one, written into it in Redis; one popped as an envelope
 // was popped before, and keeps its own.
 func (c *consumer) wrap(ctx context.Context, msgs []string) (*ackBatch, error) {
-	ab := &ackBatch{ids: make([]uint64, len(msgs)), redelivered: make([]bool, len(msgs))}
+	n := len(msgs)
+	ab := &ackBatch{ids: make([]uint64, n), payloads: make([]string, n), redelivered: make([]bool, n)}
 	raw := false
 	for i, m := range msgs {
-		id, _, ok := redisq.ParseEnvelope(m)
-		ab.ids[i], ab.redelivered[i] = id, ok
+		id, payload, ok := redisq.ParseEnvelope(m)
+		ab.ids[i], ab.payloads[i], ab.redelivered[i] = id, payload, ok
 		raw = raw || !ok
 	}
 	if !raw {
 		return ab, nil
 	}
-	held := len(msgs)
-	for _, f := range c.flights {
-		held += f.n
-	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
 	defer cancel()
-	ids, err := c.h.q.Wrap(actx, c.s.user, len(msgs), held)
+	ids, err := c.h.q.Wrap(actx, c.s.user, n, c.acks().Held+n) // what it holds, and this batch
 	if err != nil {
 		return nil, err
 	}
@@ -139,10 +139,11 @@ func (c *consumer) wrap(ctx context.Context, msgs []string) (*ackBatch, error) {
 	return ab, nil
 }
 
-// ackBatch is what an ack connection needs of a batch besides its
-// messages: their ids, and whether each was popped before.
+// ackBatch is what an ack connection needs of a batch: each message's
+// id, payload (the envelope's), and whether it was popped before.
 type ackBatch struct {
 	ids         []uint64
+	payloads    []string
 	redelivered []bool
 }
 
@@ -157,12 +158,10 @@ func (ab *ackBatch) redeliveries() int {
 	return n
 }
 
-// appendAckFrames appends one {"id","data"} text frame per message of a
-// batch (msgs are envelopes or, for a message popped before acknowledged
-// delivery was asked for, raw; the ids are ab's).
-func appendAckFrames(dst []byte, msgs []string, ab *ackBatch) []byte {
-	for i, m := range msgs {
-		dst = appendFrame(dst, ws.OpText, ackMessage(ab.ids[i], redisq.Unwrap(m), ab.redelivered[i]))
+// appendAckFrames appends one {"id","data"} text frame per message of ab.
+func appendAckFrames(dst []byte, ab *ackBatch) []byte {
+	for i, p := range ab.payloads {
+		dst = appendFrame(dst, ws.OpText, ackMessage(ab.ids[i], p, ab.redelivered[i]))
 	}
 	return dst
 }

@@ -739,7 +739,7 @@ func (h *hub) deliver(s *session, msgs []string, popped time.Time, consumer bool
 	var ackBuf *[]byte
 	if len(f.acks) > 0 {
 		ackBuf = getBuf()
-		*ackBuf = appendAckFrames((*ackBuf)[:0], msgs, ab)
+		*ackBuf = appendAckFrames((*ackBuf)[:0], ab)
 		h.m.redelivered.Add(float64(ab.redeliveries()))
 	}
 	if consumer {

@@ -68,6 +68,9 @@ type session struct {
 	// ackRecheck: an instance's ack connections of the user came or went;
 	// the consumer reads again where they are (deferToAckers).
 	ackRecheck atomic.Bool
+	// ackConns counts the ack connections among conns (changed under
+	// hub.mu): a consumer of a user with none needs no lock to know it.
+	ackConns atomic.Int32
 	// announced is when a relay that should not have come made this
 	// instance announce its ack connections again (relayedWhileAcking);
 	// under hub.mu.
@@ -206,6 +209,9 @@ func (h *hub) attach(c *conn) error {
 		return errShuttingDown
 	}
 	c.sess.conns = append(c.sess.conns, c)
+	if c.ack != nil {
+		c.sess.ackConns.Add(1)
+	}
 	h.conns[c.fd] = c
 	h.mu.Unlock()
 	c.sess.notify()
@@ -219,7 +225,11 @@ func (h *hub) attach(c *conn) error {
 func (h *hub) release(s *session, c *conn) {
 	h.mu.Lock()
 	if c != nil {
+		n := len(s.conns)
 		s.conns = slices.DeleteFunc(s.conns, func(x *conn) bool { return x == c })
+		if c.ack != nil && len(s.conns) < n {
+			s.ackConns.Add(-1)
+		}
 		delete(h.conns, c.fd)
 	}
 	s.refs--
@@ -548,11 +558,7 @@ func (h *hub) connCounts(users []string) []redisq.PresenceUpdate {
 		ups[i].User = u
 		if s := h.users[u]; s != nil {
 			ups[i].Conns = len(s.conns)
-			for _, c := range s.conns {
-				if c.ack != nil {
-					ups[i].Acks++
-				}
-			}
+			ups[i].Acks = int(s.ackConns.Load())
 		}
 	}
 	return ups

@@ -258,7 +258,7 @@ func (f *frameReader) takeAcked(p []byte) bool {
 		f.ack.ids[string(id)] = true
 		f.tr.record(f.st, st, time.Now())
 	}
-	frame := ws.NewTextFrame(append(append([]byte(`{"ack":"`), id...), `"}`...))
+	frame := ackFrame(id)
 	return ws.WriteFrame(f.c, ws.MaskFrameInPlace(frame)) == nil
 }
 

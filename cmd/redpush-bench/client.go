@@ -174,7 +174,7 @@ func (cs *clients) takeAcked(c net.Conn, wmu *sync.Mutex, st *connState, p []byt
 		cs.tr.redelivered.Add(1)
 	}
 	cs.tr.record(st, s, now)
-	frame := ws.NewTextFrame(append(append([]byte(`{"ack":"`), id...), `"}`...))
+	frame := ackFrame(id)
 	wmu.Lock()
 	err = ws.WriteFrame(c, ws.MaskFrameInPlace(frame))
 	wmu.Unlock()

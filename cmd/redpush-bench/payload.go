@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+
+	"github.com/gobwas/ws"
 )
 
 // stamp is what a payload carries: whose it is, its place in the user's
@@ -129,4 +131,10 @@ func parseAckFrame(p []byte) (id, data []byte, redelivered, ok bool) {
 		return nil, nil, false, false
 	}
 	return []byte(v.ID), []byte(v.Data), v.Redelivered, true
+}
+
+// ackFrame is the client's acknowledgement of id, {"ack":"<id>"}, masked
+// when written (ws.MaskFrameInPlace).
+func ackFrame(id []byte) ws.Frame {
+	return ws.NewTextFrame(append(append([]byte(`{"ack":"`), id...), `"}`...))
 }
