@@ -207,12 +207,10 @@ func (c *conn) takeAck(msg []byte) (bool, error) {
 		return true, &closeErr{code: ws.StatusPolicyViolation, reason: `malformed ack: the id must be a string`}
 	}
 	id, err := strconv.ParseUint(s, 10, 64)
-	if err == nil {
-		err = c.ack.ack(id)
-	} else {
-		err = errAckUnknown
-	}
 	if err != nil {
+		return true, &closeErr{code: ws.StatusPolicyViolation, reason: `malformed ack: the id must be a decimal string`}
+	}
+	if err := c.ack.ack(id); err != nil {
 		return true, &closeErr{code: ws.StatusPolicyViolation, reason: err.Error()}
 	}
 	c.sess.notify() // its consumer may acknowledge in Redis, or pop again

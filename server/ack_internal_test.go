@@ -99,4 +99,20 @@ func TestGoneBackIsBounded(t *testing.T) {
 	if _, ok := a.back[20]; !ok {
 		t.Fatal("the newest forgotten")
 	}
+	// An id acknowledged, then gone back again, is queued twice: trimming
+	// its older entry keeps it. (Senior review: the older entry's trim
+	// deleted the live one.)
+	b := newAcker(1) // remembers 4
+	b.release(b.record([]uint64{1}), true)
+	b.record([]uint64{1})
+	if err := b.ack(1); err != nil || len(b.back) != 0 { // sent again and acknowledged: no longer gone back
+		t.Fatalf("ack: %v, back %v", err, b.back)
+	}
+	b.expire(b.record([]uint64{1})) // sent once more, and back again
+	for id := uint64(2); id <= 4; id++ {
+		b.release(b.record([]uint64{id}), true) // pushes 1's older entry out
+	}
+	if _, ok := b.back[1]; !ok {
+		t.Fatal("trimming an id's stale entry forgot the id")
+	}
 }

@@ -235,6 +235,7 @@ func TestAckRefusals(t *testing.T) {
 		{"unknown id", `{"ack":"12345"}`, "never sent"},
 		{"not a string", `{"ack":12345}`, "malformed ack"},
 		{"null", `{"ack":null}`, "malformed ack"},
+		{"not a number", `{"ack":"abc"}`, "malformed ack"},
 		{"not JSON", `{"ack": "1`, "malformed ack"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -522,4 +523,20 @@ func TestAckConnectionsOnTwoInstances(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// The consumer of an instance that defers to another's ack connections
+// ends when the user's last connection here closes. (Senior review: it
+// looped, a goroutine and a Redis read a second, for as long as the ack
+// connection elsewhere lived.)
+func TestADeferringConsumerEndsWithItsUser(t *testing.T) {
+	rds := testutil.StartRedis(t)
+	a := startGateway(t, rds, server.Config{Instance: "a"})
+	b := startGateway(t, rds, server.Config{Instance: "b"})
+	b.dialAck("dz")
+	p := a.dialReady("dz")
+	logLine(a, "popping left to it")
+	a.push("dz", "m") // a's consumer wakes, and defers
+	p.SendClose()
+	a.awaitConsumers(0, 5*time.Second)
 }

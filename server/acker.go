@@ -26,8 +26,15 @@ type acker struct {
 	// unacknowledged here, in the order they went, at most maxBack
 	// windows of them: if one comes here again, an ack of it may be a
 	// late one for the first copy (sent.again).
-	back  map[uint64]struct{}
-	backQ []uint64
+	back  map[uint64]int64 // id → its place in backQ's order (backN)
+	backQ []backID
+	backN int64
+}
+
+// backID is an id in acker.backQ, and when it went back.
+type backID struct {
+	id uint64
+	n  int64
 }
 
 // maxBack bounds acker.back, per window: an id that comes back after more
@@ -143,15 +150,20 @@ func (a *acker) dropThroughLocked(end int64, requeued bool) {
 // wentBackLocked records that id went back to the queue unacknowledged.
 func (a *acker) wentBackLocked(id uint64) {
 	if a.back == nil {
-		a.back = make(map[uint64]struct{})
+		a.back = make(map[uint64]int64)
 	}
 	if _, ok := a.back[id]; ok {
 		return
 	}
-	a.back[id] = struct{}{}
-	a.backQ = append(a.backQ, id)
+	a.backN++
+	a.back[id] = a.backN
+	a.backQ = append(a.backQ, backID{id, a.backN})
 	for len(a.backQ) > maxBack*a.window {
-		delete(a.back, a.backQ[0])
+		// An id acknowledged and gone back again since is queued twice:
+		// the older entry no longer stands for it.
+		if old := a.backQ[0]; a.back[old.id] == old.n {
+			delete(a.back, old.id)
+		}
 		a.backQ = a.backQ[1:]
 	}
 }

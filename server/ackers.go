@@ -78,43 +78,36 @@ func (h *hub) ackersChanged(user string) {
 	}
 }
 
-// relayedWhileAcking is told of a batch instance origin popped for user:
-// if user has ack connections here and origin has none, origin should not
-// pop, and missed the announcement (pub/sub is best effort: it was
-// resubscribing, or not yet subscribed when it read where the ack
-// connections are). It is announced again, at most once a second per
-// user, after a look at origin's own ack connections: two instances that
-// both hold some both pop, and relay to each other, rightly.
-func (h *hub) relayedWhileAcking(user, origin string) {
-	h.mu.Lock()
-	s := h.users[user]
-	announce := false
-	if s != nil && time.Since(s.announced) >= time.Second {
-		for _, c := range s.conns {
-			if c.ack != nil && !c.gone.Load() {
-				announce = true
-				s.announced = time.Now()
-				break
-			}
-		}
+// dueAnnouncement reports whether s has ack connections here and was not
+// announced for within the last second (it then counts as announced).
+// Called under hub.mu, for a batch another instance popped for s's user.
+func (h *hub) dueAnnouncement(s *session) bool {
+	if s.ackConns.Load() == 0 || time.Since(s.announced) < time.Second {
+		return false
 	}
-	h.mu.Unlock()
-	if !announce {
+	s.announced = time.Now()
+	return true
+}
+
+// announceAckers is told of a batch instance origin popped for user, who
+// has ack connections here: origin should not pop, and missed the
+// announcement (pub/sub is best effort: it was resubscribing, or not yet
+// subscribed when it read where the ack connections are). It is announced
+// again (at most once a second per user: dueAnnouncement), after a look at
+// origin's own ack connections: two instances that both hold some both
+// pop, and relay to each other, rightly.
+func (h *hub) announceAckers(user, origin string) {
+	ctx, cancel := context.WithTimeout(context.Background(), detachedTimeout)
+	defer cancel()
+	holds, err := h.q.HoldsAcks(ctx, user, origin)
+	switch {
+	case err == nil && holds:
+		h.log.Debug("relayed from an instance that holds ack connections of the user too: not announcing", "user", user, "origin", origin)
 		return
+	case err == nil:
+		err = h.q.AnnounceAckers(ctx, user)
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), detachedTimeout)
-		defer cancel()
-		holds, err := h.q.HoldsAcks(ctx, user, origin)
-		switch {
-		case err == nil && holds:
-			h.log.Debug("relayed from an instance that holds ack connections of the user too: not announcing", "user", user, "origin", origin)
-			return
-		case err == nil:
-			err = h.q.AnnounceAckers(ctx, user)
-		}
-		if err != nil {
-			h.log.Debug("announcing ack connections failed", "user", user, "err", err)
-		}
-	}()
+	if err != nil {
+		h.log.Debug("announcing ack connections failed", "user", user, "err", err)
+	}
 }

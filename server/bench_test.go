@@ -65,7 +65,7 @@ func BenchmarkRegistryLookup(b *testing.B) {
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
-		h.deliverUser(names[n%users], msgs)
+		h.deliverUser(names[n%users], "other", msgs)
 		n++
 	}
 	b.StopTimer()

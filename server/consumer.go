@@ -139,7 +139,7 @@ type consumer struct {
 	room int
 	// ackElsewhere: another instance holds ack connections of the user,
 	// as last read at ackCheckedAt; this one pops only while it holds one
-	// too (ack.go, deferToAckers).
+	// too (ackers.go, deferToAckers).
 	ackElsewhere bool
 	ackCheckedAt time.Time
 	pops         int // pops in this task's turn (sched's yieldAfter)
@@ -306,6 +306,9 @@ loop:
 		}
 		f, written, tried := h.deliver(s, msgs, time.Now(), true, ab)
 		if !written {
+			for _, m := range f.acks { // recorded by ack connections that then failed it
+				m.c.ack.release(m.end, true)
+			}
 			// Nobody took it: it goes back with what is still held, once
 			// that settled (what was confirmed meanwhile is acknowledged).
 			// It is held too (popped, never written: failed), so that the
@@ -525,6 +528,12 @@ func (c *consumer) holdOff(ctx context.Context, n, done int) step {
 	if n > 0 {
 		c.ackNow(ctx, n, done)
 	}
+	if !c.h.isOnline(c.s) {
+		// Its user left: the loop's waitOnline ends the consumer (it
+		// skips that look while c.more says the queue may hold more).
+		c.more = false
+		return again
+	}
 	c.awaitAckers(ctx)
 	if ctx.Err() != nil {
 		return stop
@@ -704,14 +713,19 @@ func (h *hub) crashed(ctx context.Context, s *session, v any) {
 	}
 }
 
-// deliverUser writes msgs relayed from another instance to the plain
+// deliverUser writes msgs relayed from instance origin to the plain
 // connections of user here, if the user is still online. Ack connections
 // get what their own instance pops: a relayed copy was acknowledged
-// already.
-func (h *hub) deliverUser(user string, msgs []string) {
+// already; if the user has some here, origin may have missed that it
+// should not pop (ackers.go, announceAckers).
+func (h *hub) deliverUser(user, origin string, msgs []string) {
 	h.mu.Lock()
 	s := h.users[user]
+	announce := s != nil && h.dueAnnouncement(s)
 	h.mu.Unlock()
+	if announce {
+		go h.announceAckers(user, origin)
+	}
 	if s != nil {
 		h.deliver(s, msgs, time.Now(), false, nil)
 	}

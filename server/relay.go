@@ -43,7 +43,13 @@ const maxRelayPending = 1024
 // published; one goroutine at a time writes them, so they reach the
 // connections in that order.
 type relayQueue struct {
-	batches [][]string
+	batches []relayed
+}
+
+// relayed is one relayed batch, and the instance that popped it.
+type relayed struct {
+	origin string
+	msgs   []string
 }
 
 // newRelay subscribes to relays; it must run before the first
@@ -147,10 +153,7 @@ func (r *relay) run() {
 		if err != nil || origin == r.instance || len(msgs) == 0 {
 			continue
 		}
-		if user, ok := r.userOf(msg.Channel); ok {
-			r.hub.relayedWhileAcking(user, origin)
-		}
-		r.enqueue(msg.Channel, msgs)
+		r.enqueue(msg.Channel, origin, msgs)
 	}
 }
 
@@ -162,7 +165,7 @@ func (r *relay) userOf(channel string) (string, bool) {
 	return user, ok
 }
 
-func (r *relay) enqueue(channel string, msgs []string) {
+func (r *relay) enqueue(channel, origin string, msgs []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	user, ok := r.want[channel]
@@ -180,7 +183,7 @@ func (r *relay) enqueue(channel string, msgs []string) {
 		r.queues[user] = q
 		go r.write(user, q)
 	}
-	q.batches = append(q.batches, msgs)
+	q.batches = append(q.batches, relayed{origin, msgs})
 }
 
 // write writes q's batches to user's connections here, oldest first, and
@@ -193,12 +196,12 @@ func (r *relay) write(user string, q *relayQueue) {
 			r.mu.Unlock()
 			return
 		}
-		msgs := q.batches[0]
-		q.batches[0] = nil
+		b := q.batches[0]
+		q.batches[0] = relayed{}
 		q.batches = q.batches[1:]
 		r.pending--
 		r.mu.Unlock()
-		r.hub.deliverUser(user, msgs)
+		r.hub.deliverUser(user, b.origin, b.msgs)
 	}
 }
 
